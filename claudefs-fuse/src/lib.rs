@@ -1,0 +1,10 @@
+//! claudefs-fuse: the FUSE client of ClaudeFS and its eBPF-assisted
+//! observability add-on.
+//!
+//! The five Phase-6 modules (`crash_recovery`, `flock`, `idmap`,
+//! `multipath`, `otel_trace`) are dependency-free building blocks; `daemon`
+//! makes them a mountable file system, `probes` loads the kernel side and
+//! `triage` turns what it records into a report.
+
+pub mod cli;
+pub mod probes;

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    claudefs_fuse::cli::main()
+}

@@ -1,0 +1,4 @@
+//! The probe loader and what it reads out of the kernel.
+
+pub mod hist;
+pub mod snapshot;

@@ -1,0 +1,116 @@
+//! What one read-out of the probe maps looks like once per-CPU values are
+//! merged: plain userspace values, independent of aya. The loader produces
+//! it; the triage report and the exporters consume it.
+
+use crate::probes::hist::Log2Histogram;
+
+/// Latency statistics of one key (all times in nanoseconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencyStats {
+    pub count: u64,
+    /// Requests that ended with a non-zero error.
+    pub errors: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub hist: Log2Histogram,
+}
+
+/// FUSE requests of one (connection, opcode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpSample {
+    /// Kernel `dev_t` of the FUSE connection, as the tracepoint reports it
+    /// (`MAJOR << 20 | MINOR`).
+    pub conn: u32,
+    /// FUSE opcode number (FUSE_LOOKUP = 1 ...).
+    pub opcode: u32,
+    pub stats: LatencyStats,
+}
+
+/// FUSE requests issued by one process on one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcSample {
+    pub conn: u32,
+    pub tgid: u32,
+    /// Process name (`/proc/PID/comm`), resolved while collecting; empty if the
+    /// process was gone.
+    pub comm: String,
+    pub count: u64,
+    pub total_ns: u64,
+}
+
+/// Where a flock call was attributed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FlockTarget {
+    /// The flock became a FUSE_SETLK/SETLKW request on this FUSE connection.
+    Fuse { conn: u32 },
+    /// The kernel served it on a file system with this `dev_t` (kernel format).
+    Device { dev: u32 },
+    /// No device could be determined.
+    Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FlockKind {
+    Shared,
+    Exclusive,
+    Unlock,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FlockMode {
+    Blocking,
+    NonBlocking,
+}
+
+/// flock(2) calls of one (target, kind, mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlockSample {
+    pub target: FlockTarget,
+    pub kind: FlockKind,
+    pub mode: FlockMode,
+    /// All calls.
+    pub calls: u64,
+    /// Calls refused with EWOULDBLOCK.
+    pub refused: u64,
+    /// Calls that waited at least [`FLOCK_WAITED_THRESHOLD_NS`].
+    pub waited: u64,
+    /// Time spent inside flock(2) (`stats.count == calls`).
+    pub wait: LatencyStats,
+}
+
+/// A flock call that waits at least this long counts as "waited".
+pub const FLOCK_WAITED_THRESHOLD_NS: u64 = 1_000_000;
+
+/// One process waiting in flock(2) on one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlockWaiterSample {
+    pub target: FlockTarget,
+    pub tgid: u32,
+    pub comm: String,
+    pub fd: u32,
+    /// `/proc/PID/fd/FD` resolved while collecting; None if it could not be.
+    pub file: Option<String>,
+    pub calls: u64,
+    pub total_wait_ns: u64,
+    pub max_wait_ns: u64,
+}
+
+/// One read-out of every probe map, merged over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeSnapshot {
+    /// The fuse_request_send/end tracepoints were attached (Linux >= 6.12).
+    pub fuse_attached: bool,
+    /// The flock syscall tracepoints were attached.
+    pub flock_attached: bool,
+    pub ops: Vec<OpSample>,
+    pub procs: Vec<ProcSample>,
+    pub flocks: Vec<FlockSample>,
+    pub flock_waiters: Vec<FlockWaiterSample>,
+    /// Per-request events lost because the ring buffer was full.
+    pub events_lost: u64,
+    /// Per-request events delivered to userspace.
+    pub events_delivered: u64,
+    /// Wall-clock span of the collection, unix ns.
+    pub started_unix_ns: u64,
+    pub ended_unix_ns: u64,
+}
