@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "claudefs-fuse", version, about = "ClaudeFS FUSE client and its eBPF observability add-on")]
+#[command(
+    name = "claudefs-fuse",
+    version,
+    about = "ClaudeFS FUSE client and its eBPF observability add-on"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

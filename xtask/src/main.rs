@@ -1,1 +1,61 @@
-fn main() {}
+//! `cargo xtask <command>`: project automation. `setup` installs what a
+//! fresh machine lacks, `test` is the CI entry point, `demo` is the main job
+//! on an embedded default, `build-ebpf` builds the probes, `bench` measures.
+
+mod cmd;
+mod demo;
+mod setup;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "claudefs-fuse project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the toolchain pieces and packages this project needs (idempotent).
+    Setup,
+    /// Setup, then fmt check, clippy -D warnings and every test in the workspace.
+    Test,
+    /// Mount a demo client, attach the probes, run a workload, show the report.
+    Demo,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test => test(),
+        Command::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+fn test() -> Result<()> {
+    setup::run()?;
+    let root = workspace_root();
+    cmd::cargo(&root, &["fmt", "--all", "--", "--check"])?;
+    cmd::cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    cmd::cargo(&root, &["build", "--bins"])?;
+    cmd::cargo(&root, &["test"])?;
+    Ok(())
+}
