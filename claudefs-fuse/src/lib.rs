@@ -7,4 +7,7 @@
 //! `triage` turns what it records into a report.
 
 pub mod cli;
+pub mod error;
+pub mod inode;
 pub mod probes;
+pub mod tracing_client;
