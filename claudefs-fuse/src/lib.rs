@@ -9,5 +9,6 @@
 pub mod cli;
 pub mod error;
 pub mod inode;
+pub mod otel_trace;
 pub mod probes;
 pub mod tracing_client;
