@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod idmap;
 pub mod inode;
 pub mod otel_trace;
 pub mod probes;
