@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod flock;
 pub mod idmap;
 pub mod inode;
 pub mod otel_trace;
