@@ -11,6 +11,7 @@ pub mod error;
 pub mod flock;
 pub mod idmap;
 pub mod inode;
+pub mod multipath;
 pub mod otel_trace;
 pub mod probes;
 pub mod tracing_client;
