@@ -7,6 +7,7 @@
 //! `triage` turns what it records into a report.
 
 pub mod cli;
+pub mod crash_recovery;
 pub mod error;
 pub mod flock;
 pub mod idmap;
