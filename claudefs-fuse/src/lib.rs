@@ -7,4 +7,12 @@
 //! `triage` turns what it records into a report.
 
 pub mod cli;
+pub mod crash_recovery;
+pub mod error;
+pub mod flock;
+pub mod idmap;
+pub mod inode;
+pub mod multipath;
+pub mod otel_trace;
 pub mod probes;
+pub mod tracing_client;
