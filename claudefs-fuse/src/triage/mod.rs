@@ -8,5 +8,20 @@
 
 pub mod args;
 pub mod format;
+pub mod json;
+pub mod report;
+pub mod table;
+
+#[cfg(test)]
+mod tests;
 
 pub use args::{OutputFormat, TriageArgs};
+pub use report::{build_report, TriageReport};
+
+/// Renders a report in the chosen format (the text ends with a newline).
+pub fn render(report: &TriageReport, format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Table => table::render_table(report),
+        OutputFormat::Json => json::render_json(report),
+    }
+}
