@@ -570,3 +570,34 @@ fn json_round_trips_and_has_the_documented_fields() {
 fn root_dev_constant_is_the_kernel_encoding() {
     assert_eq!(kernel_dev(254, 0), Some(ROOT_DEV));
 }
+
+/// Every key the JSON can hold is named in the schema documentation.
+#[test]
+fn every_json_field_is_documented() {
+    fn keys(value: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    out.insert(k.clone());
+                    keys(v, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+    let doc = include_str!("../../../docs/triage-json.md");
+    let mut snap = snapshot();
+    snap.fuse_attached = false;
+    let mut all = std::collections::BTreeSet::new();
+    for filter in [None, Some(53)] {
+        let r = build_report(&snap, &MountTable::parse(MOUNTINFO), filter);
+        keys(&serde_json::to_value(&r).unwrap(), &mut all);
+    }
+    assert!(all.len() > 60, "{all:?}");
+    let missing: Vec<&String> = all
+        .iter()
+        .filter(|k| !doc.contains(&format!("`{k}`")))
+        .collect();
+    assert!(missing.is_empty(), "undocumented JSON fields: {missing:?}");
+}
