@@ -100,13 +100,19 @@ pub struct MountinfoError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MountTable {
     entries: Vec<MountEntry>,
+    /// Mounts of an earlier read that are gone (see
+    /// [`MountTable::with_departed`]).
+    departed: Vec<MountEntry>,
 }
 
 impl MountTable {
     /// A table of these entries, in mount order (later entries are mounted
     /// on top of earlier ones).
     pub fn from_entries(entries: Vec<MountEntry>) -> Self {
-        Self { entries }
+        Self {
+            entries,
+            departed: Vec::new(),
+        }
     }
 
     /// Parses mountinfo text, skipping lines it cannot read.
@@ -131,7 +137,7 @@ impl MountTable {
                 }),
             }
         }
-        (Self { entries }, errors)
+        (Self::from_entries(entries), errors)
     }
 
     /// Reads `/proc/self/mountinfo`.
@@ -143,6 +149,33 @@ impl MountTable {
     pub fn read(path: &Path) -> io::Result<Self> {
         let bytes = std::fs::read(path)?;
         Ok(Self::parse(&String::from_utf8_lossy(&bytes)))
+    }
+
+    /// This table, remembering the mounts of an `earlier` read whose device
+    /// is no longer mounted, so connections that went away during a
+    /// collection can still be named (read once before and once after
+    /// collecting). Departed mounts are found by [`MountTable::by_dev`] only
+    /// (after the current ones); they are not in [`MountTable::entries`].
+    pub fn with_departed(mut self, earlier: &MountTable) -> Self {
+        let departed: Vec<MountEntry> = earlier
+            .entries
+            .iter()
+            .chain(&earlier.departed)
+            .filter(|old| self.by_dev(old.dev).is_none())
+            .cloned()
+            .collect();
+        self.departed.extend(departed);
+        self
+    }
+
+    /// Whether a mount of this kernel `dev_t` is in the current table.
+    pub fn is_mounted(&self, dev: u32) -> bool {
+        self.entries.iter().any(|e| e.dev == dev)
+    }
+
+    /// Mounts remembered by [`MountTable::with_departed`].
+    pub fn departed(&self) -> &[MountEntry] {
+        &self.departed
     }
 
     pub fn entries(&self) -> &[MountEntry] {
@@ -158,7 +191,11 @@ impl MountTable {
     /// system is mounted several times (bind mounts), prefers a mount of its
     /// root directory, then the first in mount order.
     pub fn by_dev(&self, dev: u32) -> Option<&MountEntry> {
-        let mut same_dev = self.entries.iter().filter(|e| e.dev == dev);
+        Self::by_dev_in(&self.entries, dev).or_else(|| Self::by_dev_in(&self.departed, dev))
+    }
+
+    fn by_dev_in(entries: &[MountEntry], dev: u32) -> Option<&MountEntry> {
+        let mut same_dev = entries.iter().filter(|e| e.dev == dev);
         let first = same_dev.next()?;
         if first.root == Path::new("/") {
             return Some(first);
@@ -400,6 +437,31 @@ mod tests {
         assert_eq!(
             table.by_dev(53).map(|e| e.fstype.as_str()),
             Some("fuse.sshfs")
+        );
+    }
+
+    #[test]
+    fn departed_mounts_are_kept_but_never_shadow_current_ones() {
+        let before = MountTable::parse(
+            "1 0 0:60 / /mnt/gone rw - fuse.a src rw\n2 0 0:61 / /mnt/old rw - fuse.b s rw\n",
+        );
+        let after = MountTable::parse("3 0 0:61 / /mnt/new rw - fuse.c s rw\n");
+        let merged = after.with_departed(&before);
+        assert_eq!(merged.entries().len(), 1);
+        assert_eq!(merged.departed().len(), 1);
+        assert!(!merged.is_mounted(60) && merged.is_mounted(61));
+        assert_eq!(
+            merged.fuse_mounts().count(),
+            1,
+            "departed mounts are not listed"
+        );
+        assert_eq!(
+            merged.by_dev(60).unwrap().mount_point,
+            Path::new("/mnt/gone")
+        );
+        assert_eq!(
+            merged.by_dev(61).unwrap().mount_point,
+            Path::new("/mnt/new")
         );
     }
 
