@@ -509,15 +509,19 @@ pub fn build_report(
             snapshot.started_unix_ns, snapshot.ended_unix_ns
         )));
     }
-    for m in mount_reports
-        .iter()
-        .filter(|m| m.mount.mount_point.is_none())
-    {
-        notes.push(Note::info(format!(
-            "connection {} is not in the mount table (unmounted during collection?); \
-             shown by its device number",
-            m.mount.conn
-        )));
+    for m in &mount_reports {
+        match &m.mount.mount_point {
+            None => notes.push(Note::info(format!(
+                "connection {} is not in the mount table (unmounted during collection?); \
+                 shown by its device number",
+                m.mount.conn
+            ))),
+            Some(point) if !mounts.is_mounted(m.mount.dev) => notes.push(Note::info(format!(
+                "{point} (conn {}) was unmounted during collection",
+                m.mount.conn
+            ))),
+            Some(_) => {}
+        }
     }
 
     TriageReport {

@@ -175,6 +175,28 @@ fn mounts_sorted_by_total_time_and_unknown_conns_kept() {
 }
 
 #[test]
+fn departed_mounts_are_named_and_noted() {
+    let before = MountTable::parse(MOUNTINFO);
+    let after = MountTable::parse("27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n");
+    let r = build_report(&snapshot(), &after.with_departed(&before), None);
+    assert_eq!(r.mounts[0].mount.mount_point.as_deref(), Some("/mnt/bind"));
+    let info: Vec<&str> = r.notes.iter().map(|n| n.message.as_str()).collect();
+    assert_eq!(
+        info,
+        [
+            "/mnt/bind (conn 0:54) was unmounted during collection",
+            "/mnt/data (conn 0:53) was unmounted during collection",
+            "connection 0:99 is not in the mount table (unmounted during collection?); \
+             shown by its device number",
+        ]
+    );
+    assert!(
+        r.idle_fuse_mounts.is_empty(),
+        "a departed mount is not idle"
+    );
+}
+
+#[test]
 fn ops_sorted_by_total_time_merged_and_summarised() {
     let r = report();
     let data = &r.mounts[1];
