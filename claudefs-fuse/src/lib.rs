@@ -16,3 +16,4 @@ pub mod multipath;
 pub mod otel_trace;
 pub mod probes;
 pub mod tracing_client;
+pub mod triage;
