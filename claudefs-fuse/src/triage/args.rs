@@ -8,7 +8,7 @@ pub enum OutputFormat {
     /// Aligned text for a terminal.
     #[default]
     Table,
-    /// One JSON document (schema in docs/triage-json.md).
+    /// One JSON document (schema in the README, "Triage JSON schema").
     Json,
 }
 

@@ -1,6 +1,6 @@
 //! The JSON rendering of a [`TriageReport`]: one pretty-printed document,
 //! the report's serde form, with `"schema_version"` at the top level. The
-//! schema is documented in `docs/triage-json.md`.
+//! schema is documented in the README ("Triage JSON schema").
 
 use crate::triage::report::TriageReport;
 

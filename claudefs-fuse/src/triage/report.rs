@@ -1,7 +1,7 @@
 //! The triage report: what one [`ProbeSnapshot`] says, resolved against the
 //! mount table, aggregated, sorted and cut to the top entries. Both
 //! renderings (table and JSON) are views of a [`TriageReport`]; its serde
-//! form is the JSON schema documented in `docs/triage-json.md`.
+//! form is the JSON schema documented in the README ("Triage JSON schema").
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -608,7 +608,7 @@ fn every_json_field_is_documented() {
             _ => {}
         }
     }
-    let doc = include_str!("../../../docs/triage-json.md");
+    let doc = include_str!("../../../README.md");
     let mut snap = snapshot();
     snap.fuse_attached = false;
     let mut all = std::collections::BTreeSet::new();
