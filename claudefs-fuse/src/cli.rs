@@ -5,18 +5,37 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "claudefs-fuse", version, about = "ClaudeFS FUSE client and its eBPF observability add-on")]
+#[command(
+    name = "claudefs-fuse",
+    version,
+    about = "ClaudeFS FUSE client and its eBPF observability add-on"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Mount ClaudeFS (runs in the foreground until unmounted or signalled).
+    Mount(crate::daemon::config::MountArgs),
+    /// Print the live state of a running daemon.
+    Status(crate::daemon::config::StatusArgs),
+}
 
 /// Entry point of the binary: parses the arguments, runs the command and
 /// turns an error into one clear line on stderr and a non-zero exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    let result = match cli.command {
+        Command::Mount(args) => crate::daemon::run_mount(args),
+        Command::Status(args) => crate::daemon::run_status(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("claudefs-fuse: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
