@@ -26,7 +26,23 @@ pub enum Command {
 /// Entry point of the binary: parses the arguments, runs the command and
 /// turns an error into one clear line on stderr and a non-zero exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help / --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            eprintln!(
+                "claudefs-fuse: {} (see --help)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Mount(args) => crate::daemon::run_mount(args),
         Command::Status(args) => crate::daemon::run_status(args),

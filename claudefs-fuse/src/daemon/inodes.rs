@@ -30,7 +30,8 @@ pub const ROOT_INO: u64 = 1;
 
 #[derive(Debug)]
 struct Node {
-    path: PathBuf,
+    /// Known names, most recent first (several for hard links).
+    paths: Vec<PathBuf>,
     lookups: u64,
 }
 
@@ -53,7 +54,7 @@ impl InodeTable {
         nodes.insert(
             ROOT_INO,
             Node {
-                path: PathBuf::new(),
+                paths: vec![PathBuf::new()],
                 lookups: 1,
             },
         );
@@ -84,14 +85,17 @@ impl InodeTable {
 
     /// Path (relative to the storage root) of a known inode.
     pub fn path(&self, ino: u64) -> Option<PathBuf> {
-        self.read().nodes.get(&ino).map(|n| n.path.clone())
+        self.read()
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.paths.first().cloned())
     }
 
     /// Path of `name` inside directory `parent`.
     pub fn child_path(&self, parent: u64, name: &OsStr) -> Option<PathBuf> {
         let inner = self.read();
-        let p = inner.nodes.get(&parent)?;
-        Some(p.path.join(name))
+        let p = inner.nodes.get(&parent)?.paths.first()?;
+        Some(p.join(name))
     }
 
     /// Records one kernel lookup of `st_ino` at `path`; returns the FUSE ino.
@@ -99,11 +103,12 @@ impl InodeTable {
         let ino = self.fuse_ino(st_ino);
         let mut inner = self.write();
         let node = inner.nodes.entry(ino).or_insert_with(|| Node {
-            path: path.to_path_buf(),
+            paths: Vec::new(),
             lookups: 0,
         });
-        if ino != ROOT_INO {
-            node.path = path.to_path_buf();
+        if ino != ROOT_INO || node.paths.is_empty() {
+            node.paths.retain(|p| p != path);
+            node.paths.insert(0, path.to_path_buf());
         }
         node.lookups = node.lookups.saturating_add(1);
         ino
@@ -123,13 +128,27 @@ impl InodeTable {
         }
     }
 
-    /// `from` was renamed to `to`: rewrite it and everything below it.
-    pub fn renamed(&self, from: &Path, to: &Path) {
+    /// Name `rel` was removed: forget it for inodes that have other names.
+    pub fn unlinked(&self, rel: &Path) {
         let mut inner = self.write();
         for node in inner.nodes.values_mut() {
-            if let Ok(rest) = node.path.strip_prefix(from) {
-                if !from.as_os_str().is_empty() {
-                    node.path = rejoin(to, rest);
+            if node.paths.len() > 1 {
+                node.paths.retain(|p| p != rel);
+            }
+        }
+    }
+
+    /// `from` was renamed to `to`: rewrite it and everything below it.
+    pub fn renamed(&self, from: &Path, to: &Path) {
+        if from.as_os_str().is_empty() {
+            return;
+        }
+        self.unlinked(to);
+        let mut inner = self.write();
+        for node in inner.nodes.values_mut() {
+            for p in node.paths.iter_mut() {
+                if let Ok(rest) = p.strip_prefix(from) {
+                    *p = rejoin(to, rest);
                 }
             }
         }
@@ -139,10 +158,12 @@ impl InodeTable {
     pub fn exchanged(&self, a: &Path, b: &Path) {
         let mut inner = self.write();
         for node in inner.nodes.values_mut() {
-            if let Ok(rest) = node.path.strip_prefix(a) {
-                node.path = rejoin(b, rest);
-            } else if let Ok(rest) = node.path.strip_prefix(b) {
-                node.path = rejoin(a, rest);
+            for p in node.paths.iter_mut() {
+                if let Ok(rest) = p.strip_prefix(a) {
+                    *p = rejoin(b, rest);
+                } else if let Ok(rest) = p.strip_prefix(b) {
+                    *p = rejoin(a, rest);
+                }
             }
         }
     }
@@ -180,6 +201,11 @@ mod tests {
         t.forget(i, 1);
         assert_eq!(t.path(i), None);
         t.forget(ROOT_INO, 100);
+        // Hard links: removing one name keeps the other.
+        let h = t.remember(20, Path::new("x"));
+        t.remember(20, Path::new("y"));
+        t.unlinked(Path::new("y"));
+        assert_eq!(t.path(h), Some(PathBuf::from("x")));
         assert_eq!(t.path(ROOT_INO), Some(PathBuf::new()));
     }
 

@@ -96,11 +96,43 @@ fn init_logging() {
         .try_init();
 }
 
+/// Unmounts `mountpoint`. (fuser's own unmounter skips the unmount when
+/// requests are queued on the device.) A busy mount is detached lazily;
+/// if files stay open on it for [`BUSY_GRACE`], the FUSE connection is
+/// aborted so the daemon can exit (the open files then get `ENOTCONN`).
+fn unmount(mountpoint: &Path, done: &AtomicBool) {
+    let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return;
+    };
+    let dev = std::fs::metadata(mountpoint)
+        .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+        .ok();
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return;
+    }
+    tracing::warn!("{} is busy: detaching it", mountpoint.display());
+    // SAFETY: valid C string; detaches a busy mount.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < BUSY_GRACE {
+        if done.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(dev) = dev {
+        let minor = libc::minor(dev);
+        tracing::warn!("files still open after {BUSY_GRACE:?}: aborting the FUSE connection");
+        let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), b"1");
+    }
+}
+
+/// How long a busy mount may keep the daemon after SIGTERM.
+const BUSY_GRACE: Duration = Duration::from_secs(2);
+
 /// Waits for SIGINT/SIGTERM on a helper thread, then unmounts `mountpoint`.
-fn spawn_signal_handler(
-    mut unmounter: fuser::SessionUnmounter,
-    mountpoint: PathBuf,
-) -> anyhow::Result<()> {
+fn spawn_signal_handler(mountpoint: PathBuf, done: Arc<AtomicBool>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -119,12 +151,7 @@ fn spawn_signal_handler(
                 }
             });
             tracing::info!("signal received: unmounting {}", mountpoint.display());
-            if unmounter.unmount().is_err() {
-                if let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) {
-                    // SAFETY: valid C string; a lazy unmount when files are still open.
-                    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-                }
-            }
+            unmount(&mountpoint, &done);
         })?;
     Ok(())
 }
@@ -228,9 +255,9 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     config.acl = SessionACL::All;
     config.n_threads = Some(s.threads);
     config.clone_fd = true;
-    let mut session = fuser::Session::new(fs, &mountpoint, &config)
+    let session = fuser::Session::new(fs, &mountpoint, &config)
         .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
-    spawn_signal_handler(session.unmount_callable(), mountpoint.clone())?;
+    spawn_signal_handler(mountpoint.clone(), stop.clone())?;
     tracing::info!(
         "mounted {} ({} storage paths, {} threads)",
         mountpoint.display(),

@@ -297,7 +297,9 @@ impl Core {
 
     pub fn unlink(&self, parent: u64, name: &OsStr, dir: bool) -> SysResult<()> {
         let rel = self.child(parent, name)?;
-        self.router.run(Retry::Once, |r| r.unlink(&rel, dir))
+        self.router.run(Retry::Once, |r| r.unlink(&rel, dir))?;
+        self.inodes.unlinked(&rel);
+        Ok(())
     }
 
     pub fn symlink(
