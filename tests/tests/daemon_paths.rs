@@ -218,3 +218,32 @@ fn crash_recovery_after_kill9() {
     m.stop().unwrap();
     assert_eq!(fs::metadata(state.join("journal.log")).unwrap().len(), 0);
 }
+
+#[test]
+fn passthrough_reads_and_writes() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let m = MountGuard::start(
+        &tmp.path().join("mnt"),
+        &tmp.path().join("state"),
+        &[
+            "--path".into(),
+            src.display().to_string(),
+            "--passthrough".into(),
+        ],
+    )
+    .unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(m.mnt.join("p"), &data).unwrap();
+    assert_eq!(fs::read(m.mnt.join("p")).unwrap(), data);
+    assert_eq!(fs::read(src.join("p")).unwrap(), data);
+    // Either the kernel took passthrough, or the daemon fell back (and said so).
+    let st = m.status().unwrap();
+    if st["passthrough"] != true {
+        assert!(m.log_text().contains("passthrough"), "{}", m.log_text());
+    }
+}
