@@ -16,11 +16,42 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Mount ClaudeFS (runs in the foreground until unmounted or signalled).
+    Mount(crate::daemon::config::MountArgs),
+    /// Print the live state of a running daemon.
+    Status(crate::daemon::config::StatusArgs),
+}
 
 /// Entry point of the binary: parses the arguments, runs the command and
 /// turns an error into one clear line on stderr and a non-zero exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {}
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help / --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            eprintln!(
+                "claudefs-fuse: {} (see --help)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Mount(args) => crate::daemon::run_mount(args),
+        Command::Status(args) => crate::daemon::run_status(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("claudefs-fuse: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

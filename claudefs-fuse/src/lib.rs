@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod crash_recovery;
+pub mod daemon;
 pub mod error;
 pub mod flock;
 pub mod idmap;

@@ -1,1 +1,257 @@
 //! Helpers for the end-to-end tests.
+//!
+//! [`MountGuard`] spawns the `claudefs-fuse` binary and unmounts/kills it on
+//! drop. The binary is `$CLAUDEFS_FUSE_BIN`, else `claudefs-fuse` in the
+//! target dir of the running test (`<target>/<profile>/claudefs-fuse`).
+//! FUSE tests need root and `/dev/fuse`: [`fuse_unavailable`] says why they
+//! cannot run; in CI (`CI=true`) that is a failure, elsewhere a skip.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the `claudefs-fuse` binary.
+pub fn fuse_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CLAUDEFS_FUSE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // <target>/<profile>/deps/test-xxxx or <target>/<profile>/bench
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("claudefs-fuse")
+}
+
+/// Why FUSE tests cannot run here, if they cannot. Panics in CI.
+pub fn fuse_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let reason = if !root {
+        Some("not root".to_string())
+    } else if !Path::new("/dev/fuse").exists() {
+        Some("no /dev/fuse".to_string())
+    } else if !fuse_bin().exists() {
+        Some(format!(
+            "no binary at {} (build it or set CLAUDEFS_FUSE_BIN)",
+            fuse_bin().display()
+        ))
+    } else {
+        None
+    };
+    if let Some(r) = &reason {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("FUSE e2e tests must run in CI but cannot: {r}");
+        }
+        eprintln!("skipping FUSE e2e test: {r}");
+    }
+    reason
+}
+
+/// Whether `dir` is a mount point now.
+pub fn is_mounted(dir: &Path) -> bool {
+    let Ok(abs) = dir.canonicalize() else {
+        return false;
+    };
+    let target = abs.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+}
+
+/// Lazily unmounts `dir` (ignores errors).
+pub fn umount_lazy(dir: &Path) {
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A running `claudefs-fuse mount`.
+pub struct MountGuard {
+    pub mnt: PathBuf,
+    pub state: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl MountGuard {
+    /// Mounts `mnt` with `args` (paths and options) and state dir `state`.
+    pub fn start(mnt: &Path, state: &Path, args: &[String]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(mnt)?;
+        let log = state.with_extension("log");
+        let logf = std::fs::File::create(&log)?;
+        let child = Command::new(fuse_bin())
+            .arg("mount")
+            .args(args)
+            .arg("--state-dir")
+            .arg(state)
+            .arg(mnt)
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()?;
+        let mut g = Self {
+            mnt: mnt.to_path_buf(),
+            state: state.to_path_buf(),
+            child: Some(child),
+            log,
+        };
+        let t0 = Instant::now();
+        while !(is_mounted(mnt) && state.join("status.sock").exists()) {
+            if let Some(c) = g.child.as_mut() {
+                if let Some(st) = c.try_wait()? {
+                    g.child = None;
+                    anyhow::bail!("daemon exited ({st}): {}", g.log_text());
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                anyhow::bail!("mount did not appear: {}", g.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(g)
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Daemon pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// `claudefs-fuse status --json` of this daemon.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        status_json(&self.state)
+    }
+
+    /// kill -9 the daemon (leaves a dead mount, which is lazily unmounted).
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        umount_lazy(&self.mnt);
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut c = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no daemon"))?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait()? {
+                return Ok(st);
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = c.kill();
+                umount_lazy(&self.mnt);
+                anyhow::bail!("daemon did not stop on SIGTERM: {}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(3) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_mounted(&self.mnt) {
+            umount_lazy(&self.mnt);
+        }
+    }
+}
+
+/// `claudefs-fuse status --state-dir DIR --json`.
+pub fn status_json(state: &Path) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(fuse_bin())
+        .arg("status")
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--json")
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    f()
+}
+
+/// A bindfs mount of `src` at `dst`, run in the foreground as our child.
+pub struct Bindfs {
+    pub dst: PathBuf,
+    child: Option<Child>,
+}
+
+impl Bindfs {
+    pub fn start(src: &Path, dst: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dst)?;
+        let child = Command::new("bindfs")
+            .arg("-f")
+            .arg(src)
+            .arg(dst)
+            .stderr(Stdio::null())
+            .spawn()?;
+        let b = Self {
+            dst: dst.to_path_buf(),
+            child: Some(child),
+        };
+        if !wait_until(Duration::from_secs(5), || is_mounted(dst)) {
+            anyhow::bail!("bindfs did not mount {}", dst.display());
+        }
+        Ok(b)
+    }
+
+    /// Kills bindfs (-9) and lazily unmounts what is left.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.dst)
+            .stderr(Stdio::null())
+            .status();
+        umount_lazy(&self.dst);
+    }
+}
+
+impl Drop for Bindfs {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,788 @@
+//! The thin fuser boundary: each `Filesystem` method opens a span, calls
+//! the core (`ops.rs`), locks (`locks.rs`), and replies with the value or
+//! the errno. Every request gets exactly one reply; a panic in a handler is
+//! caught (the dropped reply answers `EIO`) and never takes a worker down.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use super::locks::Locks;
+use super::ops::{Core, OpenFile};
+use super::spans::{ReqSpan, Spans};
+use super::storage::SysResult;
+
+/// Attribute and entry cache time.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Passthrough backing files, one per inode while it has open handles.
+#[derive(Debug, Default)]
+struct Backing {
+    by_ino: HashMap<u64, (Arc<BackingId>, usize)>,
+    by_fh: HashMap<u64, u64>,
+}
+
+/// The `fuser::Filesystem` of the daemon.
+#[derive(Debug)]
+pub struct Fs {
+    pub core: Arc<Core>,
+    pub locks: Arc<Locks>,
+    pub spans: Arc<Spans>,
+    /// Passthrough wanted (flag) and granted by the kernel.
+    pub passthrough: Arc<AtomicBool>,
+    /// Set when the kernel took FUSE_FLOCK_LOCKS.
+    pub flock: Arc<AtomicBool>,
+    backing: Mutex<Backing>,
+}
+
+fn err(e: i32) -> Errno {
+    Errno::from_i32(e)
+}
+
+fn guard(op: &str, f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!(op, "request handler panicked; replied EIO");
+    }
+}
+
+impl Fs {
+    pub fn new(core: Arc<Core>, locks: Arc<Locks>, spans: Arc<Spans>, passthrough: bool) -> Self {
+        Self {
+            core,
+            locks,
+            spans,
+            passthrough: Arc::new(AtomicBool::new(passthrough)),
+            flock: Arc::new(AtomicBool::new(false)),
+            backing: Mutex::new(Backing::default()),
+        }
+    }
+
+    fn begin(&self, op: &'static str, req: &Request, ino: u64) -> Option<ReqSpan> {
+        self.spans
+            .begin(op, req.unique().0, ino, req.uid(), req.pid())
+    }
+
+    fn fin<T>(
+        &self,
+        sp: Option<ReqSpan>,
+        r: SysResult<T>,
+        fh: Option<u64>,
+        bytes: impl Fn(&T) -> u64,
+    ) -> Result<T, Errno> {
+        match r {
+            Ok(v) => {
+                let b = bytes(&v);
+                self.spans
+                    .end(sp, fh, if b > 0 { Some(b) } else { None }, None);
+                Ok(v)
+            }
+            Err(e) => {
+                self.spans.end(sp, fh, None, Some(e));
+                Err(err(e))
+            }
+        }
+    }
+
+    /// Registers a passthrough backing file for `of` (per inode, shared).
+    fn backing_for(
+        &self,
+        fh: u64,
+        of: &OpenFile,
+        open: impl FnOnce(&dyn AsFd) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut b = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        let id = match b.by_ino.get_mut(&of.ino) {
+            Some((id, n)) => {
+                *n += 1;
+                id.clone()
+            }
+            None => {
+                let (_, fd) = of.current();
+                match open(&fd.as_fd()) {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        b.by_ino.insert(of.ino, (id.clone(), 1));
+                        id
+                    }
+                    Err(e) => {
+                        tracing::warn!("kernel refused FUSE passthrough ({e}); serving reads and writes in the daemon");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                        return None;
+                    }
+                }
+            }
+        };
+        b.by_fh.insert(fh, of.ino);
+        Some(id)
+    }
+
+    fn drop_backing(&self, fh: u64) {
+        let mut b = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ino) = b.by_fh.remove(&fh) {
+            if let Some((_, n)) = b.by_ino.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    b.by_ino.remove(&ino);
+                }
+            }
+        }
+    }
+}
+
+impl Filesystem for Fs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        match config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS) {
+            Ok(()) => self.flock.store(true, Ordering::Relaxed),
+            Err(_) => tracing::warn!(
+                "kernel lacks FUSE_FLOCK_LOCKS: flock is served by the kernel locally"
+            ),
+        }
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if self.passthrough.load(Ordering::Relaxed) {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(2).is_ok();
+            if !ok {
+                tracing::warn!("kernel does not offer FUSE passthrough; --passthrough ignored");
+                self.passthrough.store(false, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.locks.shutdown();
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        guard("lookup", || {
+            let sp = self.begin("lookup", req, parent.0);
+            match self.fin(sp, self.core.lookup(parent.0, name), None, |_| 0) {
+                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        guard("getattr", || {
+            let sp = self.begin("getattr", req, ino.0);
+            let fh = fh.map(|f| f.0);
+            match self.fin(sp, self.core.getattr(ino.0, fh), fh, |_| 0) {
+                Ok(a) => reply.attr(&TTL, &a),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        guard("setattr", || {
+            let sp = self.begin("setattr", req, ino.0);
+            let fh = fh.map(|f| f.0);
+            let r = self
+                .core
+                .setattr(ino.0, fh, mode, uid, gid, size, atime, mtime);
+            match self.fin(sp, r, fh, |_| 0) {
+                Ok(a) => reply.attr(&TTL, &a),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        guard("readlink", || {
+            let sp = self.begin("readlink", req, ino.0);
+            match self.fin(sp, self.core.readlink(ino.0), None, |v| v.len() as u64) {
+                Ok(v) => reply.data(&v),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        guard("mknod", || {
+            let sp = self.begin("mknod", req, parent.0);
+            let r = self
+                .core
+                .mknod(parent.0, name, mode, rdev, req.uid(), req.gid());
+            match self.fin(sp, r, None, |_| 0) {
+                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        guard("mkdir", || {
+            let sp = self.begin("mkdir", req, parent.0);
+            let r = self.core.mkdir(parent.0, name, mode, req.uid(), req.gid());
+            match self.fin(sp, r, None, |_| 0) {
+                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guard("unlink", || {
+            let sp = self.begin("unlink", req, parent.0);
+            match self.fin(sp, self.core.unlink(parent.0, name, false), None, |_| 0) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guard("rmdir", || {
+            let sp = self.begin("rmdir", req, parent.0);
+            match self.fin(sp, self.core.unlink(parent.0, name, true), None, |_| 0) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        guard("symlink", || {
+            let sp = self.begin("symlink", req, parent.0);
+            let r = self
+                .core
+                .symlink(parent.0, link_name, target, req.uid(), req.gid());
+            match self.fin(sp, r, None, |_| 0) {
+                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        guard("rename", || {
+            let sp = self.begin("rename", req, parent.0);
+            let r = self
+                .core
+                .rename(parent.0, name, newparent.0, newname, flags.bits());
+            match self.fin(sp, r, None, |_| 0) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        guard("link", || {
+            let sp = self.begin("link", req, ino.0);
+            match self.fin(sp, self.core.link(ino.0, newparent.0, newname), None, |_| 0) {
+                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        guard("open", || {
+            let sp = self.begin("open", req, ino.0);
+            match self.core.open(ino.0, flags.0, req.pid()) {
+                Ok((fh, of)) => {
+                    self.spans.end(sp, Some(fh), None, None);
+                    match self.backing_for(fh, &of, |fd| reply.open_backing(fd)) {
+                        Some(id) => {
+                            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                        }
+                        None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                    }
+                }
+                Err(e) => {
+                    self.spans.end(sp, None, None, Some(e));
+                    reply.error(err(e))
+                }
+            }
+        })
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        guard("read", || {
+            let sp = self.begin("read", req, ino.0);
+            match self.fin(sp, self.core.read(fh.0, offset, size), Some(fh.0), |v| {
+                v.len() as u64
+            }) {
+                Ok(v) => reply.data(&v),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        guard("write", || {
+            let sp = self.begin("write", req, ino.0);
+            match self.fin(sp, self.core.write(fh.0, offset, data), Some(fh.0), |n| {
+                *n as u64
+            }) {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    /// Nothing to flush: writes go straight to storage and only flock is
+    /// served (flush carries POSIX lock owners). `ENOSYS` makes the kernel
+    /// stop sending FLUSH on every close, saving a round trip.
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        guard("release", || {
+            let sp = self.begin("release", req, ino.0);
+            if let Some(owner) = lock_owner {
+                self.locks.release_owner(ino.0, owner.0);
+            }
+            self.core.release(fh.0);
+            self.drop_backing(fh.0);
+            self.spans.end(sp, Some(fh.0), None, None);
+            reply.ok()
+        })
+    }
+
+    fn fsync(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        guard("fsync", || {
+            let sp = self.begin("fsync", req, ino.0);
+            match self.fin(sp, self.core.fsync(fh.0, datasync), Some(fh.0), |_| 0) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        guard("opendir", || {
+            let sp = self.begin("opendir", req, ino.0);
+            match self.fin(sp, self.core.opendir(ino.0), None, |_| 0) {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        guard("readdir", || {
+            let sp = self.begin("readdir", req, ino.0);
+            match self.fin(
+                sp,
+                self.core.readdir(ino.0, fh.0, offset),
+                Some(fh.0),
+                |_| 0,
+            ) {
+                Ok(entries) => {
+                    for (off, e) in entries {
+                        if reply.add(INodeNo(e.ino), off, e.kind, &e.name) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        guard("readdirplus", || {
+            let sp = self.begin("readdirplus", req, ino.0);
+            match self.fin(
+                sp,
+                self.core.readdir(ino.0, fh.0, offset),
+                Some(fh.0),
+                |_| 0,
+            ) {
+                Ok(entries) => {
+                    for (off, e) in entries {
+                        if e.name == "." || e.name == ".." {
+                            continue;
+                        }
+                        let Ok(attr) = self.core.entry_plus(ino.0, &e.name) else {
+                            continue;
+                        };
+                        if reply.add(attr.ino, off, &e.name, &TTL, &attr, Generation(0)) {
+                            self.core.forget(attr.ino.0, 1);
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.core.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        guard("statfs", || {
+            let sp = self.begin("statfs", req, ino.0);
+            match self.fin(sp, self.core.statfs(), None, |_| 0) {
+                Ok(s) => reply.statfs(
+                    s.f_blocks,
+                    s.f_bfree,
+                    s.f_bavail,
+                    s.f_files,
+                    s.f_ffree,
+                    s.f_bsize as u32,
+                    s.f_namemax as u32,
+                    s.f_frsize as u32,
+                ),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        guard("setxattr", || {
+            let sp = self.begin("setxattr", req, ino.0);
+            match self.fin(
+                sp,
+                self.core.setxattr(ino.0, name, value, flags),
+                None,
+                |_| 0,
+            ) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        guard("getxattr", || {
+            let sp = self.begin("getxattr", req, ino.0);
+            match self.fin(sp, self.core.getxattr(ino.0, name, size), None, |v| {
+                v.0 as u64
+            }) {
+                Ok((n, _)) if size == 0 => reply.size(n as u32),
+                Ok((_, v)) => reply.data(&v),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        guard("listxattr", || {
+            let sp = self.begin("listxattr", req, ino.0);
+            match self.fin(sp, self.core.listxattr(ino.0, size), None, |v| v.0 as u64) {
+                Ok((n, _)) if size == 0 => reply.size(n as u32),
+                Ok((_, v)) => reply.data(&v),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guard("removexattr", || {
+            let sp = self.begin("removexattr", req, ino.0);
+            match self.fin(sp, self.core.removexattr(ino.0, name), None, |_| 0) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        guard("access", || {
+            let sp = self.begin("access", req, ino.0);
+            match self.fin(
+                sp,
+                self.core.access(ino.0, mask.bits(), req.uid(), req.gid()),
+                None,
+                |_| 0,
+            ) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        guard("create", || {
+            let sp = self.begin("create", req, parent.0);
+            match self
+                .core
+                .create(parent.0, name, mode, flags, req.uid(), req.gid(), req.pid())
+            {
+                Ok((attr, fh, of)) => {
+                    self.spans.end(sp, Some(fh), None, None);
+                    match self.backing_for(fh, &of, |fd| reply.open_backing(fd)) {
+                        Some(id) => reply.created_passthrough(
+                            &TTL,
+                            &attr,
+                            Generation(0),
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                            &id,
+                        ),
+                        None => reply.created(
+                            &TTL,
+                            &attr,
+                            Generation(0),
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                        ),
+                    }
+                }
+                Err(e) => {
+                    self.spans.end(sp, None, None, Some(e));
+                    reply.error(err(e))
+                }
+            }
+        })
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        _typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        // Only flock is negotiated; F_GETLK never reaches the daemon.
+        reply.locked(start, end, libc::F_UNLCK, pid);
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        guard("setlk", || {
+            let sp = self.begin("setlk", req, ino.0);
+            self.spans.end(sp, None, None, None);
+            self.locks
+                .setlk(ino.0, lock_owner.0, pid, req.pid(), typ, sleep, reply);
+        })
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        guard("fallocate", || {
+            let sp = self.begin("fallocate", req, ino.0);
+            match self.fin(
+                sp,
+                self.core.fallocate(fh.0, offset, length, mode),
+                Some(fh.0),
+                |_| 0,
+            ) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn lseek(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        guard("lseek", || {
+            let sp = self.begin("lseek", req, ino.0);
+            match self.fin(sp, self.core.lseek(fh.0, offset, whence), Some(fh.0), |_| 0) {
+                Ok(o) => reply.offset(o),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+}

@@ -1,0 +1,227 @@
+//! Stable inode numbers and the path of each inode the kernel knows.
+//!
+//! The FUSE inode number is the backing file's `st_ino`: every storage path
+//! reaches the same storage, so the number is the same whichever path
+//! answered, and it survives a daemon restart. Two numbers are swapped: the
+//! storage root's `st_ino` shows as `FUSE_ROOT_ID` (1), and a backing file
+//! whose `st_ino` happens to be 1 shows as the root's `st_ino`.
+//!
+//! Each inode keeps its path relative to the storage root (the most recent
+//! name it was looked up under) and the kernel's lookup count; `forget`
+//! drops it at zero. Renames rewrite the paths of the moved entry and of
+//! everything below it.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// `base/rest` without the trailing `/` that `join("")` would add.
+fn rejoin(base: &Path, rest: &Path) -> PathBuf {
+    if rest.as_os_str().is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(rest)
+    }
+}
+
+/// The FUSE root inode.
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug)]
+struct Node {
+    /// Known names, most recent first (several for hard links).
+    paths: Vec<PathBuf>,
+    lookups: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    nodes: HashMap<u64, Node>,
+}
+
+/// Inode number <-> path table.
+#[derive(Debug)]
+pub struct InodeTable {
+    root_backing: u64,
+    inner: RwLock<Inner>,
+}
+
+impl InodeTable {
+    /// A table whose root directory has backing `st_ino` `root_backing`.
+    pub fn new(root_backing: u64) -> Self {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT_INO,
+            Node {
+                paths: vec![PathBuf::new()],
+                lookups: 1,
+            },
+        );
+        Self {
+            root_backing,
+            inner: RwLock::new(Inner { nodes }),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// FUSE inode number of a backing `st_ino`.
+    pub fn fuse_ino(&self, st_ino: u64) -> u64 {
+        if st_ino == self.root_backing {
+            ROOT_INO
+        } else if st_ino == ROOT_INO {
+            self.root_backing
+        } else {
+            st_ino
+        }
+    }
+
+    /// Path (relative to the storage root) of a known inode.
+    pub fn path(&self, ino: u64) -> Option<PathBuf> {
+        self.read()
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.paths.first().cloned())
+    }
+
+    /// Path of `name` inside directory `parent`.
+    pub fn child_path(&self, parent: u64, name: &OsStr) -> Option<PathBuf> {
+        let inner = self.read();
+        let p = inner.nodes.get(&parent)?.paths.first()?;
+        Some(p.join(name))
+    }
+
+    /// Records one kernel lookup of `st_ino` at `path`; returns the FUSE ino.
+    pub fn remember(&self, st_ino: u64, path: &Path) -> u64 {
+        let ino = self.fuse_ino(st_ino);
+        let mut inner = self.write();
+        let node = inner.nodes.entry(ino).or_insert_with(|| Node {
+            paths: Vec::new(),
+            lookups: 0,
+        });
+        if ino != ROOT_INO || node.paths.is_empty() {
+            node.paths.retain(|p| p != path);
+            node.paths.insert(0, path.to_path_buf());
+        }
+        node.lookups = node.lookups.saturating_add(1);
+        ino
+    }
+
+    /// The kernel dropped `n` lookups of `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut inner = self.write();
+        if let Some(node) = inner.nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+            if node.lookups == 0 {
+                inner.nodes.remove(&ino);
+            }
+        }
+    }
+
+    /// Name `rel` was removed: forget it for inodes that have other names.
+    pub fn unlinked(&self, rel: &Path) {
+        let mut inner = self.write();
+        for node in inner.nodes.values_mut() {
+            if node.paths.len() > 1 {
+                node.paths.retain(|p| p != rel);
+            }
+        }
+    }
+
+    /// `from` was renamed to `to`: rewrite it and everything below it.
+    pub fn renamed(&self, from: &Path, to: &Path) {
+        if from.as_os_str().is_empty() {
+            return;
+        }
+        self.unlinked(to);
+        let mut inner = self.write();
+        for node in inner.nodes.values_mut() {
+            for p in node.paths.iter_mut() {
+                if let Ok(rest) = p.strip_prefix(from) {
+                    *p = rejoin(to, rest);
+                }
+            }
+        }
+    }
+
+    /// `a` and `b` were exchanged.
+    pub fn exchanged(&self, a: &Path, b: &Path) {
+        let mut inner = self.write();
+        for node in inner.nodes.values_mut() {
+            for p in node.paths.iter_mut() {
+                if let Ok(rest) = p.strip_prefix(a) {
+                    *p = rejoin(b, rest);
+                } else if let Ok(rest) = p.strip_prefix(b) {
+                    *p = rejoin(a, rest);
+                }
+            }
+        }
+    }
+
+    /// Number of inodes held (root included).
+    pub fn len(&self) -> usize {
+        self.read().nodes.len()
+    }
+
+    /// Never true: the root is always held.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_and_one_are_swapped() {
+        let t = InodeTable::new(2);
+        assert_eq!(t.fuse_ino(2), ROOT_INO);
+        assert_eq!(t.fuse_ino(1), 2);
+        assert_eq!(t.fuse_ino(77), 77);
+    }
+
+    #[test]
+    fn lookup_counts_and_forget() {
+        let t = InodeTable::new(2);
+        let i = t.remember(10, Path::new("a"));
+        t.remember(10, Path::new("a"));
+        t.forget(i, 1);
+        assert_eq!(t.path(i), Some(PathBuf::from("a")));
+        t.forget(i, 1);
+        assert_eq!(t.path(i), None);
+        t.forget(ROOT_INO, 100);
+        // Hard links: removing one name keeps the other.
+        let h = t.remember(20, Path::new("x"));
+        t.remember(20, Path::new("y"));
+        t.unlinked(Path::new("y"));
+        assert_eq!(t.path(h), Some(PathBuf::from("x")));
+        assert_eq!(t.path(ROOT_INO), Some(PathBuf::new()));
+    }
+
+    #[test]
+    fn rename_moves_subtree() {
+        let t = InodeTable::new(2);
+        t.remember(10, Path::new("d"));
+        t.remember(11, Path::new("d/x"));
+        t.remember(12, Path::new("dx"));
+        t.renamed(Path::new("d"), Path::new("e/f"));
+        assert_eq!(t.path(10).unwrap().as_os_str(), "e/f");
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("e/f/x"));
+        assert_eq!(t.path(12).unwrap(), PathBuf::from("dx"));
+        t.exchanged(Path::new("e/f"), Path::new("dx"));
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("dx/x"));
+        assert_eq!(t.path(12).unwrap(), PathBuf::from("e/f"));
+        assert_eq!(t.path(12).unwrap().as_os_str(), "e/f");
+    }
+}

@@ -1,0 +1,288 @@
+//! flock(2) served by the daemon from [`crate::flock::FlockRegistry`].
+//!
+//! Only `FUSE_FLOCK_LOCKS` is negotiated (not `FUSE_POSIX_LOCKS`), so every
+//! SETLK/SETLKW the daemon receives is a flock; POSIX `fcntl` locks stay
+//! with the kernel. The lock owner is the open file description (the
+//! kernel's `lock_owner`), which `dup`/`fork` share, as flock wants.
+//!
+//! * `LOCK_NB` conflict -> `EWOULDBLOCK`; `Deadlock` -> `EDEADLK`.
+//! * A blocking request that conflicts is parked: its reply object goes to
+//!   a FIFO wait queue of the inode and the worker thread returns at once.
+//!   Whoever removes a lock (unlock, release, an interrupted waiter) scans
+//!   the queue in arrival order and replies to every waiter that can now be
+//!   granted.
+//! * Interrupts: fuser 0.18 answers `FUSE_INTERRUPT` itself with `ENOSYS`
+//!   (the kernel then stops sending them) and never shows it to the file
+//!   system. So a watcher thread looks at each parked waiter's task every
+//!   [`WATCH_INTERVAL`]: a task that is gone or has an unblocked signal
+//!   pending (which is what makes the kernel send `FUSE_INTERRUPT`) gets
+//!   `EINTR`, and no lock is left behind. This covers `kill -9` of a
+//!   waiter as well.
+//! * RELEASE with `FUSE_RELEASE_FLOCK_UNLOCK` frees the owner's lock and
+//!   wakes waiters.
+//! * Upgrade/downgrade: a non-blocking upgrade that conflicts keeps the
+//!   caller's shared lock (the registry's rule; Linux drops it and the
+//!   caller then holds nothing: the documented difference). A blocking
+//!   upgrade that conflicts behaves like Linux: the shared lock is dropped
+//!   first (waking waiters), then the request waits — so two shared holders
+//!   upgrading at once do not deadlock.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fuser::{Errno, ReplyEmpty};
+use serde::Serialize;
+
+use crate::flock::{FlockConflict, FlockHandle, FlockRegistry, FlockType};
+
+/// How often parked waiters are checked for signals.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(20);
+
+#[derive(Debug)]
+struct Waiter {
+    owner: u64,
+    pid: u32,
+    tid: u32,
+    typ: FlockType,
+    reply: ReplyEmpty,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    reg: FlockRegistry,
+    inos: std::collections::BTreeSet<u64>,
+    queues: HashMap<u64, VecDeque<Waiter>>,
+}
+
+/// Lock state for status.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LockStatus {
+    pub held: Vec<String>,
+    pub waiting: usize,
+    pub acquires: u64,
+    pub releases: u64,
+    pub conflicts: u64,
+    pub upgrades: u64,
+    pub downgrades: u64,
+}
+
+/// The daemon's flock service.
+#[derive(Debug, Default)]
+pub struct Locks {
+    inner: Mutex<Inner>,
+    stop: AtomicBool,
+}
+
+/// Answer to a request that can be given now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Granted,
+    Error(i32),
+    Parked,
+}
+
+fn errno(e: i32) -> Errno {
+    Errno::from_i32(e)
+}
+
+impl Locks {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// SETLK/SETLKW of a flock: `typ` is `F_RDLCK`/`F_WRLCK`/`F_UNLCK`.
+    /// Replies now, or parks `reply` until the lock can be granted.
+    #[allow(clippy::too_many_arguments)]
+    pub fn setlk(
+        &self,
+        ino: u64,
+        owner: u64,
+        pid: u32,
+        tid: u32,
+        typ: i32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let ft = match typ {
+            libc::F_RDLCK => FlockType::Shared,
+            libc::F_WRLCK => FlockType::Exclusive,
+            libc::F_UNLCK => FlockType::Unlock,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let mut inner = self.lock();
+        if ft == FlockType::Unlock {
+            inner.reg.release(owner, ino);
+            // A waiter of this open file description (another thread) stays queued.
+            Self::wake(&mut inner, ino);
+            drop(inner);
+            return reply.ok();
+        }
+        inner.inos.insert(ino);
+        match inner
+            .reg
+            .try_acquire(FlockHandle::new(owner, ino, pid, ft, !sleep))
+        {
+            FlockConflict::None => {
+                drop(inner);
+                reply.ok()
+            }
+            FlockConflict::Deadlock => {
+                drop(inner);
+                reply.error(Errno::from_i32(libc::EDEADLK))
+            }
+            FlockConflict::WouldBlock { .. } if !sleep => {
+                drop(inner);
+                reply.error(Errno::from_i32(libc::EWOULDBLOCK))
+            }
+            FlockConflict::WouldBlock { .. } => {
+                if inner.reg.has_lock(owner, ino) {
+                    // Blocking conversion: drop the old lock first, like Linux.
+                    inner.reg.release(owner, ino);
+                    Self::wake(&mut inner, ino);
+                    if inner
+                        .reg
+                        .try_acquire(FlockHandle::new(owner, ino, pid, ft, false))
+                        == FlockConflict::None
+                    {
+                        drop(inner);
+                        return reply.ok();
+                    }
+                }
+                inner.queues.entry(ino).or_default().push_back(Waiter {
+                    owner,
+                    pid,
+                    tid,
+                    typ: ft,
+                    reply,
+                });
+            }
+        }
+    }
+
+    /// Grants, in FIFO order, every waiter of `ino` that can now have its lock.
+    fn wake(inner: &mut Inner, ino: u64) {
+        let Some(mut q) = inner.queues.remove(&ino) else {
+            return;
+        };
+        let mut keep = VecDeque::new();
+        while let Some(w) = q.pop_front() {
+            match inner
+                .reg
+                .try_acquire(FlockHandle::new(w.owner, ino, w.pid, w.typ, false))
+            {
+                FlockConflict::None => w.reply.ok(),
+                FlockConflict::Deadlock => w.reply.error(errno(libc::EDEADLK)),
+                FlockConflict::WouldBlock { .. } => keep.push_back(w),
+            }
+        }
+        if !keep.is_empty() {
+            inner.queues.insert(ino, keep);
+        }
+    }
+
+    /// RELEASE with `FUSE_RELEASE_FLOCK_UNLOCK`: frees `owner`'s lock.
+    pub fn release_owner(&self, ino: u64, owner: u64) {
+        let mut inner = self.lock();
+        if inner.reg.has_lock(owner, ino) {
+            inner.reg.release(owner, ino);
+            Self::wake(&mut inner, ino);
+        }
+    }
+
+    /// Replies `EINTR` to parked waiters whose task got a signal or is gone.
+    pub fn check_waiters(&self, pending: impl Fn(u32) -> bool) {
+        let mut inner = self.lock();
+        let inos: Vec<u64> = inner.queues.keys().copied().collect();
+        for ino in inos {
+            let Some(q) = inner.queues.get_mut(&ino) else {
+                continue;
+            };
+            let mut keep = VecDeque::new();
+            let mut removed = false;
+            while let Some(w) = q.pop_front() {
+                if pending(w.tid) {
+                    w.reply.error(Errno::EINTR);
+                    removed = true;
+                } else {
+                    keep.push_back(w);
+                }
+            }
+            *q = keep;
+            if q.is_empty() {
+                inner.queues.remove(&ino);
+            }
+            if removed {
+                Self::wake(&mut inner, ino);
+            }
+        }
+    }
+
+    /// Starts the watcher thread (see module doc).
+    pub fn spawn_watcher(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("cfs-flock".into())
+            .spawn(move || {
+                while !me.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(WATCH_INTERVAL);
+                    let idle = me.lock().queues.is_empty();
+                    if !idle {
+                        me.check_waiters(signal_pending);
+                    }
+                }
+            })
+    }
+
+    /// Stops the watcher; parked waiters get `EINTR` (unmount).
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.check_waiters(|_| true);
+    }
+
+    /// Snapshot for status.
+    pub fn status(&self) -> LockStatus {
+        let mut inner = self.lock();
+        let Inner { reg, inos, .. } = &mut *inner;
+        inos.retain(|i| reg.holder_count(*i) > 0);
+        let inner = &*inner;
+        let s = inner.reg.stats();
+        let mut held = Vec::new();
+        for ino in &inner.inos {
+            for e in inner.reg.holders(*ino) {
+                held.push(format!(
+                    "ino={} owner={:#x} pid={} {:?}",
+                    e.ino, e.fd, e.pid, e.lock_type
+                ));
+            }
+        }
+        LockStatus {
+            held,
+            waiting: inner.queues.values().map(VecDeque::len).sum(),
+            acquires: s.acquires,
+            releases: s.releases,
+            conflicts: s.conflicts,
+            upgrades: s.upgrades,
+            downgrades: s.downgrades,
+        }
+    }
+}
+
+/// Whether task `tid` is gone or has an unblocked signal pending.
+pub fn signal_pending(tid: u32) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return true;
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let pending = field("SigPnd:") | field("ShdPnd:");
+    let blocked = field("SigBlk:");
+    let ignored = field("SigIgn:");
+    let kill = 1u64 << (libc::SIGKILL - 1);
+    pending & kill != 0 || pending & !blocked & !ignored != 0
+}

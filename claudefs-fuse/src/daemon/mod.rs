@@ -1,0 +1,337 @@
+//! `claudefs-fuse mount` and `claudefs-fuse status`: a multi-threaded FUSE
+//! daemon serving a directory tree reached through one or more storage
+//! paths, built on the Phase-6 modules.
+//!
+//! Roles: `config` (flags and TOML), `storage` (`*at()` syscalls on a root
+//! fd), `inodes` (stable inode numbers), `router` (multipath routing,
+//! retry, health checks), `ops` (the POSIX core), `fs` (the thin fuser
+//! boundary), `locks` (flock), `idmap` (uid/gid mapping), `journal` (open
+//! files, pending writes, crash recovery), `spans` (per-request spans),
+//! `status` (live state over a unix socket).
+
+pub mod config;
+pub mod fs;
+pub mod idmap;
+pub mod inodes;
+pub mod journal;
+pub mod locks;
+pub mod ops;
+pub mod router;
+pub mod spans;
+pub mod status;
+pub mod storage;
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use fuser::{MountOption, SessionACL};
+
+use crate::multipath::LoadBalancePolicy;
+
+use config::{MountArgs, PolicyArg, StatusArgs};
+
+/// Whether `dir` is already a mount point (or a dead FUSE mount).
+fn check_mountpoint(dir: &Path) -> anyhow::Result<PathBuf> {
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            bail!(
+                "mountpoint {} is in use (a dead FUSE mount; unmount it first)",
+                dir.display()
+            )
+        }
+        Err(e) => bail!("mountpoint {}: {e}", dir.display()),
+    };
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", dir.display());
+    }
+    let abs = dir.canonicalize()?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let target = abs.to_string_lossy().replace(' ', "\\040");
+    if abs != Path::new("/")
+        && mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+    {
+        bail!(
+            "mountpoint {} is in use (already a mount point)",
+            dir.display()
+        );
+    }
+    Ok(abs)
+}
+
+/// Takes the state dir's lock file (one daemon per state dir).
+fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create state dir {}", dir.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("daemon.lock"))
+        .with_context(|| format!("state dir {}", dir.display()))?;
+    // SAFETY: plain syscall on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "state dir {} is in use by another claudefs-fuse daemon",
+            dir.display()
+        );
+    }
+    Ok(f)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Unmounts `mountpoint`. (fuser's own unmounter skips the unmount when
+/// requests are queued on the device.) A busy mount is detached lazily;
+/// if files stay open on it for [`BUSY_GRACE`], the FUSE connection is
+/// aborted so the daemon can exit (the open files then get `ENOTCONN`).
+fn unmount(mountpoint: &Path, done: &AtomicBool) {
+    let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return;
+    };
+    let dev = std::fs::metadata(mountpoint)
+        .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+        .ok();
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return;
+    }
+    tracing::warn!("{} is busy: detaching it", mountpoint.display());
+    // SAFETY: valid C string; detaches a busy mount.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < BUSY_GRACE {
+        if done.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(dev) = dev {
+        let minor = libc::minor(dev);
+        tracing::warn!("files still open after {BUSY_GRACE:?}: aborting the FUSE connection");
+        let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), b"1");
+    }
+}
+
+/// How long a busy mount may keep the daemon after SIGTERM.
+const BUSY_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits for SIGINT/SIGTERM on a helper thread, then unmounts `mountpoint`.
+fn spawn_signal_handler(mountpoint: PathBuf, done: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("cfs-signals".into())
+        .spawn(move || {
+            rt.block_on(async {
+                let Ok(mut term) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            });
+            tracing::info!("signal received: unmounting {}", mountpoint.display());
+            unmount(&mountpoint, &done);
+        })?;
+    Ok(())
+}
+
+/// Runs the daemon in the foreground until unmounted or signalled.
+pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
+    init_logging();
+    let s = args.resolve()?;
+    let mountpoint = check_mountpoint(&s.mountpoint)?;
+    let _lock = lock_state_dir(&s.state_dir)?;
+    // SAFETY: umask only affects this process; the kernel already applied the caller's.
+    unsafe { libc::umask(0) };
+
+    let mut roots = Vec::new();
+    let mut root_ino = None;
+    for p in &s.paths {
+        let root = storage::StorageRoot::open(&p.dir)
+            .with_context(|| format!("storage path {}", p.dir.display()))?;
+        let st = root.stat(Path::new("")).map_err(|e| {
+            anyhow::anyhow!(
+                "storage path {}: {}",
+                p.dir.display(),
+                std::io::Error::from_raw_os_error(e)
+            )
+        })?;
+        match root_ino {
+            None => root_ino = Some(st.st_ino),
+            Some(i) if i != st.st_ino => {
+                bail!(
+                    "storage path {} does not reach the same storage as {}",
+                    p.dir.display(),
+                    s.paths[0].dir.display()
+                )
+            }
+            Some(_) => {}
+        }
+        roots.push((root, p.priority, p.addr.clone()));
+    }
+    let root_ino = root_ino.context("no storage path")?;
+    let policy = match s.policy {
+        PolicyArg::RoundRobin => LoadBalancePolicy::RoundRobin,
+        PolicyArg::LeastLatency => LoadBalancePolicy::LeastLatency,
+        PolicyArg::Primary => LoadBalancePolicy::Primary,
+    };
+    let router = Arc::new(router::Router::new(policy, roots, root_ino)?);
+
+    let leftover = journal::read_leftover(&s.state_dir)?;
+    let (_state, summary) = journal::recover(&leftover, &router);
+    if summary.unclean {
+        tracing::warn!(
+            "recovered after an unclean stop: {} open files ({} recovered, {} orphaned), {} pending writes ({} stale): {}",
+            summary.open_files,
+            summary.recovered,
+            summary.orphaned,
+            summary.pending_writes,
+            summary.stale_pending_writes,
+            summary.state
+        );
+    }
+    let journal = journal::Journal::create(&s.state_dir)?;
+    let idmap = idmap::IdMap::from_spec(&s.idmap)?;
+    let core = Arc::new(ops::Core::new(
+        router.clone(),
+        root_ino,
+        idmap,
+        Some(journal),
+    ));
+    let locks = Arc::new(locks::Locks::default());
+    locks.spawn_watcher()?;
+    let spans = Arc::new(spans::Spans::new(s.sample_rate, 10_000));
+    let fs = fs::Fs::new(core.clone(), locks.clone(), spans.clone(), s.passthrough);
+    let passthrough = fs.passthrough.clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    router.spawn_health_checker(Duration::from_millis(s.health_interval_ms), stop.clone())?;
+
+    let snap = {
+        let (core, locks, spans) = (core.clone(), locks.clone(), spans.clone());
+        let mp = mountpoint.display().to_string();
+        let policy = format!("{:?}", s.policy);
+        Arc::new(move || {
+            status_snapshot(
+                &mp,
+                &policy,
+                &core,
+                &locks,
+                &spans,
+                &summary,
+                passthrough.load(Ordering::Relaxed),
+            )
+        })
+    };
+    let sock = status::serve(&s.state_dir, snap)?;
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("claudefs".into()),
+        MountOption::Subtype("claudefs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(s.threads);
+    config.clone_fd = true;
+    let session = fuser::Session::new(fs, &mountpoint, &config)
+        .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
+    spawn_signal_handler(mountpoint.clone(), stop.clone())?;
+    tracing::info!(
+        "mounted {} ({} storage paths, {} threads)",
+        mountpoint.display(),
+        router.len(),
+        s.threads
+    );
+    let result = session.run();
+    stop.store(true, Ordering::Relaxed);
+    locks.shutdown();
+    if let Some(j) = &core.journal {
+        j.finish();
+    }
+    let _ = std::fs::remove_file(sock);
+    tracing::info!("unmounted {}", mountpoint.display());
+    result.map_err(|e| anyhow::anyhow!("FUSE session ended with an error: {e}"))
+}
+
+fn status_snapshot(
+    mp: &str,
+    policy: &str,
+    core: &ops::Core,
+    locks: &locks::Locks,
+    spans: &spans::Spans,
+    recovery: &journal::RecoverySummary,
+    passthrough: bool,
+) -> status::Status {
+    let paths = core
+        .router
+        .snapshot()
+        .into_iter()
+        .map(|(p, dir)| status::PathStatus {
+            id: p.id.0,
+            dir: dir.display().to_string(),
+            addr: p.remote_addr.clone(),
+            state: format!("{:?}", p.state),
+            priority: p.priority,
+            latency_us: p.metrics.latency_us,
+            error_count: p.metrics.error_count,
+            score: p.metrics.score(),
+        })
+        .collect();
+    let st = core.idmap.mapper().stats();
+    let (buffered, dropped) = spans.counts();
+    status::Status {
+        mountpoint: mp.to_string(),
+        pid: std::process::id(),
+        policy: policy.to_string(),
+        paths,
+        flock: serde_json::to_value(locks.status()).unwrap_or_default(),
+        recovery: recovery.clone(),
+        idmap: serde_json::json!({
+            "mode": core.idmap.describe(),
+            "uid_lookups": st.uid_lookups, "gid_lookups": st.gid_lookups,
+            "uid_hits": st.uid_hits, "gid_hits": st.gid_hits,
+        }),
+        open_files: core.open_count(),
+        inodes: core.inodes.len(),
+        spans: serde_json::json!({"sample_rate": spans.rate(), "buffered": buffered, "dropped": dropped}),
+        passthrough,
+    }
+}
+
+/// Prints the live state of a running daemon.
+pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+    let dir = match (&args.state_dir, &args.mountpoint) {
+        (Some(d), _) => d.clone(),
+        (None, Some(m)) => config::default_state_dir(m),
+        (None, None) => bail!("give --state-dir or --mountpoint"),
+    };
+    let s = status::fetch(&dir)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", status::render(&s));
+    }
+    Ok(())
+}

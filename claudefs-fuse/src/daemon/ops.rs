@@ -1,0 +1,662 @@
+//! The POSIX core of the daemon: every FUSE operation as a plain method
+//! returning `SysResult<T>` (a positive errno on failure), testable without
+//! mounting anything. `fs.rs` only turns these into fuser replies.
+//!
+//! Metadata operations resolve the inode's path (see `inodes.rs`) and run
+//! as `*at()` calls on a storage path picked by the router. Open files keep
+//! the fd of the path they were opened on; when that path turns sick they
+//! are re-opened by path on another one (reads at once, writes only before
+//! the write is issued — a write that may have happened is not replayed).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, INodeNo, TimeOrNow};
+
+use super::idmap::IdMap;
+use super::inodes::InodeTable;
+use super::journal::Journal;
+use super::router::{is_path_error, Retry, Router};
+use super::storage::{self, DirEntry, StorageRoot, SysResult};
+
+/// Flags that make an open non-idempotent (never replayed on another path).
+const CREATE_FLAGS: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC;
+
+/// An open regular file.
+#[derive(Debug)]
+pub struct OpenFile {
+    /// FUSE inode.
+    pub ino: u64,
+    /// Open flags (as given by the kernel).
+    pub flags: i32,
+    /// Opening process.
+    pub pid: u32,
+    cur: RwLock<(u64, Arc<OwnedFd>)>,
+}
+
+impl OpenFile {
+    /// (path id, fd) currently serving this file.
+    pub fn current(&self) -> (u64, Arc<OwnedFd>) {
+        let c = self.cur.read().unwrap_or_else(|p| p.into_inner());
+        (c.0, c.1.clone())
+    }
+}
+
+/// Attributes of a directory entry for readdir.
+#[derive(Debug, Clone)]
+pub struct ListEntry {
+    pub ino: u64,
+    pub kind: FileType,
+    pub name: std::ffi::OsString,
+}
+
+/// The file-system core.
+#[derive(Debug)]
+pub struct Core {
+    pub router: Arc<Router>,
+    pub inodes: InodeTable,
+    pub idmap: IdMap,
+    pub journal: Option<Journal>,
+    files: RwLock<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+}
+
+fn kind_of(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype_kind(d: u8) -> FileType {
+    match d {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        libc::DT_SOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec.clamp(0, 999_999_999) as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs())
+    }
+}
+
+fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos() as i64,
+            },
+            Err(e) => libc::timespec {
+                tv_sec: -(e.duration().as_secs() as libc::time_t),
+                tv_nsec: 0,
+            },
+        },
+    }
+}
+
+impl Core {
+    /// A core over `router`'s paths.
+    pub fn new(
+        router: Arc<Router>,
+        root_backing: u64,
+        idmap: IdMap,
+        journal: Option<Journal>,
+    ) -> Self {
+        Self {
+            router,
+            inodes: InodeTable::new(root_backing),
+            idmap,
+            journal,
+            files: RwLock::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    /// FUSE attributes (ids mapped host -> local) of a backing `stat`.
+    pub fn attr(&self, st: &libc::stat) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(self.inodes.fuse_ino(st.st_ino)),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            crtime: time(st.st_ctime, st.st_ctime_nsec),
+            kind: kind_of(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: self.idmap.uid_to_local(st.st_uid),
+            gid: self.idmap.gid_to_local(st.st_gid),
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+
+    fn path(&self, ino: u64) -> SysResult<PathBuf> {
+        self.inodes.path(ino).ok_or(libc::ENOENT)
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> SysResult<PathBuf> {
+        if name.is_empty() || name.as_encoded_bytes().contains(&b'/') {
+            return Err(libc::EINVAL);
+        }
+        self.inodes.child_path(parent, name).ok_or(libc::ENOENT)
+    }
+
+    /// Stats `rel` and records a kernel lookup of it.
+    fn entry_at(&self, root: &StorageRoot, rel: &Path) -> SysResult<FileAttr> {
+        let st = root.stat(rel)?;
+        self.inodes.remember(st.st_ino, rel);
+        Ok(self.attr(&st))
+    }
+
+    /// Gives a new node the caller's owner (mapped local -> host).
+    fn own(&self, root: &StorageRoot, rel: &Path, uid: u32, gid: u32) -> SysResult<()> {
+        let (Some(u), Some(g)) = (self.idmap.uid_to_host(uid), self.idmap.gid_to_host(gid)) else {
+            return Ok(());
+        };
+        if u == 0 && g == 0 {
+            return Ok(());
+        }
+        root.chown(rel, u, g)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<FileAttr> {
+        let rel = self.child(parent, name)?;
+        self.router
+            .run(Retry::Idempotent, |r| self.entry_at(r, &rel))
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> SysResult<FileAttr> {
+        if let Some(of) = fh.and_then(|fh| self.file(fh).ok()) {
+            if let Ok(st) = self.with_file(&of, Retry::Idempotent, storage::fstat) {
+                return Ok(self.attr(&st));
+            }
+        }
+        let rel = self.path(ino)?;
+        self.router
+            .run(Retry::Idempotent, |r| r.stat(&rel))
+            .map(|st| self.attr(&st))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn setattr(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> SysResult<FileAttr> {
+        let rel = self.path(ino)?;
+        if uid.is_some() || gid.is_some() {
+            let hu = match uid {
+                Some(u) => self.idmap.uid_to_host(u).ok_or(libc::EPERM)?,
+                None => u32::MAX,
+            };
+            let hg = match gid {
+                Some(g) => self.idmap.gid_to_host(g).ok_or(libc::EPERM)?,
+                None => u32::MAX,
+            };
+            self.router.run(Retry::Once, |r| r.chown(&rel, hu, hg))?;
+        }
+        if let Some(m) = mode {
+            self.router
+                .run(Retry::Once, |r| r.chmod(&rel, m & 0o7777))?;
+        }
+        if let Some(sz) = size {
+            match fh.and_then(|fh| self.file(fh).ok()) {
+                Some(of) => self.with_file(&of, Retry::Once, |fd| storage::ftruncate(fd, sz))?,
+                None => self.router.run(Retry::Once, |r| r.truncate(&rel, sz))?,
+            }
+        }
+        if atime.is_some() || mtime.is_some() {
+            let t = [timespec(atime), timespec(mtime)];
+            self.router.run(Retry::Once, |r| r.utimens(&rel, &t))?;
+        }
+        self.router
+            .run(Retry::Idempotent, |r| r.stat(&rel))
+            .map(|st| self.attr(&st))
+    }
+
+    pub fn readlink(&self, ino: u64) -> SysResult<Vec<u8>> {
+        let rel = self.path(ino)?;
+        self.router.run(Retry::Idempotent, |r| r.readlink(&rel))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> SysResult<FileAttr> {
+        let rel = self.child(parent, name)?;
+        self.router.run(Retry::Once, |r| {
+            r.mknod(&rel, mode, rdev as u64)?;
+            self.own(r, &rel, uid, gid)?;
+            self.entry_at(r, &rel)
+        })
+    }
+
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> SysResult<FileAttr> {
+        let rel = self.child(parent, name)?;
+        self.router.run(Retry::Once, |r| {
+            r.mkdir(&rel, mode)?;
+            self.own(r, &rel, uid, gid)?;
+            self.entry_at(r, &rel)
+        })
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr, dir: bool) -> SysResult<()> {
+        let rel = self.child(parent, name)?;
+        self.router.run(Retry::Once, |r| r.unlink(&rel, dir))?;
+        self.inodes.unlinked(&rel);
+        Ok(())
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+        uid: u32,
+        gid: u32,
+    ) -> SysResult<FileAttr> {
+        let rel = self.child(parent, name)?;
+        self.router.run(Retry::Once, |r| {
+            r.symlink(target, &rel)?;
+            self.own(r, &rel, uid, gid)?;
+            self.entry_at(r, &rel)
+        })
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> SysResult<()> {
+        let from = self.child(parent, name)?;
+        let to = self.child(newparent, newname)?;
+        self.router
+            .run(Retry::Once, |r| r.rename(&from, &to, flags))?;
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            self.inodes.exchanged(&from, &to);
+        } else {
+            self.inodes.renamed(&from, &to);
+        }
+        Ok(())
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> SysResult<FileAttr> {
+        let from = self.path(ino)?;
+        let to = self.child(newparent, newname)?;
+        self.router.run(Retry::Once, |r| {
+            r.link(&from, &to)?;
+            self.entry_at(r, &to)
+        })
+    }
+
+    fn register(
+        &self,
+        ino: u64,
+        flags: i32,
+        pid: u32,
+        path_id: u64,
+        fd: OwnedFd,
+        rel: &Path,
+    ) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let of = Arc::new(OpenFile {
+            ino,
+            flags,
+            pid,
+            cur: RwLock::new((path_id, Arc::new(fd))),
+        });
+        self.files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, of);
+        if let Some(j) = &self.journal {
+            j.opened(fh, ino, pid, flags, rel);
+        }
+        fh
+    }
+
+    /// Opens `ino`; returns the handle and its open file.
+    pub fn open(&self, ino: u64, flags: i32, pid: u32) -> SysResult<(u64, Arc<OpenFile>)> {
+        let rel = self.path(ino)?;
+        let oflags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+        let retry = if flags & CREATE_FLAGS != 0 {
+            Retry::Once
+        } else {
+            Retry::Idempotent
+        };
+        let mut path_id = 0;
+        let fd = self.router.run(retry, |r| {
+            path_id = super::router::last_path().unwrap_or(0);
+            r.open_at(&rel, oflags, 0)
+        })?;
+        let fh = self.register(ino, oflags, pid, path_id, fd, &rel);
+        Ok((fh, self.file(fh)?))
+    }
+
+    /// Creates and opens `name`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        uid: u32,
+        gid: u32,
+        pid: u32,
+    ) -> SysResult<(FileAttr, u64, Arc<OpenFile>)> {
+        let rel = self.child(parent, name)?;
+        let oflags = (flags | libc::O_CREAT) & !libc::O_NOCTTY;
+        let mut path_id = 0;
+        let (fd, attr) = self.router.run(Retry::Once, |r| {
+            path_id = super::router::last_path().unwrap_or(0);
+            let fd = r.open_at(&rel, oflags, mode)?;
+            self.own(r, &rel, uid, gid)?;
+            let st = storage::fstat(fd.as_raw_fd())?;
+            self.inodes.remember(st.st_ino, &rel);
+            Ok((fd, self.attr(&st)))
+        })?;
+        let fh = self.register(attr.ino.0, oflags & !CREATE_FLAGS, pid, path_id, fd, &rel);
+        Ok((attr, fh, self.file(fh)?))
+    }
+
+    /// The open file of handle `fh`.
+    pub fn file(&self, fh: u64) -> SysResult<Arc<OpenFile>> {
+        self.files
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(libc::EBADF)
+    }
+
+    /// Re-opens `of` on a usable path other than `bad`.
+    fn reopen(&self, of: &OpenFile, bad: u64) -> SysResult<()> {
+        let rel = self.path(of.ino)?;
+        let flags = of.flags & !CREATE_FLAGS;
+        let mut path_id = bad;
+        let fd = self.router.run(Retry::Idempotent, |r| {
+            path_id = super::router::last_path().unwrap_or(bad);
+            r.open_at(&rel, flags, 0)
+        })?;
+        let mut cur = of.cur.write().unwrap_or_else(|p| p.into_inner());
+        if cur.0 == bad {
+            *cur = (path_id, Arc::new(fd));
+        }
+        tracing::info!(
+            ino = of.ino,
+            from = bad,
+            to = path_id,
+            "open file moved to another storage path"
+        );
+        Ok(())
+    }
+
+    /// Runs `f` on the open file's fd with failover (see module doc).
+    pub fn with_file<T>(
+        &self,
+        of: &OpenFile,
+        retry: Retry,
+        f: impl Fn(RawFd) -> SysResult<T>,
+    ) -> SysResult<T> {
+        let attempts = self.router.len() + 1;
+        let mut last = libc::EIO;
+        for _ in 0..attempts {
+            let (pid, fd) = of.current();
+            if !self.router.usable(pid) {
+                self.reopen(of, pid)?;
+                continue;
+            }
+            match self.router.run_on(pid, |_| f(fd.as_raw_fd())) {
+                Err(e) if is_path_error(e) && retry == Retry::Idempotent => {
+                    last = e;
+                    self.reopen(of, pid)?;
+                }
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
+        let of = self.file(fh)?;
+        self.with_file(&of, Retry::Idempotent, |fd| {
+            storage::pread(fd, offset, size as usize)
+        })
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> SysResult<usize> {
+        let of = self.file(fh)?;
+        if let Some(j) = &self.journal {
+            j.wrote(fh, of.ino, offset, data.len() as u64);
+        }
+        self.with_file(&of, Retry::Once, |fd| storage::pwrite(fd, offset, data))
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
+        let of = self.file(fh)?;
+        self.with_file(&of, Retry::Once, |fd| storage::fsync(fd, datasync))?;
+        if let Some(j) = &self.journal {
+            j.synced(fh);
+        }
+        Ok(())
+    }
+
+    /// Closes handle `fh`; returns the open file it was.
+    pub fn release(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        let of = self
+            .files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+        if let Some(j) = &self.journal {
+            j.closed(fh);
+        }
+        of
+    }
+
+    /// Number of open file handles.
+    pub fn open_count(&self) -> usize {
+        self.files.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> SysResult<()> {
+        let of = self.file(fh)?;
+        self.with_file(&of, Retry::Once, |fd| {
+            storage::fallocate(fd, mode, offset, len)
+        })
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> SysResult<i64> {
+        let of = self.file(fh)?;
+        self.with_file(&of, Retry::Idempotent, |fd| {
+            storage::lseek(fd, offset, whence)
+        })
+    }
+
+    pub fn opendir(&self, ino: u64) -> SysResult<u64> {
+        let rel = self.path(ino)?;
+        let entries = self.router.run(Retry::Idempotent, |r| r.read_dir(&rel))?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// Entries of an open directory from `offset` on (`.` and `..` first).
+    pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> SysResult<Vec<(u64, ListEntry)>> {
+        let entries = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(libc::EBADF)?;
+        let mut out = Vec::new();
+        let dots = [
+            (".", ino),
+            (
+                "..",
+                if ino == super::inodes::ROOT_INO {
+                    ino
+                } else {
+                    super::inodes::ROOT_INO
+                },
+            ),
+        ];
+        for (i, (n, dino)) in dots.iter().enumerate() {
+            if (i as u64) >= offset {
+                out.push((
+                    i as u64 + 1,
+                    ListEntry {
+                        ino: *dino,
+                        kind: FileType::Directory,
+                        name: (*n).into(),
+                    },
+                ));
+            }
+        }
+        for (i, e) in entries
+            .iter()
+            .enumerate()
+            .skip((offset as usize).saturating_sub(2))
+        {
+            out.push((
+                i as u64 + 3,
+                ListEntry {
+                    ino: self.inodes.fuse_ino(e.ino),
+                    kind: dtype_kind(e.dtype),
+                    name: e.name.clone(),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Attributes of a directory entry for readdirplus (records a lookup).
+    pub fn entry_plus(&self, parent: u64, name: &OsStr) -> SysResult<FileAttr> {
+        self.lookup(parent, name)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+    }
+
+    pub fn statfs(&self) -> SysResult<libc::statvfs> {
+        self.router.run(Retry::Idempotent, |r| r.statfs())
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> SysResult<(usize, Vec<u8>)> {
+        let rel = self.path(ino)?;
+        self.router
+            .run(Retry::Idempotent, |r| r.getxattr(&rel, name, size as usize))
+    }
+
+    pub fn listxattr(&self, ino: u64, size: u32) -> SysResult<(usize, Vec<u8>)> {
+        let rel = self.path(ino)?;
+        self.router
+            .run(Retry::Idempotent, |r| r.listxattr(&rel, size as usize))
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
+        let rel = self.path(ino)?;
+        self.router
+            .run(Retry::Once, |r| r.setxattr(&rel, name, value, flags))
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> SysResult<()> {
+        let rel = self.path(ino)?;
+        self.router.run(Retry::Once, |r| r.removexattr(&rel, name))
+    }
+
+    /// access(2) against the local (mapped) owner and mode.
+    pub fn access(&self, ino: u64, mask: i32, uid: u32, gid: u32) -> SysResult<()> {
+        let attr = self.getattr(ino, None)?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        let perm = attr.perm as i32;
+        let bits = if uid == 0 {
+            let x = if perm & 0o111 != 0 || attr.kind == FileType::Directory {
+                1
+            } else {
+                0
+            };
+            6 | x
+        } else if uid == attr.uid {
+            (perm >> 6) & 7
+        } else if gid == attr.gid {
+            (perm >> 3) & 7
+        } else {
+            perm & 7
+        };
+        if mask & !bits & 7 != 0 {
+            Err(libc::EACCES)
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! Multipath routing of requests over the storage paths.
+//!
+//! A [`crate::multipath::MultipathRouter`] (behind a mutex) picks the path
+//! of each request. The outcome goes back to it: the measured latency of
+//! every answered request (an answer such as `ENOENT` is a healthy path
+//! answering) to `record_success`, and an errno saying that the path itself
+//! is sick ([`is_path_error`]) to `record_error`. A sick answer also probes
+//! the path's root at once; a root that does not answer marks the path
+//! Failed immediately instead of waiting for ten errors.
+//!
+//! Requests that are safe to repeat ([`Retry::Idempotent`]: lookups,
+//! getattr, reads, readdir, opens without `O_CREAT|O_TRUNC`) move on to the
+//! next usable path; anything that may already have changed storage is not
+//! replayed and returns the error. With no usable path a request fails at
+//! once with `EIO`.
+//!
+//! The health checker thread probes Failed and Reconnecting paths every
+//! `interval`: it re-opens the root directory by name (a remounted export
+//! is a new mount) and checks that it is the same storage (root `st_ino`)
+//! and answers `statfs`. An answering Failed path becomes Reconnecting, and
+//! only after [`PROBES_TO_ACTIVE`] consecutive good probes Active again; a
+//! failed probe sends it back to Failed.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::multipath::{LoadBalancePolicy, MultipathRouter, PathId, PathInfo, PathState};
+
+use super::storage::{Errno, StorageRoot, SysResult};
+
+/// Consecutive good probes before a Reconnecting path is Active again.
+pub const PROBES_TO_ACTIVE: u32 = 3;
+
+thread_local! {
+    static LAST_PATH: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Path id used by the latest request on this thread (for spans).
+pub fn last_path() -> Option<u64> {
+    LAST_PATH.with(|c| c.get())
+}
+
+/// Clears [`last_path`] at the start of a request.
+pub fn clear_last_path() {
+    LAST_PATH.with(|c| c.set(None));
+}
+
+/// Whether an errno says the storage path itself is sick.
+pub fn is_path_error(e: Errno) -> bool {
+    matches!(
+        e,
+        libc::EIO
+            | libc::ENOTCONN
+            | libc::ESTALE
+            | libc::ETIMEDOUT
+            | libc::EHOSTDOWN
+            | libc::EHOSTUNREACH
+            | libc::ENODEV
+            | libc::ENXIO
+            | libc::ECONNRESET
+            | libc::ECONNABORTED
+            | libc::ECONNREFUSED
+            | libc::ESHUTDOWN
+            | libc::ENETDOWN
+            | libc::ENETUNREACH
+            | libc::ENOLINK
+            | libc::ECOMM
+    )
+}
+
+/// Whether a request may be repeated on another path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Safe to repeat (reads of any kind).
+    Idempotent,
+    /// May have changed storage: never replayed.
+    Once,
+}
+
+#[derive(Debug)]
+struct Slot {
+    dir: std::path::PathBuf,
+    root: RwLock<Arc<StorageRoot>>,
+    good_probes: Mutex<u32>,
+}
+
+/// The storage paths and the router that picks among them.
+#[derive(Debug)]
+pub struct Router {
+    slots: Vec<Slot>,
+    router: Mutex<MultipathRouter>,
+    root_ino: u64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Router {
+    /// Routes over `roots` (path id = index), all of which must reach the
+    /// storage whose root has `st_ino` `root_ino`.
+    pub fn new(
+        policy: LoadBalancePolicy,
+        roots: Vec<(StorageRoot, u8, String)>,
+        root_ino: u64,
+    ) -> anyhow::Result<Self> {
+        let mut router = MultipathRouter::new(policy);
+        let mut slots = Vec::new();
+        for (i, (root, prio, addr)) in roots.into_iter().enumerate() {
+            router
+                .add_path(PathInfo::new(PathId(i as u64), addr, prio))
+                .map_err(|e| anyhow::anyhow!("adding path {}: {e}", root.dir.display()))?;
+            slots.push(Slot {
+                dir: root.dir.clone(),
+                root: RwLock::new(Arc::new(root)),
+                good_probes: Mutex::new(0),
+            });
+        }
+        Ok(Self {
+            slots,
+            router: Mutex::new(router),
+            root_ino,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MultipathRouter> {
+        self.router.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Root of path `id`.
+    pub fn root(&self, id: u64) -> Option<Arc<StorageRoot>> {
+        let slot = self.slots.get(id as usize)?;
+        let root = slot.root.read().unwrap_or_else(|p| p.into_inner());
+        Some(root.clone())
+    }
+
+    /// Number of storage paths.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Never true: a daemon has at least one path.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Whether path `id` may take requests.
+    pub fn usable(&self, id: u64) -> bool {
+        self.lock()
+            .get_path(PathId(id))
+            .is_some_and(|p| p.is_usable())
+    }
+
+    /// A copy of every path's info (for status).
+    pub fn snapshot(&self) -> Vec<(PathInfo, std::path::PathBuf)> {
+        let r = self.lock();
+        r.paths()
+            .iter()
+            .map(|p| (p.clone(), self.slots[p.id.0 as usize].dir.clone()))
+            .collect()
+    }
+
+    /// Picks a usable path.
+    pub fn select(&self) -> SysResult<u64> {
+        self.lock().select_path().map(|p| p.0).ok_or(libc::EIO)
+    }
+
+    /// Reports the outcome of one request on path `id` that took `elapsed`.
+    pub fn report(&self, id: u64, elapsed: Duration, result: Option<Errno>) {
+        match result {
+            Some(e) if is_path_error(e) => self.path_failed(id),
+            _ => {
+                let _ = self
+                    .lock()
+                    .record_success(PathId(id), elapsed.as_micros() as u64);
+            }
+        }
+    }
+
+    /// A sick answer on path `id`: count it, and fail the path at once if
+    /// its root does not answer either.
+    pub fn path_failed(&self, id: u64) {
+        let root_ok = self
+            .root(id)
+            .is_some_and(|r| r.statfs().is_ok() && r.stat(std::path::Path::new("")).is_ok());
+        let mut r = self.lock();
+        let _ = r.record_error(PathId(id), now_secs());
+        if !root_ok {
+            if r.get_path(PathId(id))
+                .is_some_and(|p| p.state != PathState::Failed)
+            {
+                tracing::warn!(path = id, "storage path failed");
+            }
+            let _ = r.mark_failed(PathId(id));
+        }
+    }
+
+    /// Runs `f` on a selected path; retries on the next usable path when
+    /// `retry` allows and the path was sick.
+    pub fn run<T>(
+        &self,
+        retry: Retry,
+        mut f: impl FnMut(&StorageRoot) -> SysResult<T>,
+    ) -> SysResult<T> {
+        let attempts = self.slots.len().max(1);
+        let mut last = libc::EIO;
+        for _ in 0..attempts {
+            let id = self.select()?;
+            let root = self.root(id).ok_or(libc::EIO)?;
+            LAST_PATH.with(|c| c.set(Some(id)));
+            let t0 = Instant::now();
+            let r = f(&root);
+            let err = r.as_ref().err().copied();
+            self.report(id, t0.elapsed(), err);
+            match r {
+                Err(e) if is_path_error(e) && retry == Retry::Idempotent => last = e,
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    /// Runs `f` on path `id` (an open file's path), reporting the outcome.
+    pub fn run_on<T>(&self, id: u64, f: impl FnOnce(&StorageRoot) -> SysResult<T>) -> SysResult<T> {
+        let root = self.root(id).ok_or(libc::EIO)?;
+        LAST_PATH.with(|c| c.set(Some(id)));
+        let t0 = Instant::now();
+        let r = f(&root);
+        self.report(id, t0.elapsed(), r.as_ref().err().copied());
+        r
+    }
+
+    /// One health-check round over Failed and Reconnecting paths.
+    pub fn probe_once(&self) {
+        for (i, slot) in self.slots.iter().enumerate() {
+            let id = PathId(i as u64);
+            let state = match self.lock().get_path(id) {
+                Some(p) => p.state,
+                None => continue,
+            };
+            if !matches!(state, PathState::Failed | PathState::Reconnecting) {
+                continue;
+            }
+            let fresh = StorageRoot::open(&slot.dir).ok().filter(|r| {
+                r.statfs().is_ok()
+                    && r.stat(std::path::Path::new(""))
+                        .is_ok_and(|st| st.st_ino == self.root_ino)
+            });
+            let mut good = slot.good_probes.lock().unwrap_or_else(|p| p.into_inner());
+            match fresh {
+                Some(root) => {
+                    *slot.root.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(root);
+                    *good += 1;
+                    let mut r = self.lock();
+                    if state == PathState::Failed {
+                        let _ = r.mark_reconnecting(id);
+                        tracing::info!(path = i, "storage path answers again: reconnecting");
+                    }
+                    if *good >= PROBES_TO_ACTIVE {
+                        let _ = r.mark_active(id);
+                        *good = 0;
+                        tracing::info!(path = i, "storage path active again");
+                    }
+                }
+                None => {
+                    *good = 0;
+                    let _ = self.lock().mark_failed(id);
+                }
+            }
+        }
+    }
+
+    /// Starts the health checker; it stops when `stop` is set.
+    pub fn spawn_health_checker(
+        self: &Arc<Self>,
+        interval: Duration,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("cfs-health".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(interval);
+                    me.probe_once();
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_paths() -> (tempfile::TempDir, Router) {
+        let d = tempfile::tempdir().unwrap();
+        let ino = StorageRoot::open(d.path())
+            .unwrap()
+            .stat(std::path::Path::new(""))
+            .unwrap()
+            .st_ino;
+        let roots = vec![
+            (StorageRoot::open(d.path()).unwrap(), 100, "a".to_string()),
+            (StorageRoot::open(d.path()).unwrap(), 100, "b".to_string()),
+        ];
+        (
+            d,
+            Router::new(LoadBalancePolicy::RoundRobin, roots, ino).unwrap(),
+        )
+    }
+
+    #[test]
+    fn idempotent_requests_retry_on_next_path() {
+        let (_d, r) = two_paths();
+        let mut calls = 0;
+        let out = r.run(Retry::Idempotent, |_| {
+            calls += 1;
+            if calls == 1 {
+                Err(libc::ENOTCONN)
+            } else {
+                Ok(7)
+            }
+        });
+        assert_eq!(out, Ok(7));
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn non_idempotent_requests_are_not_replayed() {
+        let (_d, r) = two_paths();
+        let mut calls = 0;
+        let out: SysResult<()> = r.run(Retry::Once, |_| {
+            calls += 1;
+            Err(libc::EIO)
+        });
+        assert_eq!(out, Err(libc::EIO));
+        assert_eq!(calls, 1);
+        // An ordinary errno is an answer, not a sick path.
+        assert_eq!(
+            r.run(Retry::Idempotent, |_| -> SysResult<()> {
+                Err(libc::ENOENT)
+            }),
+            Err(libc::ENOENT)
+        );
+    }
+
+    #[test]
+    fn failed_path_needs_three_good_probes() {
+        let (_d, r) = two_paths();
+        let _ = r.lock().mark_failed(PathId(0));
+        assert!(!r.usable(0));
+        r.probe_once();
+        assert_eq!(
+            r.lock().get_path(PathId(0)).unwrap().state,
+            PathState::Reconnecting
+        );
+        r.probe_once();
+        assert!(!r.usable(0));
+        r.probe_once();
+        assert!(r.usable(0));
+    }
+
+    #[test]
+    fn no_usable_path_fails_fast() {
+        let (_d, r) = two_paths();
+        let _ = r.lock().mark_failed(PathId(0));
+        let _ = r.lock().mark_failed(PathId(1));
+        assert_eq!(r.run(Retry::Idempotent, |_| Ok(())), Err(libc::EIO));
+    }
+}

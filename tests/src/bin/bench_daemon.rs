@@ -1,0 +1,165 @@
+//! Benchmark of `claudefs-fuse mount` against bindfs over the same
+//! directory and against the directory itself, with and without
+//! `--passthrough`.
+//!
+//! Run (root, /dev/fuse, bindfs):
+//! `cargo build --release -p claudefs-fuse && cargo run --release -p claudefs-e2e --bin bench_daemon`
+//! Env: `BENCH_ROUNDS` (default 5), `BENCH_MB` (default 256), `BENCH_DIR`
+//! (parent of the temp dir, default the system temp dir).
+//!
+//! Rows: stat, open/close and create/unlink loops (ops/s), sequential write
+//! (1 MiB writes + fsync) and read (1 MiB reads after re-open) in MB/s.
+//! Setups run interleaved, round after round; the table shows medians and
+//! the ratios claudefs/bindfs and claudefs/native.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use claudefs_e2e::{fuse_bin, Bindfs, MountGuard};
+
+const METRICS: [&str; 5] = [
+    "stat ops/s",
+    "open+close ops/s",
+    "create+unlink ops/s",
+    "seq write MB/s",
+    "seq read MB/s",
+];
+
+fn bench(dir: &Path, mb: usize) -> anyhow::Result<[f64; 5]> {
+    fs::create_dir_all(dir)?;
+    let f = dir.join("small");
+    fs::write(&f, b"x")?;
+    let n = 20_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        fs::metadata(&f)?;
+    }
+    let stat = n as f64 / t.elapsed().as_secs_f64();
+    let n = 5_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        drop(fs::File::open(&f)?);
+    }
+    let open = n as f64 / t.elapsed().as_secs_f64();
+    let n = 2_000;
+    let t = Instant::now();
+    for i in 0..n {
+        let p = dir.join(format!("c{i}"));
+        drop(fs::File::create(&p)?);
+        fs::remove_file(&p)?;
+    }
+    let create = n as f64 / t.elapsed().as_secs_f64();
+    let big = dir.join("big");
+    let buf = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut w = fs::File::create(&big)?;
+    for _ in 0..mb {
+        w.write_all(&buf)?;
+    }
+    w.sync_all()?;
+    drop(w);
+    let write = mb as f64 / t.elapsed().as_secs_f64();
+    let mut rbuf = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    let mut r = fs::File::open(&big)?;
+    let mut total = 0;
+    loop {
+        let k = r.read(&mut rbuf)?;
+        if k == 0 {
+            break;
+        }
+        total += k;
+    }
+    let read = (total >> 20) as f64 / t.elapsed().as_secs_f64();
+    fs::remove_file(&big)?;
+    Ok([stat, open, create, write, read])
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    if !fuse_bin().exists() {
+        anyhow::bail!(
+            "{} missing: cargo build --release -p claudefs-fuse",
+            fuse_bin().display()
+        );
+    }
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mb: usize = std::env::var("BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let parent = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::tempdir_in(parent)?;
+    let shared = tmp.path().join("shared");
+    fs::create_dir(&shared)?;
+    let _bind = Bindfs::start(&shared, &tmp.path().join("bindfs"))?;
+    let path = vec!["--path".to_string(), shared.display().to_string()];
+    let cfs = MountGuard::start(&tmp.path().join("cfs"), &tmp.path().join("st1"), &path)?;
+    let mut pt_args = path.clone();
+    pt_args.push("--passthrough".into());
+    let pt = MountGuard::start(
+        &tmp.path().join("cfs-pt"),
+        &tmp.path().join("st2"),
+        &pt_args,
+    )?;
+    let setups: Vec<(&str, PathBuf)> = vec![
+        ("native", shared.join("b-native")),
+        ("bindfs", tmp.path().join("bindfs/b-bindfs")),
+        ("claudefs", cfs.mnt.join("b-cfs")),
+        ("claudefs+pt", pt.mnt.join("b-pt")),
+    ];
+    let mut results = vec![vec![Vec::new(); METRICS.len()]; setups.len()];
+    for round in 0..rounds {
+        for (i, (name, dir)) in setups.iter().enumerate() {
+            let r = bench(dir, mb)?;
+            for (k, v) in r.iter().enumerate() {
+                results[i][k].push(*v);
+            }
+            eprintln!("round {round} {name}: {r:.0?}");
+        }
+    }
+    let med: Vec<Vec<f64>> = results
+        .iter_mut()
+        .map(|s| s.iter_mut().map(|v| median(v)).collect())
+        .collect();
+    println!(
+        "\n{:<22} {:>10} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>10}",
+        "metric (median)",
+        "native",
+        "bindfs",
+        "claudefs",
+        "claudefs+pt",
+        "cfs/bind",
+        "pt/bind",
+        "cfs/nat",
+        "pt/nat"
+    );
+    for (k, m) in METRICS.iter().enumerate() {
+        let (n, b, c, p) = (med[0][k], med[1][k], med[2][k], med[3][k]);
+        println!(
+            "{:<22} {:>10.0} {:>10.0} {:>10.0} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+            m,
+            n,
+            b,
+            c,
+            p,
+            c / b,
+            p / b,
+            c / n,
+            p / n
+        );
+    }
+    println!("({rounds} interleaved rounds, {mb} MiB sequential files)");
+    Ok(())
+}

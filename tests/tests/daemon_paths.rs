@@ -1,0 +1,249 @@
+//! Multipath failover, idmap modes and crash recovery of the daemon.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use claudefs_e2e::{fuse_unavailable, wait_until, Bindfs, MountGuard};
+
+fn path_state(m: &MountGuard, id: usize) -> String {
+    m.status()
+        .map(|s| s["paths"][id]["state"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn failover_to_second_path_and_back() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    for i in 0..20 {
+        fs::write(shared.join(format!("f{i}")), format!("content {i}")).unwrap();
+    }
+    let via = tmp.path().join("via-bindfs");
+    let mut bind = Bindfs::start(&shared, &via).unwrap();
+    let m = MountGuard::start(
+        &tmp.path().join("mnt"),
+        &tmp.path().join("state"),
+        &[
+            "--path".into(),
+            format!("{},priority=200,addr=bindfs", via.display()),
+            "--path".into(),
+            format!("{},priority=100,addr=direct", shared.display()),
+            "--policy".into(),
+            "primary".into(),
+            "--health-interval-ms".into(),
+            "100".into(),
+        ],
+    )
+    .unwrap();
+    let mnt = m.mnt.clone();
+    // A file kept open across the failure.
+    let mut held = fs::File::open(mnt.join("f0")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (mnt, stop) = (mnt.clone(), stop.clone());
+        std::thread::spawn(move || -> Result<u64, String> {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for i in 0..20 {
+                    let p = mnt.join(format!("f{i}"));
+                    let got =
+                        fs::read_to_string(&p).map_err(|e| format!("read {}: {e}", p.display()))?;
+                    if got != format!("content {i}") {
+                        return Err(format!("bad content {got:?}"));
+                    }
+                    fs::metadata(&p).map_err(|e| format!("stat: {e}"))?;
+                }
+                fs::read_dir(&mnt)
+                    .map_err(|e| format!("readdir: {e}"))?
+                    .count();
+                n += 1;
+            }
+            Ok(n)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(path_state(&m, 0), "Active");
+    bind.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    // The held file still reads (re-opened on the other path).
+    let mut s = String::new();
+    held.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "content 0");
+    stop.store(true, Ordering::Relaxed);
+    let rounds = worker.join().unwrap().unwrap();
+    assert!(rounds > 0);
+    assert!(
+        wait_until(Duration::from_secs(3), || path_state(&m, 0) == "Failed"),
+        "{}",
+        m.status().unwrap()
+    );
+    // Writes work on the surviving path.
+    fs::File::create(mnt.join("new"))
+        .unwrap()
+        .write_all(b"after")
+        .unwrap();
+    assert_eq!(fs::read(shared.join("new")).unwrap(), b"after");
+    // Remount: Reconnecting, then Active after several good probes.
+    let _bind2 = Bindfs::start(&shared, &via).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || path_state(&m, 0) == "Active"),
+        "{}",
+        m.status().unwrap()
+    );
+    assert_eq!(fs::read(mnt.join("new")).unwrap(), b"after");
+}
+
+fn mount_with_idmap(tmp: &Path, src: &Path, name: &str, idmap: &str) -> MountGuard {
+    MountGuard::start(
+        &tmp.join(format!("mnt-{name}")),
+        &tmp.join(format!("state-{name}")),
+        &[
+            "--path".into(),
+            src.display().to_string(),
+            "--idmap".into(),
+            idmap.into(),
+        ],
+    )
+    .unwrap()
+}
+
+fn owner(p: &Path) -> (u32, u32) {
+    let m = fs::symlink_metadata(p).unwrap();
+    (m.uid(), m.gid())
+}
+
+#[test]
+fn idmap_modes_as_seen_by_stat() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("user"), b"").unwrap();
+    fs::write(src.join("root"), b"").unwrap();
+    std::os::unix::fs::chown(src.join("user"), Some(1000), Some(1000)).unwrap();
+
+    let m = mount_with_idmap(tmp.path(), &src, "identity", "identity");
+    assert_eq!(owner(&m.mnt.join("user")), (1000, 1000));
+    assert_eq!(owner(&m.mnt.join("root")), (0, 0));
+    drop(m);
+
+    let m = mount_with_idmap(tmp.path(), &src, "squash", "squash");
+    assert_eq!(owner(&m.mnt.join("user")), (65534, 65534));
+    assert_eq!(owner(&m.mnt.join("root")), (65534, 65534));
+    drop(m);
+
+    let m = mount_with_idmap(tmp.path(), &src, "squash2", "squash:99:98");
+    assert_eq!(owner(&m.mnt.join("user")), (99, 98));
+    drop(m);
+
+    let m = mount_with_idmap(tmp.path(), &src, "shift", "shift:1000:5000:10");
+    assert_eq!(owner(&m.mnt.join("user")), (5000, 5000));
+    assert_eq!(owner(&m.mnt.join("root")), (0, 0));
+    // chown on the mount maps back to storage ids.
+    std::os::unix::fs::chown(m.mnt.join("root"), Some(5003), Some(5004)).unwrap();
+    assert_eq!(owner(&src.join("root")), (1003, 1004));
+    assert_eq!(owner(&m.mnt.join("root")), (5003, 5004));
+    std::os::unix::fs::chown(src.join("root"), Some(0), Some(0)).unwrap();
+    drop(m);
+
+    let table = tmp.path().join("table");
+    fs::write(&table, "# host local\nu 1000 2000\ng 1000 3000\n").unwrap();
+    let m = mount_with_idmap(
+        tmp.path(),
+        &src,
+        "table",
+        &format!("table:{}", table.display()),
+    );
+    assert_eq!(owner(&m.mnt.join("user")), (2000, 3000));
+    assert_eq!(owner(&m.mnt.join("root")), (0, 0));
+    let st = m.status().unwrap();
+    assert!(st["idmap"]["mode"].as_str().unwrap().starts_with("table:"));
+    assert!(st["idmap"]["uid_hits"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn crash_recovery_after_kill9() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mnt = tmp.path().join("mnt");
+    let state = tmp.path().join("state");
+    let args = vec!["--path".to_string(), src.display().to_string()];
+    let m = MountGuard::start(&mnt, &state, &args).unwrap();
+    // durable: written and fsync'd; dirty: written, not synced; gone: removed
+    // from storage behind the daemon's back while down.
+    let mut durable = fs::File::create(mnt.join("durable")).unwrap();
+    durable.write_all(b"fsynced data").unwrap();
+    durable.sync_all().unwrap();
+    let mut dirty = fs::File::create(mnt.join("dirty")).unwrap();
+    dirty.write_all(b"not synced").unwrap();
+    let gone = fs::File::create(mnt.join("gone")).unwrap();
+    m.kill9();
+    drop((durable, dirty, gone));
+    fs::remove_file(src.join("gone")).unwrap();
+
+    let m = MountGuard::start(&mnt, &state, &args).unwrap();
+    let st = m.status().unwrap();
+    let r = &st["recovery"];
+    assert_eq!(r["unclean"], true, "{st}");
+    assert_eq!(r["open_files"], 3, "{st}");
+    assert_eq!(r["recovered"], 2, "{st}");
+    assert_eq!(r["orphaned"], 1, "{st}");
+    assert_eq!(r["pending_writes"], 1, "{st}");
+    assert!(r["state"].as_str().unwrap().starts_with("Complete"), "{st}");
+    assert!(
+        r["orphaned_paths"][0].as_str().unwrap().contains("gone"),
+        "{st}"
+    );
+    assert!(
+        r["pending"][0].as_str().unwrap().starts_with("dirty@0+"),
+        "{st}"
+    );
+    assert_eq!(fs::read(mnt.join("durable")).unwrap(), b"fsynced data");
+    // Started clean: a clean stop leaves an empty journal.
+    m.stop().unwrap();
+    assert_eq!(fs::metadata(state.join("journal.log")).unwrap().len(), 0);
+}
+
+#[test]
+fn passthrough_reads_and_writes() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let m = MountGuard::start(
+        &tmp.path().join("mnt"),
+        &tmp.path().join("state"),
+        &[
+            "--path".into(),
+            src.display().to_string(),
+            "--passthrough".into(),
+        ],
+    )
+    .unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(m.mnt.join("p"), &data).unwrap();
+    assert_eq!(fs::read(m.mnt.join("p")).unwrap(), data);
+    assert_eq!(fs::read(src.join("p")).unwrap(), data);
+    // Either the kernel took passthrough, or the daemon fell back (and said so).
+    let st = m.status().unwrap();
+    if st["passthrough"] != true {
+        assert!(m.log_text().contains("passthrough"), "{}", m.log_text());
+    }
+}

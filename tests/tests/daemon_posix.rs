@@ -1,0 +1,334 @@
+//! POSIX behaviour of `claudefs-fuse mount` over one storage path, CLI
+//! errors, and clean unmount.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use claudefs_e2e::{fuse_bin, fuse_unavailable, is_mounted, MountGuard};
+
+fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn renameat2(a: &Path, b: &Path, flags: u32) -> i32 {
+    let (a, b) = (c(a), c(b));
+    // SAFETY: valid C strings; AT_FDCWD-relative absolute paths.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
+fn xattr_set(p: &Path, n: &str, v: &[u8]) -> i32 {
+    let (p, n) = (c(p), CString::new(n).unwrap());
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    if r == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
+fn xattr_get(p: &Path, n: &str) -> Result<Vec<u8>, i32> {
+    let (p, n) = (c(p), CString::new(n).unwrap());
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1));
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+#[test]
+fn posix_suite() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let m = MountGuard::start(
+        &tmp.path().join("mnt"),
+        &tmp.path().join("state"),
+        &["--path".into(), src.display().to_string()],
+    )
+    .unwrap();
+    let mnt = m.mnt.clone();
+
+    // Files: create, write, read, append, seek, and the data lands in storage.
+    let f = mnt.join("file");
+    fs::write(&f, b"hello world").unwrap();
+    assert_eq!(fs::read(&f).unwrap(), b"hello world");
+    assert_eq!(fs::read(src.join("file")).unwrap(), b"hello world");
+    let mut h = fs::OpenOptions::new().append(true).open(&f).unwrap();
+    h.write_all(b"!").unwrap();
+    drop(h);
+    let mut h = fs::File::open(&f).unwrap();
+    h.seek(SeekFrom::Start(6)).unwrap();
+    let mut s = String::new();
+    h.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "world!");
+    drop(h);
+    // Stable inode numbers: the backing st_ino, the same across lookups.
+    assert_eq!(
+        fs::metadata(&f).unwrap().ino(),
+        fs::metadata(src.join("file")).unwrap().ino()
+    );
+
+    // Truncate, chmod, chown, utimens.
+    let h = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    h.set_len(5).unwrap();
+    drop(h);
+    assert_eq!(fs::read(&f).unwrap(), b"hello");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o640);
+    std::os::unix::fs::chown(&f, Some(1234), Some(2345)).unwrap();
+    let md = fs::metadata(&f).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 2345));
+    assert_eq!(fs::metadata(src.join("file")).unwrap().uid(), 1234);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().mtime(), 1_000_000_000);
+
+    // Directories.
+    fs::create_dir(mnt.join("d")).unwrap();
+    fs::write(mnt.join("d/x"), b"x").unwrap();
+    let mut names: Vec<_> = fs::read_dir(mnt.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["x"]);
+    assert_eq!(errno_of(fs::remove_dir(mnt.join("d"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::create_dir(mnt.join("d"))), libc::EEXIST);
+    assert_eq!(errno_of(fs::metadata(mnt.join("nope"))), libc::ENOENT);
+    assert_eq!(errno_of(fs::metadata(mnt.join("file/x"))), libc::ENOTDIR);
+    assert_eq!(errno_of(fs::read_dir(mnt.join("file"))), libc::ENOTDIR);
+    assert_eq!(
+        errno_of(fs::File::options().write(true).open(mnt.join("d"))),
+        libc::EISDIR
+    );
+    assert_eq!(errno_of(fs::remove_file(mnt.join("d"))), libc::EISDIR);
+    assert_eq!(errno_of(fs::remove_dir(mnt.join("file"))), libc::ENOTDIR);
+    assert_eq!(
+        errno_of(fs::File::options().write(true).create_new(true).open(&f)),
+        libc::EEXIST
+    );
+
+    // Rename: plain (moves a subtree), NOREPLACE, EXCHANGE.
+    fs::rename(mnt.join("d"), mnt.join("d2")).unwrap();
+    assert_eq!(fs::read(mnt.join("d2/x")).unwrap(), b"x");
+    fs::write(mnt.join("a"), b"A").unwrap();
+    fs::write(mnt.join("b"), b"B").unwrap();
+    assert_eq!(
+        renameat2(&mnt.join("a"), &mnt.join("b"), libc::RENAME_NOREPLACE),
+        libc::EEXIST
+    );
+    assert_eq!(
+        renameat2(&mnt.join("a"), &mnt.join("b"), libc::RENAME_EXCHANGE),
+        0
+    );
+    assert_eq!(fs::read(mnt.join("a")).unwrap(), b"B");
+    assert_eq!(fs::read(mnt.join("b")).unwrap(), b"A");
+    assert_eq!(
+        renameat2(&mnt.join("a"), &mnt.join("c"), libc::RENAME_NOREPLACE),
+        0
+    );
+    assert_eq!(fs::read(mnt.join("c")).unwrap(), b"B");
+    fs::rename(mnt.join("c"), mnt.join("b")).unwrap();
+    assert_eq!(fs::read(mnt.join("b")).unwrap(), b"B");
+    assert_eq!(
+        errno_of(fs::rename(mnt.join("missing"), mnt.join("z"))),
+        libc::ENOENT
+    );
+
+    // Links and symlinks.
+    fs::hard_link(mnt.join("b"), mnt.join("b2")).unwrap();
+    assert_eq!(fs::metadata(mnt.join("b")).unwrap().nlink(), 2);
+    assert_eq!(
+        fs::metadata(mnt.join("b")).unwrap().ino(),
+        fs::metadata(mnt.join("b2")).unwrap().ino()
+    );
+    std::os::unix::fs::symlink("d2/x", mnt.join("s")).unwrap();
+    assert_eq!(fs::read_link(mnt.join("s")).unwrap(), Path::new("d2/x"));
+    assert_eq!(fs::read(mnt.join("s")).unwrap(), b"x");
+    assert!(fs::symlink_metadata(mnt.join("s"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    fs::remove_file(mnt.join("b2")).unwrap();
+    assert_eq!(fs::metadata(mnt.join("b")).unwrap().nlink(), 1);
+
+    // xattrs.
+    assert_eq!(xattr_set(&mnt.join("b"), "user.k", b"v1"), 0);
+    assert_eq!(xattr_get(&mnt.join("b"), "user.k").unwrap(), b"v1");
+    assert_eq!(xattr_get(&src.join("b"), "user.k").unwrap(), b"v1");
+    assert_eq!(xattr_get(&mnt.join("b"), "user.none"), Err(libc::ENODATA));
+
+    // mknod (fifo), fallocate, statfs, access.
+    let fifo = c(&mnt.join("fifo"));
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::symlink_metadata(src.join("fifo")).unwrap().file_type()
+    ));
+    let h = fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("b"))
+        .unwrap();
+    // SAFETY: valid fd.
+    assert_eq!(
+        unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&h), 0, 0, 8192) },
+        0
+    );
+    assert_eq!(fs::metadata(mnt.join("b")).unwrap().len(), 8192);
+    drop(h);
+    let mc = c(&mnt);
+    // SAFETY: zeroed statvfs is a valid out-buffer.
+    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    assert_eq!(unsafe { libc::statvfs(mc.as_ptr(), &mut sv) }, 0);
+    assert!(sv.f_blocks > 0);
+    let bc = c(&mnt.join("b"));
+    // SAFETY: valid C string.
+    assert_eq!(
+        unsafe { libc::access(bc.as_ptr(), libc::R_OK | libc::W_OK) },
+        0
+    );
+
+    // Unlink.
+    fs::remove_file(mnt.join("b")).unwrap();
+    assert!(!src.join("b").exists());
+    fs::remove_file(mnt.join("d2/x")).unwrap();
+    fs::remove_dir(mnt.join("d2")).unwrap();
+
+    // Many files in a directory (readdir across several replies).
+    fs::create_dir(mnt.join("many")).unwrap();
+    for i in 0..300 {
+        fs::write(mnt.join(format!("many/f{i:03}")), b"").unwrap();
+    }
+    assert_eq!(fs::read_dir(mnt.join("many")).unwrap().count(), 300);
+
+    // A clean stop unmounts and leaves an empty journal.
+    let st = m.stop().unwrap();
+    assert!(st.success(), "daemon exit: {st}");
+    assert!(!is_mounted(&tmp.path().join("mnt")));
+    assert_eq!(
+        fs::metadata(tmp.path().join("state/journal.log"))
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+fn run_cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(fuse_bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_errors_are_one_line() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let src = tmp.path().display().to_string();
+    let st = tmp.path().join("st").display().to_string();
+    let m = mnt.display().to_string();
+    let file = tmp.path().join("f");
+    fs::write(&file, b"").unwrap();
+    let cases: Vec<Vec<String>> = vec![
+        vec!["mount".into(), "--bogus".into(), m.clone()],
+        vec![
+            "mount".into(),
+            "--path".into(),
+            "/does/not/exist".into(),
+            "--state-dir".into(),
+            st.clone(),
+            m.clone(),
+        ],
+        vec![
+            "mount".into(),
+            "--path".into(),
+            src.clone(),
+            "--idmap".into(),
+            "weird".into(),
+            m.clone(),
+        ],
+        vec![
+            "mount".into(),
+            "--path".into(),
+            src.clone(),
+            "--state-dir".into(),
+            st.clone(),
+            file.display().to_string(),
+        ],
+        vec!["mount".into(), "--state-dir".into(), st.clone(), m.clone()],
+        vec![
+            "status".into(),
+            "--state-dir".into(),
+            tmp.path().join("none").display().to_string(),
+        ],
+    ];
+    for args in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, err) = run_cli(&a);
+        assert_ne!(code, 0, "{args:?} should fail");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: not one line: {err:?}"
+        );
+        assert!(err.starts_with("claudefs-fuse: "), "{args:?}: {err:?}");
+    }
+    // A mountpoint in use.
+    let g = MountGuard::start(
+        &mnt,
+        &tmp.path().join("s1"),
+        &["--path".into(), src.clone()],
+    )
+    .unwrap();
+    let (code, err) = run_cli(&[
+        "mount",
+        "--path",
+        &src,
+        "--state-dir",
+        &tmp.path().join("s2").display().to_string(),
+        &m,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("in use"), "{err}");
+    drop(g);
+}
