@@ -388,12 +388,12 @@ impl Filesystem for Fs {
     ) {
         guard("read", || {
             let sp = self.begin("read", req, ino.0);
-            match self.fin(sp, self.core.read(fh.0, offset, size), Some(fh.0), |v| {
-                v.len() as u64
-            }) {
-                Ok(v) => reply.data(&v),
-                Err(e) => reply.error(e),
-            }
+            self.core.read_with(fh.0, offset, size, |r| {
+                match self.fin(sp, r, Some(fh.0), |v| v.len() as u64) {
+                    Ok(v) => reply.data(v),
+                    Err(e) => reply.error(e),
+                }
+            })
         })
     }
 

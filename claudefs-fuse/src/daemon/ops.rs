@@ -24,6 +24,14 @@ use super::journal::Journal;
 use super::router::{is_path_error, Retry, Router};
 use super::storage::{self, DirEntry, StorageRoot, SysResult};
 
+/// Largest read buffer a worker thread keeps between reads.
+const MAX_KEPT_READ_BUF: usize = 4 << 20;
+
+thread_local! {
+    /// Per-worker read buffer (see [`Core::read_with`]).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Flags that make an open non-idempotent (never replayed on another path).
 const CREATE_FLAGS: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC;
 
@@ -455,7 +463,7 @@ impl Core {
         &self,
         of: &OpenFile,
         retry: Retry,
-        f: impl Fn(RawFd) -> SysResult<T>,
+        mut f: impl FnMut(RawFd) -> SysResult<T>,
     ) -> SysResult<T> {
         let attempts = self.router.len() + 1;
         let mut last = libc::EIO;
@@ -477,9 +485,32 @@ impl Core {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
-        let of = self.file(fh)?;
-        self.with_file(&of, Retry::Idempotent, |fd| {
-            storage::pread(fd, offset, size as usize)
+        self.read_with(fh, offset, size, |r| r.map(<[u8]>::to_vec))
+    }
+
+    /// Reads into this thread's reusable buffer and hands the bytes (or
+    /// the errno) to `f`: no allocation and no zeroing per read.
+    pub fn read_with<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        f: impl FnOnce(SysResult<&[u8]>) -> R,
+    ) -> R {
+        let of = match self.file(fh) {
+            Ok(of) => of,
+            Err(e) => return f(Err(e)),
+        };
+        READ_BUF.with(|b| {
+            let mut buf = b.borrow_mut();
+            let r = self.with_file(&of, Retry::Idempotent, |fd| {
+                storage::pread_into(fd, offset, size as usize, &mut buf)
+            });
+            let out = f(r.map(|n| &buf[..n]));
+            if buf.capacity() > MAX_KEPT_READ_BUF {
+                *buf = Vec::new();
+            }
+            out
         })
     }
 

@@ -342,14 +342,25 @@ pub fn ftruncate(fd: RawFd, size: u64) -> SysResult<()> {
 
 /// `pread` into a fresh buffer.
 pub fn pread(fd: RawFd, offset: u64, size: usize) -> SysResult<Vec<u8>> {
-    let mut buf = vec![0u8; size];
+    let mut buf = Vec::new();
+    pread_into(fd, offset, size, &mut buf)?;
+    Ok(buf)
+}
+
+/// `pread` of up to `size` bytes into `buf` (replacing its contents; the
+/// buffer is not zeroed first, so a reused one costs no allocation and no
+/// memset). Returns the number of bytes read (short only at end of file).
+pub fn pread_into(fd: RawFd, offset: u64, size: usize, buf: &mut Vec<u8>) -> SysResult<usize> {
+    buf.clear();
+    buf.reserve(size);
     let mut done = 0;
     while done < size {
-        // SAFETY: the pointer/length stay inside `buf`.
+        // SAFETY: the pointer/length stay inside `buf`'s reserved capacity;
+        // pread only writes there.
         let n = unsafe {
             libc::pread(
                 fd,
-                buf[done..].as_mut_ptr().cast(),
+                buf.as_mut_ptr().add(done).cast(),
                 size - done,
                 (offset + done as u64) as libc::off_t,
             )
@@ -366,8 +377,9 @@ pub fn pread(fd: RawFd, offset: u64, size: usize) -> SysResult<Vec<u8>> {
         }
         done += n as usize;
     }
-    buf.truncate(done);
-    Ok(buf)
+    // SAFETY: the first `done` bytes were written by pread.
+    unsafe { buf.set_len(done) };
+    Ok(done)
 }
 
 /// `pwrite` of the whole buffer.
