@@ -5,7 +5,11 @@
 //! Run (root, /dev/fuse, bindfs):
 //! `cargo build --release -p claudefs-fuse && cargo run --release -p claudefs-e2e --bin bench_daemon`
 //! Env: `BENCH_ROUNDS` (default 5), `BENCH_MB` (default 256), `BENCH_DIR`
-//! (parent of the temp dir, default the system temp dir).
+//! (parent of the temp dir, default the system temp dir), `BENCH_CFS_ARGS`
+//! (extra `mount` flags for both claudefs setups, e.g. `--threads 4`).
+//!
+//! Mounts are guards: an error, a panic, SIGINT or SIGTERM (checked between
+//! runs) unmounts everything and removes the temp dir before exiting.
 //!
 //! Rows: stat, open/close and create/unlink loops (ops/s), sequential write
 //! (1 MiB writes + fsync) and read (1 MiB reads after re-open) in MB/s.
@@ -15,6 +19,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use claudefs_e2e::{fuse_bin, Bindfs, MountGuard};
@@ -26,6 +31,26 @@ const METRICS: [&str; 5] = [
     "seq write MB/s",
     "seq read MB/s",
 ];
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// SIGINT/SIGTERM only set [`STOP`]; the loop then returns an error so the
+/// mount guards unmount on the way out.
+fn catch_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs an async-signal-safe handler (one atomic store).
+        unsafe {
+            libc::signal(
+                sig,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+    }
+}
 
 fn bench(dir: &Path, mb: usize) -> anyhow::Result<[f64; 5]> {
     fs::create_dir_all(dir)?;
@@ -100,11 +125,18 @@ fn main() -> anyhow::Result<()> {
     let parent = std::env::var_os("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
+    let extra: Vec<String> = std::env::var("BENCH_CFS_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    catch_signals();
     let tmp = tempfile::tempdir_in(parent)?;
     let shared = tmp.path().join("shared");
     fs::create_dir(&shared)?;
     let _bind = Bindfs::start(&shared, &tmp.path().join("bindfs"))?;
-    let path = vec!["--path".to_string(), shared.display().to_string()];
+    let mut path = vec!["--path".to_string(), shared.display().to_string()];
+    path.extend(extra.iter().cloned());
     let cfs = MountGuard::start(&tmp.path().join("cfs"), &tmp.path().join("st1"), &path)?;
     let mut pt_args = path.clone();
     pt_args.push("--passthrough".into());
@@ -122,6 +154,9 @@ fn main() -> anyhow::Result<()> {
     let mut results = vec![vec![Vec::new(); METRICS.len()]; setups.len()];
     for round in 0..rounds {
         for (i, (name, dir)) in setups.iter().enumerate() {
+            if STOP.load(Ordering::Relaxed) {
+                anyhow::bail!("interrupted: mounts cleaned up");
+            }
             let r = bench(dir, mb)?;
             for (k, v) in r.iter().enumerate() {
                 results[i][k].push(*v);
@@ -160,6 +195,13 @@ fn main() -> anyhow::Result<()> {
             p / n
         );
     }
-    println!("({rounds} interleaved rounds, {mb} MiB sequential files)");
+    println!(
+        "({rounds} interleaved rounds, {mb} MiB sequential files; ratios are of medians from this run; claudefs flags: {})",
+        if extra.is_empty() {
+            "defaults".to_string()
+        } else {
+            extra.join(" ")
+        }
+    );
     Ok(())
 }
