@@ -21,6 +21,8 @@ pub enum Command {
     Mount(crate::daemon::config::MountArgs),
     /// Print the live state of a running daemon.
     Status(crate::daemon::config::StatusArgs),
+    /// Attach the probes to every FUSE mount, collect, and report what is slow.
+    Triage(crate::triage::TriageArgs),
 }
 
 /// Entry point of the binary: parses the arguments, runs the command and
@@ -46,6 +48,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Mount(args) => crate::daemon::run_mount(args),
         Command::Status(args) => crate::daemon::run_status(args),
+        Command::Triage(args) => crate::triage::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,12 @@
 //! target dir of the running test (`<target>/<profile>/claudefs-fuse`).
 //! FUSE tests need root and `/dev/fuse`: [`fuse_unavailable`] says why they
 //! cannot run; in CI (`CI=true`) that is a failure, elsewhere a skip.
+//!
+//! [`testfs`] is a counting FUSE file system mounted in-process, for the
+//! probe tests; [`require_privileges`] decides whether a privileged test
+//! can run here.
+
+pub mod testfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,9 +32,7 @@ pub fn fuse_bin() -> PathBuf {
 
 /// Why FUSE tests cannot run here, if they cannot. Panics in CI.
 pub fn fuse_unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let reason = if !root {
+    let reason = if !is_root() {
         Some("not root".to_string())
     } else if !Path::new("/dev/fuse").exists() {
         Some("no /dev/fuse".to_string())
@@ -41,7 +45,7 @@ pub fn fuse_unavailable() -> Option<String> {
         None
     };
     if let Some(r) = &reason {
-        if std::env::var("CI").as_deref() == Ok("true") {
+        if in_ci() {
             panic!("FUSE e2e tests must run in CI but cannot: {r}");
         }
         eprintln!("skipping FUSE e2e test: {r}");
@@ -253,5 +257,53 @@ impl Bindfs {
 impl Drop for Bindfs {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Whether this environment can mount FUSE and load eBPF probes. Outside
+/// CI a test that cannot run prints why and returns early; in CI
+/// (`CI=true`) it must run, so a missing prerequisite fails it.
+pub fn require_privileges(test: &str) -> bool {
+    let reason = if !is_root() {
+        Some("not running as root")
+    } else if !std::path::Path::new("/dev/fuse").exists() {
+        Some("/dev/fuse is missing")
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(why) if in_ci() => panic!("{test}: cannot run in CI: {why}"),
+        Some(why) => {
+            eprintln!("skipping {test}: {why} (root and /dev/fuse are needed)");
+            false
+        }
+    }
+}
+
+/// `CI` is set to `true` (GitHub Actions, GitLab and most CI systems).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `stat(2)` through libc (not `std::fs::metadata`, which uses statx and
+/// may send FUSE_STATX); the errno on failure.
+pub fn stat(path: &std::path::Path) -> Result<(), i32> {
+    let c =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| libc::EINVAL)?;
+    // SAFETY: `st` is plain data the call fills; `c` is a valid C string.
+    let rc = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::stat(c.as_ptr(), &mut st)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
     }
 }

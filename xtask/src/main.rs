@@ -4,6 +4,7 @@
 
 mod cmd;
 mod demo;
+mod ebpf;
 mod setup;
 
 use std::path::PathBuf;
@@ -26,6 +27,8 @@ enum Command {
     Test,
     /// Mount a demo client, attach the probes, run a workload, show the report.
     Demo,
+    /// Build the eBPF probes object (nightly, -Z build-std=core, bpf-linker).
+    BuildEbpf,
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +37,11 @@ fn main() -> std::process::ExitCode {
         Command::Setup => setup::run(),
         Command::Test => test(),
         Command::Demo => demo::run(),
+        Command::BuildEbpf => setup::run().and_then(|()| {
+            let object = ebpf::build_ebpf(&workspace_root())?;
+            println!("{}", object.display());
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

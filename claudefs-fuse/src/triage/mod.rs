@@ -2,11 +2,11 @@
 //! ([`ProbeSnapshot`](crate::probes::snapshot::ProbeSnapshot)) into a report
 //! per mount and opcode, with flock contention, as a table or as JSON.
 //!
-//! This module owns the arguments, the report model and its two renderings;
-//! the command's run loop (loading the probes, waiting, Ctrl-C) lives with
-//! the CLI.
+//! This module owns the arguments, the run loop (`collect`: loading the
+//! probes, waiting, Ctrl-C), the report model and its two renderings.
 
 pub mod args;
+pub mod collect;
 pub mod format;
 pub mod json;
 pub mod report;
@@ -16,6 +16,7 @@ pub mod table;
 mod tests;
 
 pub use args::{OutputFormat, TriageArgs};
+pub use collect::run;
 pub use report::{build_report, TriageReport};
 
 /// Renders a report in the chosen format (the text ends with a newline).

@@ -1,0 +1,431 @@
+//! End-to-end tests of the eBPF probes against a real FUSE mount (root).
+//!
+//! Each test loads its own probe set and mounts its own [`TestFs`]; the
+//! probes see every FUSE connection on the host, so every assertion filters
+//! by the test's own connection (and its own child pids).
+//!
+//! [`TestFs`]: claudefs_e2e::testfs::TestFs
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use claudefs_e2e::testfs::{opcode, MountedFs, TestFsOptions};
+use claudefs_e2e::{require_privileges, stat};
+use claudefs_fuse::probes::hist::Log2Histogram;
+use claudefs_fuse::probes::snapshot::{FlockKind, FlockMode, FlockTarget, ProbeSnapshot};
+use claudefs_fuse::probes::{EventFilter, ProbeOptions, Probes};
+
+/// Opcodes the file system does not see through its methods: the
+/// handshake, and FUSE_STATX, which fuser 0.18 answers with ENOSYS itself
+/// (the kernel sends it once, for the first statx(2) on the mount, then
+/// falls back to GETATTR for good).
+const NOT_COUNTED_BY_FS: [u32; 3] = [opcode::INIT, opcode::DESTROY, opcode::STATX];
+
+fn load_probes() -> Probes {
+    let probes = Probes::load(&ProbeOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let attached = probes.attached_programs();
+    assert!(
+        attached.iter().all(|(_, ok)| *ok),
+        "{attached:?} {:?}",
+        probes.warnings()
+    );
+    probes
+}
+
+/// Per-opcode (count, errors) of one connection.
+fn op_counts(snap: &ProbeSnapshot, conn: u32) -> BTreeMap<u32, (u64, u64)> {
+    snap.ops
+        .iter()
+        .filter(|o| o.conn == conn && !NOT_COUNTED_BY_FS.contains(&o.opcode))
+        .map(|o| (o.opcode, (o.stats.count, o.stats.errors)))
+        .collect()
+}
+
+fn fs_counts(fs: &MountedFs) -> BTreeMap<u32, (u64, u64)> {
+    fs.stats.snapshot()
+}
+
+fn diff(
+    after: &BTreeMap<u32, (u64, u64)>,
+    before: &BTreeMap<u32, (u64, u64)>,
+) -> BTreeMap<u32, (u64, u64)> {
+    after
+        .iter()
+        .filter_map(|(op, (c, e))| {
+            let (bc, be) = before.get(op).copied().unwrap_or((0, 0));
+            (c - bc > 0 || e - be > 0).then_some((*op, (c - bc, e - be)))
+        })
+        .collect()
+}
+
+/// Polls until the probes and the file system agree and nothing changed
+/// for a few rounds (asynchronous requests such as RELEASE arrive after
+/// close returns), or 10 s pass. Returns the last probe snapshot.
+fn settle(fs: &MountedFs, probes: &mut Probes) -> ProbeSnapshot {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    let mut stable = 0;
+    loop {
+        probes.poll().expect("poll");
+        let snap = probes.snapshot().expect("snapshot");
+        let now = (op_counts(&snap, fs.conn), fs_counts(fs));
+        if last.as_ref() == Some(&now) && now.0 == now.1 {
+            stable += 1;
+        } else {
+            stable = 0;
+        }
+        if stable >= 3 || Instant::now() > deadline {
+            return snap;
+        }
+        last = Some(now);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+fn read_file(path: &Path) {
+    let mut f = std::fs::File::open(path).expect("open");
+    let mut buf = [0u8; 4096];
+    // Plain reads (read_to_end would stat the file first).
+    while f.read(&mut buf).expect("read") > 0 {}
+}
+
+#[test]
+fn request_counts_match_the_file_system_exactly() {
+    if !require_privileges("request_counts_match_the_file_system_exactly") {
+        return;
+    }
+    let mut probes = load_probes();
+    let fs = MountedFs::mount(TestFsOptions::default()).expect("mount");
+    probes
+        .set_event_filter(EventFilter::All, Some(fs.conn))
+        .expect("event filter");
+    let before_probes = op_counts(&settle(&fs, &mut probes), fs.conn);
+    let before_fs = fs_counts(&fs);
+    let _ = probes.take_events();
+
+    const HITS: u64 = 20;
+    const MISSES: u64 = 7;
+    for _ in 0..HITS {
+        assert_eq!(stat(&fs.path("a")), Ok(()));
+    }
+    for i in 0..MISSES {
+        assert_eq!(stat(&fs.path(&format!("missing-{i}"))), Err(libc::ENOENT));
+    }
+    for _ in 0..5 {
+        read_file(&fs.path("b"));
+    }
+    let names = std::fs::read_dir(&fs.mountpoint).expect("readdir").count();
+    assert_eq!(names, 4);
+
+    let snap = settle(&fs, &mut probes);
+    let by_probes = diff(&op_counts(&snap, fs.conn), &before_probes);
+    let by_fs = diff(&fs_counts(&fs), &before_fs);
+    assert_eq!(
+        by_probes, by_fs,
+        "probes (left) vs file system (right), (count, errors) per opcode"
+    );
+    // The workload's known operations are all there.
+    assert_eq!(
+        by_fs.get(&opcode::LOOKUP).map(|c| c.1),
+        Some(MISSES),
+        "{by_fs:?}"
+    );
+    assert!(
+        by_fs
+            .get(&opcode::LOOKUP)
+            .is_some_and(|c| c.0 >= HITS + MISSES),
+        "{by_fs:?}"
+    );
+    assert_eq!(by_fs.get(&opcode::OPEN).map(|c| c.0), Some(5), "{by_fs:?}");
+    assert_eq!(
+        by_fs.get(&opcode::RELEASE).map(|c| c.0),
+        Some(5),
+        "{by_fs:?}"
+    );
+    assert_eq!(
+        by_fs.get(&opcode::OPENDIR).map(|c| c.0),
+        Some(1),
+        "{by_fs:?}"
+    );
+
+    // Every request of the window came through the ring buffer as well.
+    let events: Vec<_> = probes
+        .take_events()
+        .into_iter()
+        .filter(|e| e.conn == fs.conn)
+        .collect();
+    let total: u64 = by_probes.values().map(|c| c.0).sum();
+    assert_eq!(events.len() as u64, total);
+    assert_eq!(snap.events_lost, 0);
+    let missing_lookups = events
+        .iter()
+        .filter(|e| e.opcode == opcode::LOOKUP && e.error == -libc::ENOENT)
+        .count() as u64;
+    assert_eq!(missing_lookups, MISSES);
+    let me = std::process::id();
+    assert!(events.iter().any(|e| e.tgid == me));
+    for e in &events {
+        assert!(e.end_unix_ns >= e.start_unix_ns);
+    }
+
+    // Per-process attribution: this process issued the stats and reads.
+    let mine = snap
+        .procs
+        .iter()
+        .find(|p| p.conn == fs.conn && p.tgid == me)
+        .expect("a per-process entry for this test process");
+    assert!(mine.count >= HITS + MISSES, "{mine:?}");
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    assert_eq!(mine.comm, comm.trim_end());
+}
+
+#[test]
+fn injected_latency_lands_in_its_log2_bucket() {
+    if !require_privileges("injected_latency_lands_in_its_log2_bucket") {
+        return;
+    }
+    // 24 ms is in bucket 24 ([2^24, 2^25) ns = [16.8, 33.6) ms), with
+    // almost 10 ms of headroom for scheduling delays.
+    const DELAY: Duration = Duration::from_millis(24);
+    const BUCKET: usize = 24;
+    assert_eq!(Log2Histogram::bucket_of(DELAY.as_nanos() as u64), BUCKET);
+
+    let mut probes = load_probes();
+    let fs = MountedFs::mount(TestFsOptions {
+        delay: Some(("slow".to_string(), DELAY)),
+        ..Default::default()
+    })
+    .expect("mount");
+    probes
+        .set_event_filter(
+            EventFilter::SlowerThan(Duration::from_millis(10)),
+            Some(fs.conn),
+        )
+        .expect("event filter");
+    let hist_of = |snap: &ProbeSnapshot, op: u32| {
+        snap.ops
+            .iter()
+            .find(|o| o.conn == fs.conn && o.opcode == op)
+            .map(|o| o.stats.hist.clone())
+            .unwrap_or_default()
+    };
+    let before = settle(&fs, &mut probes);
+    let fs_before = fs_counts(&fs);
+    let _ = probes.take_events();
+
+    const SLOW_STATS: u64 = 3;
+    for _ in 0..SLOW_STATS {
+        assert_eq!(stat(&fs.path("slow")), Ok(()));
+        assert_eq!(stat(&fs.path("a")), Ok(()));
+    }
+    let after = settle(&fs, &mut probes);
+    let by_fs = diff(&fs_counts(&fs), &fs_before);
+
+    // Every request slower than 10 ms came through the event filter with
+    // its exact duration; the histogram must hold each of those in the
+    // bucket of its duration. (The injected 24 ms lands in bucket 24 unless
+    // the machine is so loaded that a sleep overshoots by 10 ms; the check
+    // stays exact either way.)
+    let events: Vec<_> = probes
+        .take_events()
+        .into_iter()
+        .filter(|e| e.conn == fs.conn)
+        .collect();
+    for op in [opcode::LOOKUP, opcode::GETATTR] {
+        let (b, a) = (hist_of(&before, op), hist_of(&after, op));
+        let delta: Vec<u64> = (0..a.buckets.len())
+            .map(|i| a.buckets[i] - b.buckets[i])
+            .collect();
+        assert_eq!(
+            delta.iter().sum::<u64>(),
+            by_fs.get(&op).map_or(0, |c| c.0),
+            "opcode {op}"
+        );
+        let mut from_events = vec![0u64; delta.len()];
+        for e in events.iter().filter(|e| e.opcode == op) {
+            from_events[Log2Histogram::bucket_of(e.duration_ns())] += 1;
+        }
+        assert_eq!(
+            delta[BUCKET..],
+            from_events[BUCKET..],
+            "opcode {op}: histogram vs event durations"
+        );
+    }
+    let slow_lookups: Vec<_> = events
+        .iter()
+        .filter(|e| e.opcode == opcode::LOOKUP && e.duration_ns() >= DELAY.as_nanos() as u64)
+        .collect();
+    assert_eq!(
+        slow_lookups.len() as u64,
+        SLOW_STATS,
+        "one slow lookup per stat of `slow`: {events:?}"
+    );
+    for e in &slow_lookups {
+        assert!(Log2Histogram::bucket_of(e.duration_ns()) >= BUCKET, "{e:?}");
+        assert_eq!(e.tgid, std::process::id());
+    }
+    let overshoots = slow_lookups
+        .iter()
+        .filter(|e| Log2Histogram::bucket_of(e.duration_ns()) != BUCKET)
+        .count();
+    if overshoots > 0 {
+        eprintln!("note: {overshoots} slow lookups overshot bucket {BUCKET} (a loaded machine)");
+    }
+}
+
+const HOLDER: &str = r#"
+import fcntl, os, sys, time
+f = open(sys.argv[1])
+fcntl.flock(f, fcntl.LOCK_EX)
+open(sys.argv[2], "w").close()
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.002)
+time.sleep(0.3)
+"#;
+
+fn wait_for(probes: &mut Probes, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        probes.poll().expect("poll");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `/proc/PID/syscall` says the process is blocked in flock(2).
+fn in_flock(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .is_some_and(|nr| nr == libc::SYS_flock.to_string())
+}
+
+fn exited(child: &mut Child) -> bool {
+    matches!(child.try_wait(), Ok(Some(_)))
+}
+
+/// A flock held 300 ms by one process and requested (blocking) by another
+/// shows a wait of at least 300 ms, attributed to `target` and the file; a
+/// LOCK_NB attempt meanwhile shows as refused.
+fn flock_contention(flock_locks: bool) {
+    let mut probes = load_probes();
+    let fs = MountedFs::mount(TestFsOptions {
+        flock_locks,
+        ..Default::default()
+    })
+    .expect("mount");
+    let target = if flock_locks {
+        FlockTarget::Fuse { conn: fs.conn }
+    } else {
+        FlockTarget::Device { dev: fs.conn }
+    };
+    let file = fs.path("lockfile");
+    let markers = tempfile::tempdir().expect("tempdir");
+    let (locked, go) = (markers.path().join("locked"), markers.path().join("go"));
+
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg(HOLDER)
+        .args([&file, &locked, &go])
+        .spawn()
+        .expect("spawn python3 (the lock holder)");
+    wait_for(&mut probes, "the holder to lock", || {
+        locked.exists() || exited(&mut holder)
+    });
+    assert!(!exited(&mut holder), "the holder died");
+
+    // A non-blocking attempt on the held lock is refused.
+    let own = std::fs::File::open(&file).expect("open lockfile");
+    // SAFETY: flock on a valid open fd.
+    let rc = unsafe { libc::flock(own.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EWOULDBLOCK)
+    );
+    drop(own);
+
+    let mut waiter = Command::new("flock")
+        .args(["-x".as_ref(), file.as_os_str(), "true".as_ref()])
+        .spawn()
+        .expect("spawn flock(1) (the waiter)");
+    let waiter_pid = waiter.id();
+    wait_for(&mut probes, "the waiter to block", || {
+        in_flock(waiter_pid) || exited(&mut waiter)
+    });
+    std::fs::write(&go, b"").expect("write go marker");
+    wait_for(&mut probes, "the waiter to get the lock", || {
+        exited(&mut waiter)
+    });
+    assert!(waiter.wait().expect("waiter status").success());
+    assert!(holder.wait().expect("holder status").success());
+
+    probes.poll().expect("poll");
+    let snap = probes.snapshot().expect("snapshot");
+    let sample = |kind, mode| {
+        snap.flocks
+            .iter()
+            .find(|f| f.target == target && f.kind == kind && f.mode == mode)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {kind:?}/{mode:?} flocks on {target:?}: {:#?}",
+                    snap.flocks
+                )
+            })
+    };
+    let blocking = sample(FlockKind::Exclusive, FlockMode::Blocking);
+    // The holder's uncontended lock and the waiter's contended one.
+    assert_eq!(blocking.calls, 2, "{blocking:?}");
+    assert_eq!(blocking.waited, 1, "{blocking:?}");
+    assert_eq!(blocking.refused, 0, "{blocking:?}");
+    assert!(blocking.wait.max_ns >= 300_000_000, "{blocking:?}");
+    let nb = sample(FlockKind::Exclusive, FlockMode::NonBlocking);
+    assert_eq!((nb.calls, nb.refused, nb.waited), (1, 1, 0), "{nb:?}");
+
+    let w = snap
+        .flock_waiters
+        .iter()
+        .find(|w| w.tgid == waiter_pid)
+        .unwrap_or_else(|| {
+            panic!(
+                "waiter {waiter_pid} not reported: {:#?}",
+                snap.flock_waiters
+            )
+        });
+    assert_eq!(w.target, target);
+    assert_eq!(w.comm, "flock");
+    assert_eq!(w.file.as_deref(), Some(file.to_string_lossy().as_ref()));
+    assert_eq!(w.calls, 1);
+    assert!(w.max_wait_ns >= 300_000_000, "{w:?}");
+
+    let fs_ops = fs_counts(&fs);
+    if flock_locks {
+        assert!(
+            fs_ops.get(&opcode::SETLKW).is_some_and(|c| c.0 >= 2),
+            "{fs_ops:?}"
+        );
+        assert_eq!(fs_ops.get(&opcode::SETLK), Some(&(1, 1)), "{fs_ops:?}");
+    } else {
+        assert!(!fs_ops.contains_key(&opcode::SETLKW), "{fs_ops:?}");
+    }
+}
+
+#[test]
+fn flock_served_by_the_fuse_daemon_is_attributed_to_the_connection() {
+    if !require_privileges("flock_served_by_the_fuse_daemon_is_attributed_to_the_connection") {
+        return;
+    }
+    flock_contention(true);
+}
+
+#[test]
+fn flock_served_by_the_kernel_is_attributed_to_the_device() {
+    if !require_privileges("flock_served_by_the_kernel_is_attributed_to_the_device") {
+        return;
+    }
+    flock_contention(false);
+}
