@@ -1,8 +1,11 @@
 //! `cargo xtask <command>`: project automation. `setup` installs what a
 //! fresh machine lacks, `test` is the CI entry point, `demo` is the main job
-//! on an embedded default, `build-ebpf` builds the probes, `bench` measures.
+//! on an embedded default, `build-ebpf` builds the probes, `bench` measures,
+//! `dashboards check` proves the Grafana dashboards and alert rules against
+//! a real Prometheus scraping a live daemon.
 
 mod cmd;
+mod dashboards;
 mod demo;
 mod ebpf;
 mod setup;
@@ -29,6 +32,22 @@ enum Command {
     Demo,
     /// Build the eBPF probes object (nightly, -Z build-std=core, bpf-linker).
     BuildEbpf,
+    /// Grafana dashboards and Prometheus alert rules in `dashboards/`.
+    Dashboards {
+        #[command(subcommand)]
+        action: DashboardsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DashboardsAction {
+    /// Check the dashboards and rules: statically, then against a real
+    /// Prometheus scraping a live daemon under a workload (root, /dev/fuse).
+    Check {
+        /// Only the static checks (parsing, metric coverage, promtool).
+        #[arg(long = "static")]
+        static_only: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +61,9 @@ fn main() -> std::process::ExitCode {
             println!("{}", object.display());
             Ok(())
         }),
+        Command::Dashboards {
+            action: DashboardsAction::Check { static_only },
+        } => dashboards::check(static_only),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
