@@ -30,7 +30,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{cmd, workspace_root};
 
-use promql::Dashboard;
+use promql::{Dashboard, Rule};
 
 /// The metric families issue 5 requires; each must appear on some panel.
 pub const REQUIRED: &[&str] = &[
@@ -114,6 +114,7 @@ pub fn check(static_only: bool) -> Result<()> {
     }
 
     required_on_panels(&dashboards, &mut report);
+    alert_metadata(&root, &rules, &mut report);
     promtool(&dir, &mut report);
     report.section("static checks");
 
@@ -133,6 +134,47 @@ fn required_on_panels(dashboards: &[Dashboard], report: &mut Report) {
     for family in REQUIRED {
         if !on_panels.iter().any(|n| promql::in_family(n, family)) {
             report.fail(format!("required metric {family} is on no panel"));
+        }
+    }
+}
+
+/// Every alert has `for:`, a severity of critical|warning|info, a summary,
+/// a description and a `runbook_url` of `README.md#runbook-<name in lower
+/// case>`, and that section exists: a `Runbook: <name>` heading in the
+/// README or in `dashboards/RUNBOOK.md`.
+fn alert_metadata(root: &Path, rules: &[Rule], report: &mut Report) {
+    let docs = ["README.md", "dashboards/RUNBOOK.md"]
+        .iter()
+        .map(|f| std::fs::read_to_string(root.join(f)).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let headings: BTreeSet<&str> = docs
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .filter_map(|l| l.trim_start_matches('#').trim().strip_prefix("Runbook: "))
+        .collect();
+    for r in rules.iter().filter(|r| r.alert) {
+        let field = |k: &str| r.fields.get(k).map(String::as_str).unwrap_or("");
+        let mut missing: Vec<String> = ["for", "summary", "description"]
+            .iter()
+            .filter(|k| field(k).is_empty())
+            .map(|k| format!("no {k}"))
+            .collect();
+        if !["critical", "warning", "info"].contains(&field("severity")) {
+            missing.push(format!("severity {:?}", field("severity")));
+        }
+        let url = format!("README.md#runbook-{}", r.name.to_ascii_lowercase());
+        if field("runbook_url") != url {
+            missing.push(format!(
+                "runbook_url {:?}, want {url:?}",
+                field("runbook_url")
+            ));
+        }
+        if !headings.contains(r.name.as_str()) {
+            missing.push(format!("no `### Runbook: {}` section", r.name));
+        }
+        if !missing.is_empty() {
+            report.fail(format!("alert {}: {}", r.name, missing.join("; ")));
         }
     }
 }

@@ -11,7 +11,7 @@
 //! Prometheus itself parses every expression in the live check, so the
 //! scanner only has to find names, not validate syntax.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -381,32 +381,43 @@ fn skip_to(b: &[u8], i: usize, close: u8) -> usize {
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
+    pub alert: bool,
     pub expr: String,
+    /// The rule's other scalar fields by key (`for`, `severity`, `summary`,
+    /// `runbook_url`, ...), unquoted.
+    pub fields: BTreeMap<String, String>,
 }
 
 /// The rules of a Prometheus rules file, read line by line (the layout of
 /// `dashboards/alerts.yml`: `- alert:`/`- record:` then `expr:` inline or
-/// as a `|`/`>` block scalar). Prometheus validates the file itself; this
-/// only needs the names and expressions.
+/// as a `|`/`>` block scalar, then `key: value` fields). Prometheus
+/// validates the file itself; this only needs names, expressions and the
+/// fields the check looks at.
 pub fn parse_rules(text: &str) -> Result<Vec<Rule>> {
     let lines: Vec<&str> = text.lines().collect();
-    let mut rules = Vec::new();
-    let mut current: Option<String> = None;
+    let mut rules: Vec<Rule> = Vec::new();
     let mut i = 0;
     while i < lines.len() {
         let t = lines[i].trim_start();
         let t = t.strip_prefix("- ").unwrap_or(t);
-        if let Some(n) = t
-            .strip_prefix("alert:")
-            .or_else(|| t.strip_prefix("record:"))
-        {
-            current = Some(unquote(n.trim()));
-        } else if let Some(e) = t.strip_prefix("expr:") {
-            let name = current
-                .take()
+        let (key, value) = t.split_once(':').unwrap_or(("", ""));
+        let value = value.trim();
+        if t.starts_with('#') || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            i += 1;
+            continue;
+        }
+        if key == "alert" || key == "record" {
+            rules.push(Rule {
+                name: unquote(value),
+                alert: key == "alert",
+                expr: String::new(),
+                fields: BTreeMap::new(),
+            });
+        } else if key == "expr" {
+            let rule = rules
+                .last_mut()
                 .with_context(|| format!("line {}: expr without a rule name", i + 1))?;
-            let e = e.trim();
-            let expr = if e.starts_with('|') || e.starts_with('>') {
+            rule.expr = if value.starts_with('|') || value.starts_with('>') {
                 let indent = lines[i].len() - lines[i].trim_start().len();
                 let mut block = Vec::new();
                 while i + 1 < lines.len() {
@@ -420,11 +431,17 @@ pub fn parse_rules(text: &str) -> Result<Vec<Rule>> {
                 }
                 block.join("\n").trim().to_string()
             } else {
-                unquote(e)
+                unquote(value)
             };
-            rules.push(Rule { name, expr });
+        } else if let Some(rule) = rules.last_mut() {
+            if !value.is_empty() {
+                rule.fields.insert(key.to_string(), unquote(value));
+            }
         }
         i += 1;
+    }
+    if let Some(r) = rules.iter().find(|r| r.expr.is_empty()) {
+        bail!("rule {} has no expr", r.name);
     }
     Ok(rules)
 }

@@ -89,6 +89,8 @@ groups:
       - alert: One
         expr: up == 0
         for: 1m
+        annotations:
+          summary: "Down: {{ $labels.instance }}"
       - alert: "Two"
         expr: |
           sum by (a) (rate(x[5m]))
@@ -111,6 +113,10 @@ groups:
             ("job:x:rate5m", "rate(x[5m])"),
         ]
     );
+    assert!(rules[0].alert && !rules[2].alert);
+    assert_eq!(rules[0].fields["for"], "1m");
+    assert_eq!(rules[0].fields["summary"], "Down: {{ $labels.instance }}");
+    assert_eq!(rules[1].fields["severity"], "info");
 }
 
 #[test]
