@@ -17,7 +17,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftrace",   // independent tracer for cross-checks and the probe benchmark
     "util-linux", // flock(1)
     "python3",
-    "prometheus", // prometheus and promtool: `cargo xtask dashboards check`, exporter tests
+    "prometheus", // prometheus + promtool: exporter tests and `cargo xtask dashboards check`
 ];
 
 /// The nightly toolchain that builds the probes (`-Z build-std=core`).
