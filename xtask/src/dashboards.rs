@@ -74,8 +74,8 @@ pub const PROMETHEUS_SERIES: &[&str] = &[
     "scrape_series_added",
 ];
 
-/// `cargo xtask dashboards check [--static]`.
-pub fn check(static_only: bool) -> Result<()> {
+/// `cargo xtask dashboards check [--static] [--verbose]`.
+pub fn check(static_only: bool, verbose: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let root = workspace_root();
     let dir = root.join("dashboards");
@@ -119,7 +119,7 @@ pub fn check(static_only: bool) -> Result<()> {
     report.section("static checks");
 
     if !static_only {
-        live::run(&root, &dashboards, &rules, &mut report)?;
+        live::run(&root, &dashboards, &rules, verbose, &mut report)?;
     }
     report.finish(started)
 }

@@ -47,6 +47,9 @@ enum DashboardsAction {
         /// Only the static checks (parsing, metric coverage, promtool).
         #[arg(long = "static")]
         static_only: bool,
+        /// Print every panel query's series count and largest value.
+        #[arg(long)]
+        verbose: bool,
     },
 }
 
@@ -62,8 +65,12 @@ fn main() -> std::process::ExitCode {
             Ok(())
         }),
         Command::Dashboards {
-            action: DashboardsAction::Check { static_only },
-        } => dashboards::check(static_only),
+            action:
+                DashboardsAction::Check {
+                    static_only,
+                    verbose,
+                },
+        } => dashboards::check(static_only, verbose),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

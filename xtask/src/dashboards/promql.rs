@@ -192,19 +192,21 @@ pub fn parse_label_values(query: &str) -> Option<(Option<String>, String)> {
     }
 }
 
-/// Values for Grafana's interval variables, in whole seconds; template
-/// variables become the regex that matches every value (what "All" sends
-/// with `allValue: .*`).
-#[derive(Debug, Clone, Copy)]
+/// Values for Grafana's interval variables, in whole seconds, and for
+/// template variables: a regex (matched with `=~`) per variable name; a
+/// variable without one becomes `.*`, what "All" sends with `allValue: .*`.
+#[derive(Debug, Clone, Default)]
 pub struct Expansion {
     pub interval_s: u64,
     pub rate_interval_s: u64,
     pub range_s: u64,
+    pub vars: BTreeMap<String, String>,
 }
 
 /// Replaces `$__rate_interval`, `$__interval`, `$__range` (and their
 /// `_ms`/`_s` forms and `${...}` spellings) by their values and every other
-/// `$var`, `${var}`, `${var:fmt}` or `[[var]]` by `.*`.
+/// `$var`, `${var}`, `${var:fmt}` or `[[var]]` by its value in `x.vars`,
+/// else `.*`.
 pub fn expand(expr: &str, x: &Expansion) -> String {
     let value = |name: &str| -> String {
         match name {
@@ -214,7 +216,11 @@ pub fn expand(expr: &str, x: &Expansion) -> String {
             "__range" => format!("{}s", x.range_s),
             "__range_s" => x.range_s.to_string(),
             "__range_ms" => (x.range_s * 1000).to_string(),
-            _ => ".*".to_string(),
+            _ => x
+                .vars
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| ".*".to_string()),
         }
     };
     let b = expr.as_bytes();
@@ -454,6 +460,21 @@ fn unquote(s: &str) -> String {
         }
     }
     s.to_string()
+}
+
+/// `s` as a regex matching exactly `s` (RE2 syntax, inside a PromQL
+/// double-quoted string: backslashes doubled).
+pub fn regex_quote(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push_str("\\\\");
+        } else if c == '"' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Sample names in a Prometheus text exposition (`name{...} value` lines).

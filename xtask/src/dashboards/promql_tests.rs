@@ -44,17 +44,23 @@ fn metric_names_skip_functions_labels_and_keywords() {
 
 #[test]
 fn expand_replaces_interval_and_template_variables() {
-    let x = Expansion {
+    let mut x = Expansion {
         interval_s: 1,
         rate_interval_s: 4,
         range_s: 90,
+        vars: Default::default(),
     };
+    let expr = r#"rate(m{instance=~"$instance",mount=~"${mount}",op=~"${opcode:regex}",p=~"[[path]]"}[$__rate_interval])"#;
     assert_eq!(
-        expand(
-            r#"rate(m{instance=~"$instance",mount=~"${mount}",op=~"${opcode:regex}",p=~"[[path]]"}[$__rate_interval])"#,
-            &x
-        ),
+        expand(expr, &x),
         r#"rate(m{instance=~".*",mount=~".*",op=~".*",p=~".*"}[4s])"#
+    );
+    x.vars
+        .insert("instance".into(), regex_quote("127.0.0.1:9464"));
+    x.vars.insert("mount".into(), regex_quote("/mnt/a b"));
+    assert_eq!(
+        expand(expr, &x),
+        r#"rate(m{instance=~"127\\.0\\.0\\.1:9464",mount=~"/mnt/a b",op=~".*",p=~".*"}[4s])"#
     );
     assert_eq!(
         expand("increase(m[$__range]) / $__range_s + m[${__interval}]", &x),

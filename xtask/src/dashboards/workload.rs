@@ -171,3 +171,89 @@ impl HeldOpen {
         drop(self.files);
     }
 }
+
+/// A stand-in OTLP/HTTP collector: answers every request (`POST
+/// /v1/traces`) with `200 OK` and an empty body (an empty
+/// `ExportTraceServiceResponse`), counting them. Started late on purpose:
+/// until then the daemon's exports fail and its spans are dropped.
+pub struct OtlpSink {
+    stop: Arc<AtomicBool>,
+    pub requests: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl OtlpSink {
+    pub fn start(port: u16) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, requests) = (stop.clone(), requests.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            let requests = requests.clone();
+                            std::thread::spawn(move || serve_otlp(conn, &requests));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            stop,
+            requests,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for OtlpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// HTTP/1.1 requests on one connection, each answered `200 OK`.
+fn serve_otlp(mut conn: std::net::TcpStream, requests: &AtomicU64) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        // Headers, then a Content-Length body.
+        let head_end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + len);
+        requests.fetch_add(1, Ordering::Relaxed);
+        let reply =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+        if conn.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
