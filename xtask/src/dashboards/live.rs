@@ -62,13 +62,17 @@ pub fn run(
     println!("live: Prometheus scrapes the daemon; running the workload");
 
     // 1. Mixed workload and flock contention.
+    // A file open all along and waiters parked for 2.5 s: the gauges
+    // (open files, parked flock requests) are seen by several scrapes.
+    let long_open =
+        fs::File::create(env.mnt.join("long-open")).context("cannot create a file on the mount")?;
     let background = Background::start(&env.mnt);
-    for _ in 0..3 {
-        if let Err(e) = workload::flock_round(&env.mnt) {
+    for hold in [2500, 400, 400] {
+        if let Err(e) = workload::flock_round(&env.mnt, Duration::from_millis(hold)) {
             report.fail(e);
         }
     }
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(2));
 
     // Every request becomes a span; the collector is down so far, so
     // exports fail and spans are dropped. It comes up now.
@@ -107,6 +111,7 @@ pub fn run(
     })?;
 
     // 3. Crash with open files, orphan one, restart: recovery.
+    drop(long_open);
     let held = HeldOpen::open(&env.mnt, 3).context("cannot open files for the recovery run")?;
     std::thread::sleep(Duration::from_millis(200)); // the journal syncs every 50 ms
     env.kill_daemon();
@@ -125,7 +130,7 @@ pub fn run(
         },
     )?;
     for _ in 0..2 {
-        if let Err(e) = workload::flock_round(&env.mnt) {
+        if let Err(e) = workload::flock_round(&env.mnt, Duration::from_millis(400)) {
             report.fail(e);
         }
     }

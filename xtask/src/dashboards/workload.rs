@@ -93,14 +93,17 @@ fn file_ops(mnt: &Path, round: u64) {
 /// flock(2) contention through flock(1) (util-linux) and bash:
 /// an exclusive holder, a refused non-blocking request, a blocking
 /// exclusive waiter, a blocking shared waiter, and an upgrade then a
-/// downgrade on one open file. Returns what went unexpectedly.
-pub fn flock_round(mnt: &Path) -> Result<(), String> {
+/// downgrade on one open file. The holder keeps the lock for `hold`, the
+/// time the waiters stay parked in the daemon. Returns what went
+/// unexpectedly.
+pub fn flock_round(mnt: &Path, hold: Duration) -> Result<(), String> {
     let lockfile: PathBuf = mnt.join("lockfile");
     fs::write(&lockfile, b"lock").map_err(|e| format!("create lockfile: {e}"))?;
     let mut holder = Command::new("flock")
         .arg("-x")
         .arg(&lockfile)
-        .args(["-c", "sleep 0.4"])
+        .arg("-c")
+        .arg(format!("sleep {:.1}", hold.as_secs_f64()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
