@@ -18,7 +18,9 @@
 //! Failures are listed (dashboard, panel, query, why) and make the command
 //! exit non-zero.
 
+mod env;
 mod live;
+mod prom;
 mod promql;
 mod workload;
 

@@ -1,11 +1,14 @@
 //! The live half of `cargo xtask dashboards check`: a real Prometheus
 //! (Debian's `prometheus`, scrape and rule interval 1 s, tsdb in a temp
-//! dir, free 127.0.0.1 ports) scrapes a live `claudefs-fuse mount
-//! --metrics-addr ... --ebpf` with two storage paths, path 0 reached
-//! through a bindfs mount so that it can be failed. The story:
+//! dir, free 127.0.0.1 ports, `dashboards/alerts.yml` loaded) scrapes a
+//! live `claudefs-fuse mount --metrics-addr ... --ebpf` with two storage
+//! paths, path 0 reached through a bindfs mount so that it can be failed,
+//! every request sampled into a span. The story (about 20 s):
 //!
 //! 1. a mixed file workload (with ENOENT errors) runs throughout, with
-//!    rounds of flock contention;
+//!    rounds of flock contention (one holds waiters parked for 2.5 s);
+//!    the OTLP collector is down, so spans are dropped, until a stand-in
+//!    collector comes up and spans are exported;
 //! 2. bindfs is killed: path 0 fails (Prometheus sees
 //!    `path_state{state="failed"}` and the PathFailed alert goes pending),
 //!    then bindfs is remounted and the path comes back;
@@ -13,19 +16,22 @@
 //!    of those files is removed from storage, and the daemon is restarted:
 //!    its crash recovery replays the journal and orphans the removed file
 //!    (the RecoveryOrphans alert fires);
-//! 4. every dashboard query is evaluated over the whole run.
+//! 4. every dashboard query, with `$job`/`$instance`/`$mount` set to this
+//!    daemon and its mount and the other variables "All", is evaluated
+//!    over the whole run and must return a series with a non-zero finite
+//!    value (except the drop counters listed in [`MAY_BE_ZERO`]).
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use super::env::{start_bindfs, stop_bindfs, Env, JOB, SCRAPE_S};
+use super::prom::{active_alerts, http_get, query, series, unix_now, wait_for};
 use super::promql::{self, Dashboard, Expansion, Rule};
 use super::workload::{self, Background, HeldOpen, OtlpSink};
 use super::{Report, PROMETHEUS_SERIES};
@@ -33,10 +39,6 @@ use super::{Report, PROMETHEUS_SERIES};
 /// Panel queries that may stay at zero in this run, by (panel, refId):
 /// drops that only a host under pressure produces.
 const MAY_BE_ZERO: &[(&str, &str)] = &[("Probe events", "B"), ("Statistics map full", "A")];
-
-/// Scrape and rule evaluation interval of the test Prometheus.
-const SCRAPE_S: u64 = 1;
-const JOB: &str = "claudefs-fuse";
 
 pub fn run(
     root: &Path,
@@ -442,365 +444,4 @@ fn check_rules(prom: u16, rules: &[Rule], report: &mut Report) -> Result<()> {
         loaded.len()
     );
     Ok(())
-}
-
-/// Names of the alerts pending or firing now.
-fn active_alerts(prom: u16) -> Result<BTreeSet<String>> {
-    let data = query(prom, "/api/v1/alerts", &[])?;
-    Ok(data["alerts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a["labels"]["alertname"].as_str().map(str::to_string))
-        .collect())
-}
-
-/// Series an instant query returns now.
-fn series(prom: u16, expr: &str) -> Result<usize> {
-    let data = query(prom, "/api/v1/query", &[("query", expr)])?;
-    Ok(data["result"].as_array().map(Vec::len).unwrap_or(0))
-}
-
-/// GET on the Prometheus HTTP API; the `data` of a success, else its error.
-fn query(prom: u16, path: &str, params: &[(&str, &str)]) -> Result<Value> {
-    let qs: Vec<String> = params
-        .iter()
-        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
-        .collect();
-    let url = if qs.is_empty() {
-        path.to_string()
-    } else {
-        format!("{path}?{}", qs.join("&"))
-    };
-    let (code, body) = http_get(prom, &url)?;
-    let json: Value = serde_json::from_str(&body)
-        .with_context(|| format!("HTTP {code} from Prometheus, not JSON: {}", body.trim()))?;
-    if json["status"] != "success" {
-        bail!(
-            "{}: {}",
-            json["errorType"].as_str().unwrap_or("error"),
-            json["error"].as_str().unwrap_or(&body)
-        );
-    }
-    Ok(json["data"].clone())
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// A plain HTTP/1.0 GET on 127.0.0.1: (status, body).
-fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Ok((
-        code,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_string()
-        },
-    ))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-/// Polls `f` every 200 ms until it is true; fails after `timeout`.
-fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let t = Instant::now();
-    let mut last = None;
-    while t.elapsed() < timeout {
-        match f() {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    match last {
-        Some(e) => bail!("timed out after {timeout:?} waiting for {what} (last error: {e:#})"),
-        None => bail!("timed out after {timeout:?} waiting for {what}"),
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn is_mounted(dir: &Path) -> bool {
-    let want = dir.to_string_lossy().replace(' ', "\\040");
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-}
-
-fn umount_lazy(dir: &Path) {
-    let _ = Command::new("umount")
-        .arg("-l")
-        .arg(dir)
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn start_bindfs(src: &Path, dst: &Path) -> Result<Child> {
-    let mut child = Command::new("bindfs")
-        .arg("-f")
-        .arg(src)
-        .arg(dst)
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start bindfs")?;
-    let t = Instant::now();
-    while !is_mounted(dst) {
-        if t.elapsed() > Duration::from_secs(5) {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("bindfs did not mount {}", dst.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(child)
-}
-
-fn stop_bindfs(mut child: Child, dst: &Path) {
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = Command::new("fusermount3")
-        .args(["-u", "-z"])
-        .arg(dst)
-        .stderr(Stdio::null())
-        .status();
-    umount_lazy(dst);
-}
-
-/// The temporary directory, ports and processes of one live run; stops
-/// everything and removes the directory on drop.
-struct Env {
-    bin: PathBuf,
-    tmp: PathBuf,
-    storage: PathBuf,
-    via: PathBuf,
-    mnt: PathBuf,
-    state: PathBuf,
-    idmap: PathBuf,
-    metrics_port: u16,
-    prom_port: u16,
-    otlp_port: u16,
-    bindfs: Option<Child>,
-    daemon: Option<Child>,
-    prometheus: Option<Child>,
-}
-
-impl Env {
-    fn new(bin: PathBuf) -> Result<Self> {
-        let tmp = std::env::temp_dir().join(format!("claudefs-dashboards-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
-        let env = Self {
-            bin,
-            storage: tmp.join("storage"),
-            via: tmp.join("via-bindfs"),
-            mnt: tmp.join("mnt"),
-            state: tmp.join("state"),
-            idmap: tmp.join("idmap"),
-            tmp,
-            metrics_port: free_port()?,
-            prom_port: free_port()?,
-            otlp_port: free_port()?,
-            bindfs: None,
-            daemon: None,
-            prometheus: None,
-        };
-        for d in [&env.storage, &env.via, &env.mnt, &env.tmp.join("tsdb")] {
-            fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-        }
-        // Root maps to itself through the table: idmap lookups and hits.
-        fs::write(&env.idmap, "u 0 0\ng 0 0\n")?;
-        Ok(env)
-    }
-
-    fn log(&self) -> PathBuf {
-        self.tmp.join("daemon.log")
-    }
-
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(self.log()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// Starts (or restarts) the daemon and waits for its mount, its
-    /// status socket and its metrics endpoint.
-    fn start_daemon(&mut self) -> Result<()> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())?;
-        let child = Command::new(&self.bin)
-            .arg("mount")
-            .arg("--path")
-            .arg(format!("{},priority=200,addr=bindfs", self.via.display()))
-            .arg("--path")
-            .arg(format!(
-                "{},priority=100,addr=direct",
-                self.storage.display()
-            ))
-            .args(["--policy", "primary", "--health-interval-ms", "100"])
-            .arg("--idmap")
-            .arg(format!("table:{}", self.idmap.display()))
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{}", self.metrics_port))
-            .arg("--ebpf")
-            .args(["--sample-rate", "1"])
-            .arg("--otlp-endpoint")
-            .arg(format!("http://127.0.0.1:{}", self.otlp_port))
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg(&self.mnt)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start claudefs-fuse mount")?;
-        self.daemon = Some(child);
-        let t = Instant::now();
-        loop {
-            let ready = is_mounted(&self.mnt)
-                && self.state.join("status.sock").exists()
-                && http_get(self.metrics_port, "/healthz").is_ok_and(|(c, _)| c == 200);
-            if ready {
-                return Ok(());
-            }
-            if let Some(c) = self.daemon.as_mut() {
-                if let Some(st) = c.try_wait()? {
-                    self.daemon = None;
-                    bail!("claudefs-fuse mount exited ({st}):\n{}", self.log_tail());
-                }
-            }
-            if t.elapsed() > Duration::from_secs(20) {
-                bail!(
-                    "claudefs-fuse mount not ready in 20 s:\n{}",
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// kill -9 the daemon and lazily unmount what it leaves.
-    fn kill_daemon(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        umount_lazy(&self.mnt);
-    }
-
-    fn start_prometheus(&mut self, rules: &Path) -> Result<()> {
-        let config = self.tmp.join("prometheus.yml");
-        fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: {SCRAPE_S}s\n  scrape_timeout: {SCRAPE_S}s\n  evaluation_interval: {SCRAPE_S}s\n\
-                 rule_files:\n  - {}\n\
-                 scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
-                rules.display(),
-                self.metrics_port
-            ),
-        )?;
-        let log = fs::File::create(self.tmp.join("prometheus.log"))?;
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                self.tmp.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{}", self.prom_port))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start prometheus (`cargo xtask setup` installs it)")?;
-        self.prometheus = Some(child);
-        let port = self.prom_port;
-        wait_for(Duration::from_secs(20), "Prometheus to be ready", || {
-            Ok(http_get(port, "/-/ready").is_ok_and(|(c, _)| c == 200))
-        })
-        .with_context(|| fs::read_to_string(self.tmp.join("prometheus.log")).unwrap_or_default())
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            // SIGTERM: the daemon unmounts cleanly.
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if is_mounted(&self.mnt) {
-            umount_lazy(&self.mnt);
-        }
-        if let Some(mut c) = self.prometheus.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Some(b) = self.bindfs.take() {
-            stop_bindfs(b, &self.via);
-        }
-        if is_mounted(&self.via) {
-            umount_lazy(&self.via);
-        }
-        let _ = fs::remove_dir_all(&self.tmp);
-    }
 }

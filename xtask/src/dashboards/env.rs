@@ -1,0 +1,257 @@
+//! The processes of one live run: a bindfs mount (storage path 0), the
+//! `claudefs-fuse mount` daemon and Prometheus, in a temporary directory
+//! with free 127.0.0.1 ports; everything is stopped and removed on drop.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::prom::{http_get, wait_for};
+
+/// Scrape and rule evaluation interval of the test Prometheus.
+pub const SCRAPE_S: u64 = 1;
+/// Its job name for the daemon.
+pub const JOB: &str = "claudefs-fuse";
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let want = dir.to_string_lossy().replace(' ', "\\040");
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+fn umount_lazy(dir: &Path) {
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status();
+}
+
+pub fn start_bindfs(src: &Path, dst: &Path) -> Result<Child> {
+    let mut child = Command::new("bindfs")
+        .arg("-f")
+        .arg(src)
+        .arg(dst)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start bindfs")?;
+    let t = Instant::now();
+    while !is_mounted(dst) {
+        if t.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("bindfs did not mount {}", dst.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+pub fn stop_bindfs(mut child: Child, dst: &Path) {
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(dst)
+        .stderr(Stdio::null())
+        .status();
+    umount_lazy(dst);
+}
+
+/// The temporary directory, ports and processes of one live run; stops
+/// everything and removes the directory on drop.
+pub struct Env {
+    pub bin: PathBuf,
+    pub tmp: PathBuf,
+    pub storage: PathBuf,
+    pub via: PathBuf,
+    pub mnt: PathBuf,
+    pub state: PathBuf,
+    pub idmap: PathBuf,
+    pub metrics_port: u16,
+    pub prom_port: u16,
+    pub otlp_port: u16,
+    pub bindfs: Option<Child>,
+    pub daemon: Option<Child>,
+    pub prometheus: Option<Child>,
+}
+
+impl Env {
+    pub fn new(bin: PathBuf) -> Result<Self> {
+        let tmp = std::env::temp_dir().join(format!("claudefs-dashboards-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        let env = Self {
+            bin,
+            storage: tmp.join("storage"),
+            via: tmp.join("via-bindfs"),
+            mnt: tmp.join("mnt"),
+            state: tmp.join("state"),
+            idmap: tmp.join("idmap"),
+            tmp,
+            metrics_port: free_port()?,
+            prom_port: free_port()?,
+            otlp_port: free_port()?,
+            bindfs: None,
+            daemon: None,
+            prometheus: None,
+        };
+        for d in [&env.storage, &env.via, &env.mnt, &env.tmp.join("tsdb")] {
+            fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        // Root maps to itself through the table: idmap lookups and hits.
+        fs::write(&env.idmap, "u 0 0\ng 0 0\n")?;
+        Ok(env)
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.tmp.join("daemon.log")
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self.log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Starts (or restarts) the daemon and waits for its mount, its
+    /// status socket and its metrics endpoint.
+    pub fn start_daemon(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())?;
+        let child = Command::new(&self.bin)
+            .arg("mount")
+            .arg("--path")
+            .arg(format!("{},priority=200,addr=bindfs", self.via.display()))
+            .arg("--path")
+            .arg(format!(
+                "{},priority=100,addr=direct",
+                self.storage.display()
+            ))
+            .args(["--policy", "primary", "--health-interval-ms", "100"])
+            .arg("--idmap")
+            .arg(format!("table:{}", self.idmap.display()))
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{}", self.metrics_port))
+            .arg("--ebpf")
+            .args(["--sample-rate", "1"])
+            .arg("--otlp-endpoint")
+            .arg(format!("http://127.0.0.1:{}", self.otlp_port))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg(&self.mnt)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start claudefs-fuse mount")?;
+        self.daemon = Some(child);
+        let t = Instant::now();
+        loop {
+            let ready = is_mounted(&self.mnt)
+                && self.state.join("status.sock").exists()
+                && http_get(self.metrics_port, "/healthz").is_ok_and(|(c, _)| c == 200);
+            if ready {
+                return Ok(());
+            }
+            if let Some(c) = self.daemon.as_mut() {
+                if let Some(st) = c.try_wait()? {
+                    self.daemon = None;
+                    bail!("claudefs-fuse mount exited ({st}):\n{}", self.log_tail());
+                }
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "claudefs-fuse mount not ready in 20 s:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9 the daemon and lazily unmount what it leaves.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        umount_lazy(&self.mnt);
+    }
+
+    pub fn start_prometheus(&mut self, rules: &Path) -> Result<()> {
+        let config = self.tmp.join("prometheus.yml");
+        fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: {SCRAPE_S}s\n  scrape_timeout: {SCRAPE_S}s\n  evaluation_interval: {SCRAPE_S}s\n\
+                 rule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
+                rules.display(),
+                self.metrics_port
+            ),
+        )?;
+        let log = fs::File::create(self.tmp.join("prometheus.log"))?;
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                self.tmp.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{}", self.prom_port))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start prometheus (`cargo xtask setup` installs it)")?;
+        self.prometheus = Some(child);
+        let port = self.prom_port;
+        wait_for(Duration::from_secs(20), "Prometheus to be ready", || {
+            Ok(http_get(port, "/-/ready").is_ok_and(|(c, _)| c == 200))
+        })
+        .with_context(|| fs::read_to_string(self.tmp.join("prometheus.log")).unwrap_or_default())
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            // SIGTERM: the daemon unmounts cleanly.
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_mounted(&self.mnt) {
+            umount_lazy(&self.mnt);
+        }
+        if let Some(mut c) = self.prometheus.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(b) = self.bindfs.take() {
+            stop_bindfs(b, &self.via);
+        }
+        if is_mounted(&self.via) {
+            umount_lazy(&self.via);
+        }
+        let _ = fs::remove_dir_all(&self.tmp);
+    }
+}
