@@ -88,10 +88,13 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 fn init_logging() {
+    // fuser's session warns that its own unmount failed after `unmount`
+    // below has already done it; that warning is expected noise.
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser::session=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
