@@ -2,6 +2,7 @@
 //! fresh machine lacks, `test` is the CI entry point, `demo` is the main job
 //! on an embedded default, `build-ebpf` builds the probes, `bench` measures.
 
+mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
@@ -29,6 +30,11 @@ enum Command {
     Demo,
     /// Build the eBPF probes object (nightly, -Z build-std=core, bpf-linker).
     BuildEbpf,
+    /// Run the benchmarks (release build): all, or one by name (e.g. `daemon`).
+    Bench {
+        /// Only this benchmark (`daemon`, `probes`, ...).
+        name: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Setup => setup::run(),
         Command::Test => test(),
         Command::Demo => demo::run(),
+        Command::Bench { name } => bench::run(name.as_deref()),
         Command::BuildEbpf => setup::run().and_then(|()| {
             let object = ebpf::build_ebpf(&workspace_root())?;
             println!("{}", object.display());
