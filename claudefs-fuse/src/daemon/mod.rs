@@ -206,8 +206,9 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         .metrics_addr
         .map(crate::exporter::http::bind)
         .transpose()?;
-    let otlp_target = crate::exporter::otlp::target_from(s.otlp_endpoint.as_deref())
-        .map_err(anyhow::Error::msg)?;
+    let otlp_target =
+        crate::exporter::otlp::target_from(s.otlp_endpoint.as_deref(), s.otlp_protocol.as_deref())
+            .map_err(anyhow::Error::msg)?;
 
     let leftover = journal::read_leftover(&s.state_dir)?;
     let t_recovery = std::time::Instant::now();
