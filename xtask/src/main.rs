@@ -25,8 +25,13 @@ enum Command {
     Setup,
     /// Setup, then fmt check, clippy -D warnings and every test in the workspace.
     Test,
-    /// Mount a demo client, attach the probes, run a workload, show the report.
-    Demo,
+    /// Mount a demo client (with the exporter), attach the probes, run a
+    /// workload, show the report, then keep serving metrics until Ctrl-C.
+    Demo {
+        /// Finish right after the report (also: CLAUDEFS_DEMO_NO_WAIT=1).
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Build the eBPF probes object (nightly, -Z build-std=core, bpf-linker).
     BuildEbpf,
 }
@@ -36,7 +41,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Test => test(),
-        Command::Demo => demo::run(),
+        Command::Demo { no_wait } => {
+            demo::run(no_wait || std::env::var("CLAUDEFS_DEMO_NO_WAIT").is_ok_and(|v| v == "1"))
+        }
         Command::BuildEbpf => setup::run().and_then(|()| {
             let object = ebpf::build_ebpf(&workspace_root())?;
             println!("{}", object.display());
