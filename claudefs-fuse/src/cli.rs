@@ -23,6 +23,8 @@ pub enum Command {
     Status(crate::daemon::config::StatusArgs),
     /// Attach the probes to every FUSE mount, collect, and report what is slow.
     Triage(crate::triage::TriageArgs),
+    /// Export the probes' metrics (and spans) for every FUSE mount, until stopped.
+    Observe(crate::exporter::observe::ObserveArgs),
 }
 
 /// Entry point of the binary: parses the arguments, runs the command and
@@ -49,6 +51,7 @@ pub fn main() -> ExitCode {
         Command::Mount(args) => crate::daemon::run_mount(args),
         Command::Status(args) => crate::daemon::run_status(args),
         Command::Triage(args) => crate::triage::run(&args),
+        Command::Observe(args) => crate::exporter::observe::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

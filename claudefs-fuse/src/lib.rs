@@ -10,6 +10,7 @@ pub mod cli;
 pub mod crash_recovery;
 pub mod daemon;
 pub mod error;
+pub mod exporter;
 pub mod flock;
 pub mod idmap;
 pub mod inode;

@@ -26,8 +26,13 @@ enum Command {
     Setup,
     /// Setup, then fmt check, clippy -D warnings and every test in the workspace.
     Test,
-    /// Mount a demo client, attach the probes, run a workload, show the report.
-    Demo,
+    /// Mount a demo client (with the exporter), attach the probes, run a
+    /// workload, show the report, then keep serving metrics until Ctrl-C.
+    Demo {
+        /// Finish right after the report (also: CLAUDEFS_DEMO_NO_WAIT=1).
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Build the eBPF probes object (nightly, -Z build-std=core, bpf-linker).
     BuildEbpf,
     /// Run the benchmarks (release build): all, or one by name (e.g. `daemon`).
@@ -42,7 +47,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Test => test(),
-        Command::Demo => demo::run(),
+        Command::Demo { no_wait } => {
+            demo::run(no_wait || std::env::var("CLAUDEFS_DEMO_NO_WAIT").is_ok_and(|v| v == "1"))
+        }
         Command::Bench { name } => bench::run(name.as_deref()),
         Command::BuildEbpf => setup::run().and_then(|()| {
             let object = ebpf::build_ebpf(&workspace_root())?;

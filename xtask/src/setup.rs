@@ -17,6 +17,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftrace",   // independent tracer for cross-checks and the probe benchmark
     "util-linux", // flock(1)
     "python3",
+    "prometheus", // prometheus + promtool: the exporter tests scrape with a real server
 ];
 
 /// The nightly toolchain that builds the probes (`-Z build-std=core`).

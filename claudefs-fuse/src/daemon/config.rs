@@ -4,7 +4,12 @@
 //! Every mount option can also be given in a TOML file (`--config FILE`)
 //! with the same names (`path = ["/a,priority=10", "/b"]`, `policy`,
 //! `idmap`, `state_dir`, `threads`, `passthrough`, `health_interval_ms`,
-//! `sample_rate`). Flags given on the command line win over the file.
+//! `sample_rate`, `metrics_addr`, `ebpf`, `otlp_endpoint`, `otlp_protocol`,
+//! `slow_threshold`). Flags given on the command line win over the file.
+//!
+//! Exporting is opt-in: without `--metrics-addr` the daemon opens no
+//! port; without `--otlp-endpoint` (or `OTEL_EXPORTER_OTLP_ENDPOINT`)
+//! spans stay in the bounded in-memory buffer.
 //!
 //! The state dir defaults to `/run/claudefs-fuse/<escaped mountpoint>`
 //! (the mountpoint's absolute path with `/` replaced by `-`), so
@@ -147,6 +152,23 @@ pub struct MountArgs {
     /// Share of requests that become spans, 0.0..=1.0 (default 0.01).
     #[arg(long, value_name = "RATE")]
     pub sample_rate: Option<f64>,
+    /// Serve Prometheus `/metrics` and `/healthz` here (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR", value_parser = crate::exporter::parse_addr)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Load the eBPF probes for this mount: kernel metrics, kernel latency
+    /// for path selection, kernel parent spans (needs root).
+    #[arg(long)]
+    pub ebpf: bool,
+    /// Export spans over OTLP to this collector (base URL; see README).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport: grpc or http/protobuf (else OTEL_EXPORTER_OTLP_PROTOCOL,
+    /// else by port: 4317 gRPC, other HTTP).
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// Requests slower than this always become spans (e.g. 50ms).
+    #[arg(long, value_name = "DURATION", value_parser = crate::exporter::parse_duration)]
+    pub slow_threshold: Option<std::time::Duration>,
     /// Where to mount.
     pub mountpoint: PathBuf,
 }
@@ -177,6 +199,11 @@ struct FileConfig {
     passthrough: Option<bool>,
     health_interval_ms: Option<u64>,
     sample_rate: Option<f64>,
+    metrics_addr: Option<String>,
+    ebpf: Option<bool>,
+    otlp_endpoint: Option<String>,
+    otlp_protocol: Option<String>,
+    slow_threshold: Option<String>,
 }
 
 /// Fully resolved mount settings.
@@ -190,6 +217,11 @@ pub struct Settings {
     pub passthrough: bool,
     pub health_interval_ms: u64,
     pub sample_rate: f64,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub ebpf: bool,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub slow_threshold: Option<std::time::Duration>,
     pub mountpoint: PathBuf,
 }
 
@@ -243,6 +275,21 @@ impl MountArgs {
             bail!("--threads must be in 1..=256");
         }
         let sample_rate = self.sample_rate.or(file.sample_rate).unwrap_or(0.01);
+        if !(0.0..=1.0).contains(&sample_rate) {
+            bail!("--sample-rate must be in 0.0..=1.0");
+        }
+        let metrics_addr = match (self.metrics_addr, &file.metrics_addr) {
+            (Some(a), _) => Some(a),
+            (None, Some(s)) => Some(crate::exporter::parse_addr(s).map_err(anyhow::Error::msg)?),
+            (None, None) => None,
+        };
+        let slow_threshold = match (self.slow_threshold, &file.slow_threshold) {
+            (Some(d), _) => Some(d),
+            (None, Some(s)) => {
+                Some(crate::exporter::parse_duration(s).map_err(anyhow::Error::msg)?)
+            }
+            (None, None) => None,
+        };
         let state_dir = self
             .state_dir
             .clone()
@@ -261,6 +308,11 @@ impl MountArgs {
                 .unwrap_or(1000)
                 .max(10),
             sample_rate,
+            metrics_addr,
+            ebpf: self.ebpf || file.ebpf.unwrap_or(false),
+            otlp_endpoint: self.otlp_endpoint.clone().or(file.otlp_endpoint),
+            otlp_protocol: self.otlp_protocol.clone().or(file.otlp_protocol),
+            slow_threshold,
             mountpoint: self.mountpoint.clone(),
         })
     }
@@ -320,7 +372,7 @@ mod tests {
         std::fs::write(
             &cfg,
             format!(
-                "path = [\"{},priority=3\"]\npolicy = \"primary\"\nthreads = 2\n",
+                "path = [\"{},priority=3\"]\npolicy = \"primary\"\nthreads = 2\nmetrics_addr = \"127.0.0.1:9999\"\nslow_threshold = \"50ms\"\n",
                 dir.path().display()
             ),
         )
@@ -335,11 +387,18 @@ mod tests {
             config: Some(cfg),
             health_interval_ms: None,
             sample_rate: None,
+            metrics_addr: None,
+            ebpf: false,
+            otlp_endpoint: None,
+            otlp_protocol: None,
+            slow_threshold: None,
             mountpoint: dir.path().join("m"),
         };
         let s = args.resolve().unwrap();
         assert_eq!(s.paths[0].priority, 3);
         assert_eq!(s.policy, PolicyArg::Primary);
         assert_eq!(s.threads, 2);
+        assert_eq!(s.metrics_addr, Some("127.0.0.1:9999".parse().unwrap()));
+        assert_eq!(s.slow_threshold, Some(std::time::Duration::from_millis(50)));
     }
 }

@@ -395,6 +395,9 @@ pub struct RecoverySummary {
     pub stale_pending_writes: usize,
     /// `path@offset+len` of each pending write.
     pub pending: Vec<String>,
+    /// How long the recovery run took, seconds.
+    #[serde(default)]
+    pub duration_seconds: f64,
 }
 
 /// Live state of open files and dirty ranges after replaying `records`.

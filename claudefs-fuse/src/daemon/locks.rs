@@ -241,6 +241,15 @@ impl Locks {
         self.check_waiters(|_| true);
     }
 
+    /// Registry counters and parked waiters (cheap, for the metrics).
+    pub fn counters(&self) -> (crate::flock::FlockStats, usize) {
+        let inner = self.lock();
+        (
+            inner.reg.stats(),
+            inner.queues.values().map(VecDeque::len).sum(),
+        )
+    }
+
     /// Snapshot for status.
     pub fn status(&self) -> LockStatus {
         let mut inner = self.lock();

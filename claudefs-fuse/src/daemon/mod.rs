@@ -7,13 +7,16 @@
 //! retry, health checks), `ops` (the POSIX core), `fs` (the thin fuser
 //! boundary), `locks` (flock), `idmap` (uid/gid mapping), `journal` (open
 //! files, pending writes, crash recovery), `spans` (per-request spans),
-//! `status` (live state over a unix socket).
+//! `kernel_join` (kernel events met with requests, `--ebpf`), `status`
+//! (live state over a unix socket). Metrics and OTLP export live in
+//! `crate::exporter`.
 
 pub mod config;
 pub mod fs;
 pub mod idmap;
 pub mod inodes;
 pub mod journal;
+pub mod kernel_join;
 pub mod locks;
 pub mod ops;
 pub mod router;
@@ -87,7 +90,8 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     Ok(f)
 }
 
-fn init_logging() {
+/// Logs to stderr, filtered by `CLAUDEFS_LOG` (default `info`).
+pub fn init_logging() {
     // fuser's session warns that its own unmount failed after `unmount`
     // below has already done it; that warning is expected noise.
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEFS_LOG")
@@ -201,8 +205,18 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     };
     let router = Arc::new(router::Router::new(policy, roots, root_ino)?);
 
+    let listener = s
+        .metrics_addr
+        .map(crate::exporter::http::bind)
+        .transpose()?;
+    let otlp_target =
+        crate::exporter::otlp::target_from(s.otlp_endpoint.as_deref(), s.otlp_protocol.as_deref())
+            .map_err(anyhow::Error::msg)?;
+
     let leftover = journal::read_leftover(&s.state_dir)?;
-    let (_state, summary) = journal::recover(&leftover, &router);
+    let t_recovery = std::time::Instant::now();
+    let (_state, mut summary) = journal::recover(&leftover, &router);
+    summary.duration_seconds = t_recovery.elapsed().as_secs_f64();
     if summary.unclean {
         tracing::warn!(
             "recovered after an unclean stop: {} open files ({} recovered, {} orphaned), {} pending writes ({} stale): {}",
@@ -224,7 +238,12 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     ));
     let locks = Arc::new(locks::Locks::default());
     locks.spawn_watcher()?;
-    let spans = Arc::new(spans::Spans::new(s.sample_rate, 10_000));
+    let joiner = Arc::new(kernel_join::Joiner::default());
+    let mut spans = spans::Spans::new(s.sample_rate, 10_000).with_slow_threshold(s.slow_threshold);
+    if s.ebpf {
+        spans = spans.with_joiner(joiner.clone());
+    }
+    let spans = Arc::new(spans);
     let fs = fs::Fs::new(core.clone(), locks.clone(), spans.clone(), s.passthrough);
     let passthrough = fs.passthrough.clone();
 
@@ -233,6 +252,7 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
 
     let snap = {
         let (core, locks, spans) = (core.clone(), locks.clone(), spans.clone());
+        let summary = summary.clone();
         let mp = mountpoint.display().to_string();
         let policy = format!("{:?}", s.policy);
         Arc::new(move || {
@@ -261,6 +281,19 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     let session = fuser::Session::new(fs, &mountpoint, &config)
         .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
     spawn_signal_handler(mountpoint.clone(), stop.clone())?;
+    let exporter = start_exporter(
+        &s,
+        &mountpoint,
+        listener,
+        otlp_target,
+        ExportParts {
+            core: core.clone(),
+            locks: locks.clone(),
+            spans: spans.clone(),
+            joiner,
+            summary: summary.clone(),
+        },
+    );
     tracing::info!(
         "mounted {} ({} storage paths, {} threads)",
         mountpoint.display(),
@@ -269,6 +302,9 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     );
     let result = session.run();
     stop.store(true, Ordering::Relaxed);
+    if let Some(e) = exporter {
+        e.stop();
+    }
     locks.shutdown();
     if let Some(j) = &core.journal {
         j.finish();
@@ -276,6 +312,133 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(sock);
     tracing::info!("unmounted {}", mountpoint.display());
     result.map_err(|e| anyhow::anyhow!("FUSE session ended with an error: {e}"))
+}
+
+/// What the exporter reads from the daemon.
+struct ExportParts {
+    core: Arc<ops::Core>,
+    locks: Arc<locks::Locks>,
+    spans: Arc<spans::Spans>,
+    joiner: Arc<kernel_join::Joiner>,
+    summary: journal::RecoverySummary,
+}
+
+/// Starts the exporter thread if anything is to be exported. A failure
+/// to load the probes or set up OTLP is a warning: the mount serves on.
+fn start_exporter(
+    s: &config::Settings,
+    mountpoint: &Path,
+    listener: Option<std::net::TcpListener>,
+    otlp: Option<crate::exporter::otlp::OtlpTarget>,
+    parts: ExportParts,
+) -> Option<crate::exporter::Exporter> {
+    use crate::exporter::{self as ex, daemon_metrics as dm};
+    if listener.is_none() && otlp.is_none() && !s.ebpf {
+        return None;
+    }
+    let metrics = Arc::new(ex::Metrics::new());
+    let stats = Arc::new(ex::otlp::ExportStats::default());
+    let probes = if s.ebpf {
+        let conn = crate::probes::mountinfo::MountTable::read_self()
+            .ok()
+            .and_then(|t| {
+                t.entries()
+                    .iter()
+                    .rev()
+                    .find(|e| e.mount_point == mountpoint)
+                    .map(|e| e.dev)
+            });
+        match ex::load_probes(crate::probes::EventFilter::All, conn) {
+            Ok(p) => {
+                if let Err(e) =
+                    metrics.register(Box::new(ex::probe_metrics::ProbeCollector::new(p.clone())))
+                {
+                    tracing::warn!("{e}");
+                }
+                parts.core.router.set_kernel_latency(true);
+                parts.joiner.set_active(true);
+                tracing::info!("probes attached for {}", mountpoint.display());
+                Some(p)
+            }
+            Err(e) => {
+                tracing::warn!("--ebpf: cannot load the probes ({e}); serving without them");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let view = {
+        let (core, locks, spans, stats) = (
+            parts.core.clone(),
+            parts.locks.clone(),
+            parts.spans.clone(),
+            stats.clone(),
+        );
+        let summary = parts.summary.clone();
+        Arc::new(move || {
+            let counters = core.router.counters();
+            let paths = core
+                .router
+                .snapshot()
+                .into_iter()
+                .map(|(p, _)| {
+                    let c = counters.get(p.id.0 as usize).copied().unwrap_or_default();
+                    dm::PathView {
+                        id: p.id.0,
+                        remote_addr: p.remote_addr.clone(),
+                        state: p.state,
+                        latency_ema_us: p.metrics.latency_us,
+                        errors_total: c.errors,
+                        score: p.metrics.score(),
+                        selected_total: c.selected,
+                    }
+                })
+                .collect();
+            let (flock, flock_waiting) = locks.counters();
+            dm::DaemonView {
+                paths,
+                recovery: summary.clone(),
+                idmap: core.idmap.mapper().stats(),
+                flock,
+                flock_waiting,
+                open_files: core.open_count(),
+                spans_dropped: spans.counts().1 + stats.lost(),
+                spans_exported: stats.exported.load(Ordering::Relaxed),
+            }
+        })
+    };
+    if let Err(e) = metrics.register(Box::new(dm::DaemonCollector::new(view))) {
+        tracing::warn!("{e}");
+    }
+    let join = probes.as_ref().map(|_| ex::JoinTarget {
+        joiner: parts.joiner.clone(),
+        router: parts.core.router.clone(),
+        spans: parts.spans.clone(),
+    });
+    let cfg = ex::ExporterConfig {
+        listener,
+        metrics,
+        probes,
+        otlp,
+        span_buffer: Some(parts.spans.buffer()),
+        join,
+        kernel_spans: None,
+        slow: s.slow_threshold,
+        stats,
+    };
+    match ex::Exporter::start(cfg) {
+        Ok(e) => {
+            if let Some(a) = s.metrics_addr {
+                tracing::info!("metrics on http://{a}/metrics");
+            }
+            Some(e)
+        }
+        Err(e) => {
+            tracing::warn!("exporter not started: {e:#}");
+            None
+        }
+    }
 }
 
 fn status_snapshot(

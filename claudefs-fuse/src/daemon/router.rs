@@ -22,7 +22,7 @@
 //! failed probe sends it back to Failed.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +45,11 @@ pub fn last_path() -> Option<u64> {
 /// Clears [`last_path`] at the start of a request.
 pub fn clear_last_path() {
     LAST_PATH.with(|c| c.set(None));
+}
+
+/// Sets [`last_path`] (what `run` does; for tests).
+pub fn set_last_path(id: u64) {
+    LAST_PATH.with(|c| c.set(Some(id)));
 }
 
 /// Whether an errno says the storage path itself is sick.
@@ -84,6 +89,17 @@ struct Slot {
     dir: std::path::PathBuf,
     root: RwLock<Arc<StorageRoot>>,
     good_probes: Mutex<u32>,
+    /// Times the router picked this path.
+    selected: AtomicU64,
+    /// Sick answers since start (the router's own count resets).
+    errors: AtomicU64,
+}
+
+/// Monotonic counters of one path, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathCounters {
+    pub selected: u64,
+    pub errors: u64,
 }
 
 /// The storage paths and the router that picks among them.
@@ -92,6 +108,9 @@ pub struct Router {
     slots: Vec<Slot>,
     router: Mutex<MultipathRouter>,
     root_ino: u64,
+    /// Latency comes from the kernel (`--ebpf`): successful requests do
+    /// not report the daemon-measured time (see `kernel_join`).
+    kernel_latency: AtomicBool,
 }
 
 fn now_secs() -> u64 {
@@ -119,12 +138,15 @@ impl Router {
                 dir: root.dir.clone(),
                 root: RwLock::new(Arc::new(root)),
                 good_probes: Mutex::new(0),
+                selected: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
             });
         }
         Ok(Self {
             slots,
             router: Mutex::new(router),
             root_ino,
+            kernel_latency: AtomicBool::new(false),
         })
     }
 
@@ -167,18 +189,43 @@ impl Router {
 
     /// Picks a usable path.
     pub fn select(&self) -> SysResult<u64> {
-        self.lock().select_path().map(|p| p.0).ok_or(libc::EIO)
+        let id = self.lock().select_path().map(|p| p.0).ok_or(libc::EIO)?;
+        if let Some(s) = self.slots.get(id as usize) {
+            s.selected.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(id)
+    }
+
+    /// Monotonic counters of every path, by path id.
+    pub fn counters(&self) -> Vec<PathCounters> {
+        self.slots
+            .iter()
+            .map(|s| PathCounters {
+                selected: s.selected.load(Ordering::Relaxed),
+                errors: s.errors.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Whether path latency comes from the kernel (`--ebpf`) rather than
+    /// from the daemon's own measurement.
+    pub fn set_kernel_latency(&self, on: bool) {
+        self.kernel_latency.store(on, Ordering::Relaxed);
+    }
+
+    /// Folds a latency measured elsewhere (the kernel's) into path `id`'s EMA.
+    pub fn record_latency(&self, id: u64, latency: Duration) {
+        let _ = self
+            .lock()
+            .record_success(PathId(id), latency.as_micros() as u64);
     }
 
     /// Reports the outcome of one request on path `id` that took `elapsed`.
     pub fn report(&self, id: u64, elapsed: Duration, result: Option<Errno>) {
         match result {
             Some(e) if is_path_error(e) => self.path_failed(id),
-            _ => {
-                let _ = self
-                    .lock()
-                    .record_success(PathId(id), elapsed.as_micros() as u64);
-            }
+            _ if self.kernel_latency.load(Ordering::Relaxed) => {}
+            _ => self.record_latency(id, elapsed),
         }
     }
 
@@ -188,6 +235,9 @@ impl Router {
         let root_ok = self
             .root(id)
             .is_some_and(|r| r.statfs().is_ok() && r.stat(std::path::Path::new("")).is_ok());
+        if let Some(s) = self.slots.get(id as usize) {
+            s.errors.fetch_add(1, Ordering::Relaxed);
+        }
         let mut r = self.lock();
         let _ = r.record_error(PathId(id), now_secs());
         if !root_ok {

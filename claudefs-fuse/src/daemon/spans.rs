@@ -5,15 +5,23 @@
 //! A kept request becomes an [`crate::otel_trace::OtelSpan`] in the shared
 //! [`crate::otel_trace::OtelExportBuffer`] that exporters drain.
 //!
+//! Requests slower than the slow threshold (`--slow-threshold`) always
+//! become spans, sampled or not. With `--ebpf` a finished request that
+//! used a storage path or became a span goes to the [`Joiner`] instead,
+//! where the exporter meets it with the kernel's event of the same
+//! `unique` (see `crate::daemon::kernel_join`).
+//!
 //! Span shape: operation = the FUSE operation name in lower case
 //! (`lookup`, `read`, `setlk`, ...), service `claudefs-fuse`, kind Server,
-//! status Error(`errno N`) on failure and Unset otherwise. Attributes
+//! status Error(errno name, e.g. `ENOENT`) on failure and Unset otherwise.
+//! Attributes
 //! (dotted lower-case names, values as decimal strings):
 //!
 //! | key                | meaning                                   |
 //! |--------------------|-------------------------------------------|
 //! | `fuse.inode`       | inode the request is about                |
 //! | `fuse.fh`          | file handle, when the request has one     |
+//! | `fuse.unique`      | the kernel's request id                   |
 //! | `claudefs.path_id` | storage path that served it, if any       |
 //! | `fuse.bytes`       | bytes read or written                     |
 //! | `user.id`          | caller uid (as the kernel reports it)     |
@@ -21,24 +29,90 @@
 //! | `error.errno`      | errno replied, on failure only            |
 
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::otel_trace::{
     OtelExportBuffer, OtelSampler, OtelSpanBuilder, SamplingDecision, SpanKind, SpanStatus,
 };
 use crate::tracing_client::TraceId;
 
+pub use super::kernel_join::{Finished, Joiner};
+
 /// Service name of every span.
 pub const SERVICE: &str = "claudefs-fuse";
 
-fn now_ns() -> u64 {
+/// The symbolic name of an errno (`2` -> `"ENOENT"`); `errno N` if unknown.
+pub fn errno_name(e: i32) -> std::borrow::Cow<'static, str> {
+    let name = match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::ESRCH => "ESRCH",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
+        libc::E2BIG => "E2BIG",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENODEV => "ENODEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ENFILE => "ENFILE",
+        libc::EMFILE => "EMFILE",
+        libc::ENOTTY => "ENOTTY",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::ESPIPE => "ESPIPE",
+        libc::EROFS => "EROFS",
+        libc::EMLINK => "EMLINK",
+        libc::EPIPE => "EPIPE",
+        libc::ERANGE => "ERANGE",
+        libc::EDEADLK => "EDEADLK",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOLCK => "ENOLCK",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ELOOP => "ELOOP",
+        libc::ENODATA => "ENODATA",
+        libc::ENOLINK => "ENOLINK",
+        libc::ECOMM => "ECOMM",
+        libc::EOVERFLOW => "EOVERFLOW",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::ESHUTDOWN => "ESHUTDOWN",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EHOSTDOWN => "EHOSTDOWN",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ESTALE => "ESTALE",
+        libc::EDQUOT => "EDQUOT",
+        libc::ECANCELED => "ECANCELED",
+        _ => return format!("errno {e}").into(),
+    };
+    name.into()
+}
+
+/// Wall-clock time, unix ns.
+pub fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
 
-fn mix(mut z: u64) -> u64 {
+/// SplitMix64 finaliser: spreads `z` over 64 bits.
+pub fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -54,14 +128,19 @@ pub struct ReqSpan {
     ino: u64,
     uid: u32,
     pid: u32,
+    unique: u64,
+    sampled: bool,
 }
 
-/// Sampler + export buffer.
+/// Sampler + export buffer (+ slow threshold and kernel joiner).
 #[derive(Debug)]
 pub struct Spans {
     sampler: OtelSampler,
     buffer: Arc<Mutex<OtelExportBuffer>>,
     seed: u64,
+    /// Requests at least this slow always become spans (0: off).
+    slow_ns: u64,
+    joiner: Option<Arc<Joiner>>,
 }
 
 impl Spans {
@@ -71,7 +150,35 @@ impl Spans {
             sampler: OtelSampler::new(rate),
             buffer: Arc::new(Mutex::new(OtelExportBuffer::new(capacity))),
             seed: mix(now_ns() ^ u64::from(std::process::id())),
+            slow_ns: 0,
+            joiner: None,
         }
+    }
+
+    /// Requests slower than `t` always become spans.
+    pub fn with_slow_threshold(mut self, t: Option<Duration>) -> Self {
+        self.slow_ns = t.map_or(0, |d| {
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+        });
+        self
+    }
+
+    /// Finished requests go to `joiner` (kernel events with `--ebpf`).
+    pub fn with_joiner(mut self, joiner: Arc<Joiner>) -> Self {
+        self.joiner = Some(joiner);
+        self
+    }
+
+    /// The trace id of request `unique`.
+    pub fn trace_of(&self, unique: u64) -> TraceId {
+        let hi = mix(self.seed ^ unique);
+        let lo = mix(hi ^ unique.rotate_left(17)) | 1;
+        TraceId((u128::from(hi) << 64) | u128::from(lo))
+    }
+
+    /// The per-daemon seed ids are derived from.
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// The buffer exporters drain.
@@ -90,7 +197,8 @@ impl Spans {
         (b.len(), b.dropped())
     }
 
-    /// Starts tracing request `unique` if the sampler keeps it.
+    /// Starts tracing request `unique` if the sampler keeps it (or if it
+    /// may still become a slow-request span or be joined with the kernel).
     pub fn begin(
         &self,
         op: &'static str,
@@ -99,23 +207,26 @@ impl Spans {
         uid: u32,
         pid: u32,
     ) -> Option<ReqSpan> {
-        let hi = mix(self.seed ^ unique);
-        let lo = mix(hi ^ unique.rotate_left(17)) | 1;
-        let trace = TraceId((u128::from(hi) << 64) | u128::from(lo));
-        match self.sampler.should_sample(trace) {
-            SamplingDecision::Drop => None,
-            SamplingDecision::RecordAndSample => {
-                super::router::clear_last_path();
-                Some(ReqSpan {
-                    op,
-                    trace,
-                    start_ns: now_ns(),
-                    ino,
-                    uid,
-                    pid,
-                })
-            }
+        let trace = self.trace_of(unique);
+        let sampled = matches!(
+            self.sampler.should_sample(trace),
+            SamplingDecision::RecordAndSample
+        );
+        let joining = self.joiner.as_ref().is_some_and(|j| j.is_active());
+        if !sampled && self.slow_ns == 0 && !joining {
+            return None;
         }
+        super::router::clear_last_path();
+        Some(ReqSpan {
+            op,
+            trace,
+            start_ns: now_ns(),
+            ino,
+            uid,
+            pid,
+            unique,
+            sampled,
+        })
     }
 
     /// Finishes a span (no-op for unsampled requests).
@@ -127,6 +238,50 @@ impl Spans {
         errno: Option<i32>,
     ) {
         let Some(s) = span else { return };
+        let end_ns = now_ns();
+        let elapsed = end_ns.saturating_sub(s.start_ns);
+        let keep = s.sampled || (self.slow_ns > 0 && elapsed >= self.slow_ns);
+        let path = super::router::last_path();
+        let built = keep.then(|| self.build(&s, end_ns, path, fh, bytes, errno));
+        if let Some(j) = self.joiner.as_ref().filter(|j| j.is_active()) {
+            if path.is_some() || built.is_some() {
+                let f = Finished {
+                    path,
+                    daemon_elapsed_ns: elapsed,
+                    end_ns,
+                    span: built,
+                };
+                if let Some(f) = j.record(s.unique, f) {
+                    // The joiner is full: export what we have unjoined.
+                    if let Some(sp) = f.span {
+                        self.push(sp);
+                    }
+                }
+                return;
+            }
+        }
+        if let Some(sp) = built {
+            self.push(sp);
+        }
+    }
+
+    /// Adds a finished span to the export buffer.
+    pub fn push(&self, span: crate::otel_trace::OtelSpan) {
+        self.buffer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(span);
+    }
+
+    fn build(
+        &self,
+        s: &ReqSpan,
+        end_ns: u64,
+        path: Option<u64>,
+        fh: Option<u64>,
+        bytes: Option<u64>,
+        errno: Option<i32>,
+    ) -> crate::otel_trace::OtelSpan {
         let mut b = OtelSpanBuilder::new(s.op, SERVICE, s.start_ns)
             .with_trace_id(s.trace)
             .with_kind(SpanKind::Server)
@@ -134,7 +289,8 @@ impl Spans {
         if let Some(fh) = fh {
             b = b.with_attribute("fuse.fh", fh.to_string());
         }
-        if let Some(p) = super::router::last_path() {
+        b = b.with_attribute("fuse.unique", s.unique.to_string());
+        if let Some(p) = path {
             b = b.with_attribute("claudefs.path_id", p.to_string());
         }
         if let Some(n) = bytes {
@@ -146,13 +302,9 @@ impl Spans {
         if let Some(e) = errno {
             b = b
                 .with_attribute("error.errno", e.to_string())
-                .with_status(SpanStatus::Error(format!("errno {e}")));
+                .with_status(SpanStatus::Error(errno_name(e).into_owned()));
         }
-        let span = b.build(now_ns());
-        self.buffer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(span);
+        b.build(end_ns)
     }
 }
 
@@ -189,8 +341,27 @@ mod tests {
         let r = s.begin("lookup", 1, 1, 0, 1);
         s.end(r, None, None, Some(2));
         let spans = s.buffer().lock().unwrap().drain();
-        assert!(spans[0].is_error());
+        assert_eq!(spans[0].status, SpanStatus::Error("ENOENT".into()));
         let none = Spans::new(0.0, 10);
         assert!(none.begin("read", 5, 1, 0, 1).is_none());
+    }
+
+    #[test]
+    fn slow_requests_always_become_spans() {
+        let s = Spans::new(0.0, 10).with_slow_threshold(Some(Duration::from_millis(5)));
+        let fast = s.begin("read", 1, 1, 0, 1);
+        s.end(fast, None, None, None);
+        assert!(s.buffer().lock().unwrap().is_empty());
+        let slow = s.begin("read", 2, 1, 0, 1);
+        std::thread::sleep(Duration::from_millis(6));
+        s.end(slow, None, None, None);
+        assert_eq!(s.buffer().lock().unwrap().drain().len(), 1);
+    }
+
+    #[test]
+    fn errno_names() {
+        assert_eq!(errno_name(libc::ENOENT), "ENOENT");
+        assert_eq!(errno_name(libc::EIO), "EIO");
+        assert_eq!(errno_name(4242), "errno 4242");
     }
 }

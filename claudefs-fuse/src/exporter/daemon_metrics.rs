@@ -1,0 +1,290 @@
+//! Metrics of the mount daemon: storage paths (multipath router), crash
+//! recovery, uid/gid mapping, the flock registry and the span pipeline.
+//!
+//! The daemon hands the exporter a closure producing a [`DaemonView`] of
+//! plain values; the collector calls it at scrape time (a few short lock
+//! holds, never one a FUSE worker waits on for long) and turns it into
+//! families with [`daemon_families`], which tests call directly.
+
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+
+use super::model::{descs, FamilyBuilder};
+use super::names::{self, Family};
+use crate::daemon::journal::RecoverySummary;
+use crate::flock::FlockStats;
+use crate::idmap::IdMapStats;
+use crate::multipath::PathState;
+
+/// The families this module emits.
+pub const FAMILIES: &[Family] = &[
+    names::PATH_STATE,
+    names::PATH_LATENCY_EMA,
+    names::PATH_ERRORS,
+    names::PATH_SCORE,
+    names::PATH_SELECTED,
+    names::PATHS_USABLE,
+    names::RECOVERY_STATE,
+    names::RECOVERY_REPLAYED,
+    names::RECOVERY_TOTAL,
+    names::RECOVERY_RECOVERED,
+    names::RECOVERY_ORPHANED,
+    names::RECOVERY_DURATION,
+    names::RECOVERY_PENDING_WRITES,
+    names::IDMAP_LOOKUPS,
+    names::IDMAP_HITS,
+    names::FLOCK_REGISTRY_ACQUIRES,
+    names::FLOCK_REGISTRY_RELEASES,
+    names::FLOCK_REGISTRY_CONFLICTS,
+    names::FLOCK_REGISTRY_UPGRADES,
+    names::FLOCK_REGISTRY_DOWNGRADES,
+    names::FLOCK_WAITING,
+    names::OPEN_FILES,
+    names::SPANS_DROPPED,
+    names::SPANS_EXPORTED,
+];
+
+/// The four path states, in label order.
+pub const PATH_STATES: [(PathState, &str); 4] = [
+    (PathState::Active, "active"),
+    (PathState::Degraded, "degraded"),
+    (PathState::Failed, "failed"),
+    (PathState::Reconnecting, "reconnecting"),
+];
+
+/// The five recovery states, in label order.
+pub const RECOVERY_STATES: [&str; 5] = ["idle", "scanning", "replaying", "complete", "failed"];
+
+/// One storage path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathView {
+    pub id: u64,
+    pub remote_addr: String,
+    pub state: PathState,
+    pub latency_ema_us: u64,
+    /// Sick answers since start (monotonic).
+    pub errors_total: u64,
+    pub score: u64,
+    pub selected_total: u64,
+}
+
+/// Everything the daemon exposes, as plain values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DaemonView {
+    pub paths: Vec<PathView>,
+    pub recovery: RecoverySummary,
+    pub idmap: IdMapStats,
+    pub flock: FlockStats,
+    pub flock_waiting: usize,
+    pub open_files: usize,
+    pub spans_dropped: u64,
+    pub spans_exported: u64,
+}
+
+/// The label of a `RecoveryState` in its Debug form (`Complete { .. }`).
+pub fn recovery_state_label(debug: &str) -> &'static str {
+    let head: String = debug
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    RECOVERY_STATES
+        .iter()
+        .copied()
+        .find(|s| *s == head)
+        .unwrap_or("idle")
+}
+
+/// The daemon metric families of one view.
+pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
+    let mut state = FamilyBuilder::gauge(names::PATH_STATE);
+    let mut ema = FamilyBuilder::gauge(names::PATH_LATENCY_EMA);
+    let mut errors = FamilyBuilder::counter(names::PATH_ERRORS);
+    let mut score = FamilyBuilder::gauge(names::PATH_SCORE);
+    let mut selected = FamilyBuilder::counter(names::PATH_SELECTED);
+    let mut usable = FamilyBuilder::gauge(names::PATHS_USABLE);
+    usable.add(vec![], 0.0);
+    for p in &v.paths {
+        let l = || vec![p.id.to_string(), p.remote_addr.clone()];
+        for (s, name) in PATH_STATES {
+            let mut labels = l();
+            labels.push(name.to_string());
+            state.add(labels, if s == p.state { 1.0 } else { 0.0 });
+        }
+        ema.add(l(), p.latency_ema_us as f64 / 1e6);
+        errors.add(l(), p.errors_total as f64);
+        score.add(l(), p.score as f64);
+        selected.add(l(), p.selected_total as f64);
+        if p.state.is_usable() {
+            usable.add(vec![], 1.0);
+        }
+    }
+    let r = &v.recovery;
+    let current = recovery_state_label(&r.state);
+    let mut rstate = FamilyBuilder::gauge(names::RECOVERY_STATE);
+    for s in RECOVERY_STATES {
+        rstate.add(vec![s.to_string()], if s == current { 1.0 } else { 0.0 });
+    }
+    let one = |f: Family, counter: bool, x: f64| {
+        let mut b = if counter {
+            FamilyBuilder::counter(f)
+        } else {
+            FamilyBuilder::gauge(f)
+        };
+        b.add(vec![], x);
+        b
+    };
+    let mut lookups = FamilyBuilder::counter(names::IDMAP_LOOKUPS);
+    lookups.add(vec!["uid".into()], v.idmap.uid_lookups as f64);
+    lookups.add(vec!["gid".into()], v.idmap.gid_lookups as f64);
+    let mut hits = FamilyBuilder::counter(names::IDMAP_HITS);
+    hits.add(vec!["uid".into()], v.idmap.uid_hits as f64);
+    hits.add(vec!["gid".into()], v.idmap.gid_hits as f64);
+    let f = &v.flock;
+    [
+        state,
+        ema,
+        errors,
+        score,
+        selected,
+        usable,
+        rstate,
+        one(names::RECOVERY_REPLAYED, false, f64::from(r.recovered)),
+        one(names::RECOVERY_TOTAL, true, r.open_files as f64),
+        one(names::RECOVERY_RECOVERED, false, f64::from(r.recovered)),
+        one(names::RECOVERY_ORPHANED, false, f64::from(r.orphaned)),
+        one(names::RECOVERY_DURATION, false, r.duration_seconds),
+        one(
+            names::RECOVERY_PENDING_WRITES,
+            false,
+            r.pending_writes as f64,
+        ),
+        lookups,
+        hits,
+        one(names::FLOCK_REGISTRY_ACQUIRES, true, f.acquires as f64),
+        one(names::FLOCK_REGISTRY_RELEASES, true, f.releases as f64),
+        one(names::FLOCK_REGISTRY_CONFLICTS, true, f.conflicts as f64),
+        one(names::FLOCK_REGISTRY_UPGRADES, true, f.upgrades as f64),
+        one(names::FLOCK_REGISTRY_DOWNGRADES, true, f.downgrades as f64),
+        one(names::FLOCK_WAITING, false, v.flock_waiting as f64),
+        one(names::OPEN_FILES, false, v.open_files as f64),
+        one(names::SPANS_DROPPED, true, v.spans_dropped as f64),
+        one(names::SPANS_EXPORTED, true, v.spans_exported as f64),
+    ]
+    .into_iter()
+    .filter_map(FamilyBuilder::build)
+    .collect()
+}
+
+/// Produces the daemon's view at scrape time.
+pub type ViewFn = Arc<dyn Fn() -> DaemonView + Send + Sync>;
+
+/// A `Collector` over a [`ViewFn`].
+pub struct DaemonCollector {
+    view: ViewFn,
+    descs: Vec<Desc>,
+}
+
+impl std::fmt::Debug for DaemonCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonCollector").finish_non_exhaustive()
+    }
+}
+
+impl DaemonCollector {
+    pub fn new(view: ViewFn) -> Self {
+        Self {
+            view,
+            descs: descs(FAMILIES),
+        }
+    }
+}
+
+impl Collector for DaemonCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        daemon_families(&(self.view)())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exporter::model::encode;
+
+    #[test]
+    fn recovery_labels() {
+        assert_eq!(recovery_state_label("Idle"), "idle");
+        assert_eq!(
+            recovery_state_label("Complete { recovered: 2, orphaned: 1 }"),
+            "complete"
+        );
+        assert_eq!(
+            recovery_state_label("Replaying { replayed: 1, total: 3 }"),
+            "replaying"
+        );
+        assert_eq!(recovery_state_label("Failed(\"x\")"), "failed");
+    }
+
+    #[test]
+    fn one_hot_states_and_gauges() {
+        let v = DaemonView {
+            paths: vec![
+                PathView {
+                    id: 0,
+                    remote_addr: "a:1".into(),
+                    state: PathState::Failed,
+                    latency_ema_us: 1500,
+                    errors_total: 4,
+                    score: 5500,
+                    selected_total: 10,
+                },
+                PathView {
+                    id: 1,
+                    remote_addr: "b:1".into(),
+                    state: PathState::Active,
+                    latency_ema_us: 200,
+                    errors_total: 0,
+                    score: 200,
+                    selected_total: 20,
+                },
+            ],
+            recovery: RecoverySummary {
+                state: "Complete { recovered: 2, orphaned: 1 }".into(),
+                open_files: 3,
+                recovered: 2,
+                orphaned: 1,
+                duration_seconds: 0.25,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let text = String::from_utf8(encode(&daemon_families(&v))).unwrap();
+        for w in [
+            "claudefs_fuse_path_state{path_id=\"0\",remote_addr=\"a:1\",state=\"failed\"} 1",
+            "claudefs_fuse_path_state{path_id=\"0\",remote_addr=\"a:1\",state=\"active\"} 0",
+            "claudefs_fuse_path_state{path_id=\"1\",remote_addr=\"b:1\",state=\"active\"} 1",
+            "claudefs_fuse_path_latency_ema_seconds{path_id=\"0\",remote_addr=\"a:1\"} 0.0015",
+            "claudefs_fuse_path_errors_total{path_id=\"0\",remote_addr=\"a:1\"} 4",
+            "claudefs_fuse_path_selected_total{path_id=\"1\",remote_addr=\"b:1\"} 20",
+            "claudefs_fuse_paths_usable 1",
+            "claudefs_fuse_recovery_state{state=\"complete\"} 1",
+            "claudefs_fuse_recovery_state{state=\"idle\"} 0",
+            "claudefs_fuse_recovery_total 3",
+            "claudefs_fuse_recovery_recovered 2",
+            "claudefs_fuse_recovery_orphaned 1",
+            "claudefs_fuse_recovery_duration_seconds 0.25",
+            "claudefs_fuse_idmap_lookups_total{kind=\"uid\"} 0",
+            "claudefs_fuse_flock_registry_acquires_total 0",
+            "claudefs_fuse_spans_dropped_total 0",
+        ] {
+            assert!(text.contains(w), "missing {w} in\n{text}");
+        }
+        assert_eq!(text.matches("claudefs_fuse_path_state{").count(), 8);
+    }
+}

@@ -1,0 +1,160 @@
+//! Every metric name, its help text, unit and label names, in one place.
+//!
+//! Names follow the Prometheus conventions: a `claudefs_fuse_` prefix,
+//! base units in the name (`_seconds`), `_total` on counters. The names
+//! listed in issue 5 are fixed (dashboards and alert rules are built on
+//! them); add new ones here, never rename.
+
+/// One metric family: name, help text, and its label names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+}
+
+macro_rules! families {
+    ($($(#[doc = $doc:literal])* $id:ident = $name:literal, [$($label:literal),*], $help:literal;)*) => {
+        $(
+            $(#[doc = $doc])*
+            pub const $id: Family = Family { name: $name, help: $help, labels: &[$($label),*] };
+        )*
+        /// Every family this exporter can emit.
+        pub const ALL: &[Family] = &[$($id),*];
+    };
+}
+
+families! {
+    // ---- from the probes (kernel side, every FUSE mount) ----
+    /// Counter, requests: FUSE requests the kernel finished.
+    REQUESTS = "claudefs_fuse_requests_total", ["mount", "fstype", "opcode"],
+        "FUSE requests finished by the kernel, as the probes saw them.";
+    /// Counter, requests: FUSE requests answered with an error.
+    REQUEST_ERRORS = "claudefs_fuse_request_errors_total", ["mount", "fstype", "opcode"],
+        "FUSE requests answered with a non-zero error.";
+    /// Histogram, seconds: kernel send to end (includes queueing in /dev/fuse).
+    REQUEST_DURATION = "claudefs_fuse_request_duration_seconds", ["mount", "fstype", "opcode"],
+        "FUSE request latency from the kernel sending it to the end of the reply (queueing in /dev/fuse included); buckets at powers of two nanoseconds.";
+    /// Counter, calls: flock(2) calls.
+    FLOCK_REQUESTS = "claudefs_fuse_flock_requests_total", ["mount", "kind", "mode"],
+        "flock(2) calls, by kind (shared, exclusive, unlock) and mode (blocking, nonblocking).";
+    /// Counter, calls: flock(2) calls refused with EWOULDBLOCK.
+    FLOCK_REFUSED = "claudefs_fuse_flock_refused_total", ["mount", "kind", "mode"],
+        "flock(2) calls refused with EWOULDBLOCK.";
+    /// Histogram, seconds: time spent inside flock(2).
+    FLOCK_WAIT = "claudefs_fuse_flock_wait_seconds", ["mount", "kind", "mode"],
+        "Time spent inside flock(2); buckets at powers of two nanoseconds.";
+    /// Counter, events: per-request events lost (ring full or not taken in time).
+    PROBE_EVENTS_DROPPED = "claudefs_fuse_probe_events_dropped_total", [],
+        "Per-request probe events lost because the kernel ring buffer or the userspace queue was full.";
+    /// Counter, events: per-request events delivered to userspace.
+    PROBE_EVENTS_DELIVERED = "claudefs_fuse_probe_events_delivered_total", [],
+        "Per-request probe events delivered to userspace.";
+    /// Counter, keys: new keys that did not fit a full statistics map.
+    PROBE_MAP_FULL = "claudefs_fuse_probe_map_full_total", [],
+        "New keys the probes could not store because a statistics map was full.";
+    /// Gauge, 0/1: whether a probe program is attached.
+    PROBE_ATTACHED = "claudefs_fuse_probe_attached", ["program"],
+        "1 if the eBPF program is attached, 0 if it could not be.";
+
+    // ---- from the daemon (one mount) ----
+    /// Gauge, 0/1: one-hot state of each storage path.
+    PATH_STATE = "claudefs_fuse_path_state", ["path_id", "remote_addr", "state"],
+        "1 for the current state of the storage path (active, degraded, failed, reconnecting), 0 for the other three.";
+    /// Gauge, seconds: moving average of the path's request latency.
+    PATH_LATENCY_EMA = "claudefs_fuse_path_latency_ema_seconds", ["path_id", "remote_addr"],
+        "Exponential moving average of request latency on the storage path (kernel-measured with --ebpf).";
+    /// Counter, errors: sick answers of the path.
+    PATH_ERRORS = "claudefs_fuse_path_errors_total", ["path_id", "remote_addr"],
+        "Answers of the storage path saying the path itself is sick (EIO, ENOTCONN, ...).";
+    /// Gauge, dimensionless: routing cost (latency us + 1000 per recent error).
+    PATH_SCORE = "claudefs_fuse_path_score", ["path_id", "remote_addr"],
+        "Routing cost of the storage path (EMA latency in microseconds plus 1000 per error since it was last active); lower is preferred.";
+    /// Counter, selections: times the router picked the path.
+    PATH_SELECTED = "claudefs_fuse_path_selected_total", ["path_id", "remote_addr"],
+        "Times the router picked the storage path for a request.";
+    /// Gauge, paths: paths that may take requests.
+    PATHS_USABLE = "claudefs_fuse_paths_usable", [],
+        "Storage paths that may take requests (active or degraded).";
+    /// Gauge, 0/1: one-hot state of the startup crash recovery.
+    RECOVERY_STATE = "claudefs_fuse_recovery_state", ["state"],
+        "1 for the state of the crash recovery run at startup (idle, scanning, replaying, complete, failed), 0 for the others.";
+    /// Gauge, files: files replayed by the recovery.
+    RECOVERY_REPLAYED = "claudefs_fuse_recovery_replayed", [],
+        "Open files the crash recovery replayed so far.";
+    /// Counter, files: files the recovery had to replay (set once at startup).
+    RECOVERY_TOTAL = "claudefs_fuse_recovery_total", [],
+        "Open files the journal held at startup, which the crash recovery had to replay (fixed for the life of the daemon).";
+    /// Gauge, files: files reattached by the recovery.
+    RECOVERY_RECOVERED = "claudefs_fuse_recovery_recovered", [],
+        "Open files the crash recovery reattached.";
+    /// Gauge, files: files the recovery could not reattach.
+    RECOVERY_ORPHANED = "claudefs_fuse_recovery_orphaned", [],
+        "Open files the crash recovery could not reattach (gone or replaced on storage).";
+    /// Gauge, seconds: how long the recovery took.
+    RECOVERY_DURATION = "claudefs_fuse_recovery_duration_seconds", [],
+        "How long the crash recovery run at startup took.";
+    /// Gauge, writes: pending writes found by the recovery.
+    RECOVERY_PENDING_WRITES = "claudefs_fuse_recovery_pending_writes", [],
+        "Writes the journal held as not yet synced at startup.";
+    /// Counter, lookups: uid/gid mapping lookups.
+    IDMAP_LOOKUPS = "claudefs_fuse_idmap_lookups_total", ["kind"],
+        "uid/gid mapping lookups (kind uid or gid).";
+    /// Counter, lookups: lookups answered by a table entry.
+    IDMAP_HITS = "claudefs_fuse_idmap_hits_total", ["kind"],
+        "uid/gid mapping lookups answered by a table entry.";
+    /// Counter, locks: flock locks granted by the daemon's registry.
+    FLOCK_REGISTRY_ACQUIRES = "claudefs_fuse_flock_registry_acquires_total", [],
+        "flock locks the daemon granted (conversions not counted).";
+    /// Counter, locks: locks removed.
+    FLOCK_REGISTRY_RELEASES = "claudefs_fuse_flock_registry_releases_total", [],
+        "flock locks the daemon removed (unlock, close, process exit).";
+    /// Counter, requests: lock requests refused.
+    FLOCK_REGISTRY_CONFLICTS = "claudefs_fuse_flock_registry_conflicts_total", [],
+        "flock requests the daemon refused (would block or deadlock).";
+    /// Counter, conversions: shared to exclusive.
+    FLOCK_REGISTRY_UPGRADES = "claudefs_fuse_flock_registry_upgrades_total", [],
+        "Shared flock locks converted to exclusive.";
+    /// Counter, conversions: exclusive to shared.
+    FLOCK_REGISTRY_DOWNGRADES = "claudefs_fuse_flock_registry_downgrades_total", [],
+        "Exclusive flock locks converted to shared.";
+    /// Gauge, requests: blocking flock requests parked.
+    FLOCK_WAITING = "claudefs_fuse_flock_waiting", [],
+        "Blocking flock requests the daemon holds until the lock is free.";
+    /// Gauge, files: open file handles.
+    OPEN_FILES = "claudefs_fuse_open_files", [],
+        "File handles open on the mount.";
+    /// Counter, spans: spans lost before export.
+    SPANS_DROPPED = "claudefs_fuse_spans_dropped_total", [],
+        "Spans dropped before export (buffer full while the collector was down or slow, or export failed).";
+    /// Counter, spans: spans handed to the OTLP collector.
+    SPANS_EXPORTED = "claudefs_fuse_spans_exported_total", [],
+        "Spans the OTLP collector accepted.";
+
+    // ---- the exporter itself ----
+    /// Gauge, always 1: build information.
+    BUILD_INFO = "claudefs_fuse_build_info", ["version"],
+        "Always 1; the version label says which claudefs-fuse build is running.";
+    /// Gauge, seconds: how long the previous scrape took.
+    SCRAPE_DURATION = "claudefs_fuse_scrape_duration_seconds", [],
+        "How long the previous /metrics scrape took to gather.";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for f in ALL {
+            assert!(f.name.starts_with("claudefs_fuse_"), "{}", f.name);
+            assert!(seen.insert(f.name), "duplicate {}", f.name);
+            assert!(!f.help.is_empty());
+            assert!(f
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+        }
+    }
+}

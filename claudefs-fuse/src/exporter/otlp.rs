@@ -1,0 +1,372 @@
+//! OTLP trace export: our [`OtelSpan`]s become SDK `SpanData` and go to a
+//! collector through the SDK's batch span processor, over gRPC (tonic) or
+//! HTTP/protobuf.
+//!
+//! Configuration follows the standard variables, which the OTLP builders
+//! read themselves: `OTEL_EXPORTER_OTLP_ENDPOINT` /
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_EXPORTER_OTLP_TIMEOUT`; `OTEL_EXPORTER_OTLP_PROTOCOL` (or
+//! `..._TRACES_PROTOCOL`) picks `grpc` or `http/protobuf`;
+//! `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` feed the resource.
+//! `--otlp-endpoint URL` is a base URL like `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! (HTTP gets `/v1/traces` appended); without a protocol setting, port
+//! 4317 means gRPC and anything else HTTP/protobuf.
+//!
+//! Memory is bounded whatever the collector does: spans wait in
+//! [`SpanPipeline`]'s queue (at most [`PENDING_LIMIT`], oldest dropped)
+//! and are handed to the SDK only while its own queue has room, so the
+//! SDK never drops silently; failed exports are counted too. FUSE workers
+//! only ever push into the daemon's bounded buffer.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::runtime::Tokio;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, SpanData, SpanEvents, SpanExporter, SpanLinks, SpanProcessor,
+};
+use opentelemetry_sdk::Resource;
+
+use crate::otel_trace::{OtelSpan, SpanKind, SpanStatus};
+
+/// Spans waiting for room in the SDK queue, at most.
+pub const PENDING_LIMIT: usize = 10_000;
+/// The SDK batch processor's queue.
+const SDK_QUEUE: usize = 2048;
+/// Spans per export request.
+const SDK_BATCH: usize = 512;
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "grpc" => Ok(Protocol::Grpc),
+            "http/protobuf" | "http" => Ok(Protocol::HttpProtobuf),
+            other => Err(format!(
+                "unsupported OTLP protocol {other:?} (grpc or http/protobuf)"
+            )),
+        }
+    }
+}
+
+/// Where spans go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpTarget {
+    pub protocol: Protocol,
+    /// Full endpoint URL (HTTP: with `/v1/traces`); None leaves it to the
+    /// OTEL_* variables and the SDK defaults.
+    pub endpoint: Option<String>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Whether tracing export is wanted: `--otlp-endpoint` or an
+/// `OTEL_EXPORTER_OTLP_*ENDPOINT` variable.
+pub fn target_from(
+    endpoint: Option<&str>,
+    protocol: Option<&str>,
+) -> Result<Option<OtlpTarget>, String> {
+    let endpoint = endpoint.map(str::to_string);
+    let env_endpoint =
+        env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let Some(effective) = endpoint.clone().or(env_endpoint) else {
+        return Ok(None);
+    };
+    let protocol = match protocol
+        .map(str::to_string)
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+    {
+        Some(p) => p.parse()?,
+        None if port_of(&effective) == Some(4317) => Protocol::Grpc,
+        None => Protocol::HttpProtobuf,
+    };
+    let endpoint = endpoint.map(|e| match protocol {
+        Protocol::Grpc => e,
+        Protocol::HttpProtobuf => http_traces_url(&e),
+    });
+    Ok(Some(OtlpTarget { protocol, endpoint }))
+}
+
+fn port_of(url: &str) -> Option<u16> {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let host = rest.split('/').next()?;
+    host.rsplit_once(':')?.1.parse().ok()
+}
+
+/// A base URL with `/v1/traces` appended (kept if already there).
+pub fn http_traces_url(base: &str) -> String {
+    let b = base.trim_end_matches('/');
+    if b.ends_with("/v1/traces") {
+        b.to_string()
+    } else {
+        format!("{b}/v1/traces")
+    }
+}
+
+/// Counters of the pipeline, read by the metrics.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Spans handed to the SDK.
+    pub handed: AtomicU64,
+    /// Spans the collector accepted.
+    pub exported: AtomicU64,
+    /// Spans in failed exports.
+    pub failed: AtomicU64,
+    /// Spans dropped from the pending queue (oldest first).
+    pub dropped: AtomicU64,
+}
+
+impl ExportStats {
+    /// Spans lost inside the exporter (dropped + failed).
+    pub fn lost(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts what the wrapped exporter achieves.
+#[derive(Debug)]
+struct Counting<E> {
+    inner: E,
+    stats: Arc<ExportStats>,
+}
+
+impl<E: SpanExporter> SpanExporter for Counting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let r = self.inner.export(batch).await;
+        match &r {
+            Ok(()) => self.stats.exported.fetch_add(n, Ordering::Relaxed),
+            Err(e) => {
+                tracing::debug!("OTLP export of {n} spans failed: {e}");
+                self.stats.failed.fetch_add(n, Ordering::Relaxed)
+            }
+        };
+        r
+    }
+
+    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&mut self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+fn kind(k: SpanKind) -> OtelKind {
+    match k {
+        SpanKind::Internal => OtelKind::Internal,
+        SpanKind::Client => OtelKind::Client,
+        SpanKind::Server => OtelKind::Server,
+        SpanKind::Producer => OtelKind::Producer,
+        SpanKind::Consumer => OtelKind::Consumer,
+    }
+}
+
+/// Converts one of our spans to SDK span data. Attribute values that are
+/// integers become OTLP integers.
+pub fn to_span_data(s: &OtelSpan, scope: &InstrumentationScope) -> SpanData {
+    let trace_id = TraceId::from(s.trace_id.0);
+    let span_id = SpanId::from(s.span_id.0);
+    let attributes = s
+        .attributes
+        .iter()
+        .map(|a| match a.value.parse::<i64>() {
+            Ok(n) => KeyValue::new(a.key.clone(), n),
+            Err(_) => KeyValue::new(a.key.clone(), a.value.clone()),
+        })
+        .collect();
+    SpanData {
+        span_context: SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id: s
+            .parent_span_id
+            .map(|p| SpanId::from(p.0))
+            .unwrap_or(SpanId::INVALID),
+        parent_span_is_remote: false,
+        span_kind: kind(s.kind),
+        name: Cow::Owned(s.operation.clone()),
+        start_time: UNIX_EPOCH + Duration::from_nanos(s.start_unix_ns),
+        end_time: UNIX_EPOCH + Duration::from_nanos(s.end_unix_ns.max(s.start_unix_ns)),
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: match &s.status {
+            SpanStatus::Unset => Status::Unset,
+            SpanStatus::Ok => Status::Ok,
+            SpanStatus::Error(d) => Status::error(d.clone()),
+        },
+        instrumentation_scope: scope.clone(),
+    }
+}
+
+/// The SDK pipeline plus the bounded queue in front of it.
+pub struct SpanPipeline {
+    processor: BatchSpanProcessor<Tokio>,
+    scope: InstrumentationScope,
+    pending: VecDeque<OtelSpan>,
+    pub stats: Arc<ExportStats>,
+}
+
+impl std::fmt::Debug for SpanPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanPipeline")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpanPipeline {
+    /// Builds the exporter and the batch processor. Must be called inside
+    /// a multi-thread tokio runtime, which then runs the exports.
+    pub fn new(
+        target: &OtlpTarget,
+        service: &str,
+        stats: Arc<ExportStats>,
+    ) -> anyhow::Result<Self> {
+        let builder = opentelemetry_otlp::SpanExporter::builder();
+        let exporter = match (target.protocol, &target.endpoint) {
+            (Protocol::Grpc, Some(e)) => builder.with_tonic().with_endpoint(e.clone()).build(),
+            (Protocol::Grpc, None) => builder.with_tonic().build(),
+            (Protocol::HttpProtobuf, Some(e)) => builder
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(e.clone())
+                .build(),
+            (Protocol::HttpProtobuf, None) => builder
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .build(),
+        }
+        .map_err(|e| anyhow::anyhow!("cannot set up the OTLP exporter: {e}"))?;
+        let exporter = Counting {
+            inner: exporter,
+            stats: stats.clone(),
+        };
+        let config = BatchConfigBuilder::default()
+            .with_max_queue_size(SDK_QUEUE)
+            .with_max_export_batch_size(SDK_BATCH)
+            .with_scheduled_delay(Duration::from_millis(500))
+            .build();
+        let mut processor = BatchSpanProcessor::builder(exporter, Tokio)
+            .with_batch_config(config)
+            .build();
+        let resource = Resource::builder()
+            .with_service_name(env("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_string()))
+            .build();
+        processor.set_resource(&resource);
+        Ok(Self {
+            processor,
+            scope: InstrumentationScope::builder("claudefs-fuse")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+            pending: VecDeque::new(),
+            stats,
+        })
+    }
+
+    /// Queues spans (oldest dropped past [`PENDING_LIMIT`]) and hands the
+    /// SDK as many as its queue has room for.
+    pub fn push(&mut self, spans: impl IntoIterator<Item = OtelSpan>) {
+        for s in spans {
+            if self.pending.len() >= PENDING_LIMIT {
+                self.pending.pop_front();
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            self.pending.push_back(s);
+        }
+        let st = &self.stats;
+        let done = st.exported.load(Ordering::Relaxed) + st.failed.load(Ordering::Relaxed);
+        let in_sdk = st.handed.load(Ordering::Relaxed).saturating_sub(done) as usize;
+        let room = SDK_QUEUE.saturating_sub(in_sdk + SDK_BATCH);
+        let n = room.min(self.pending.len());
+        for s in self.pending.drain(..n) {
+            self.processor.on_end(to_span_data(&s, &self.scope));
+        }
+        st.handed.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Spans waiting in front of the SDK.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Flushes and stops. Blocks: call it outside the runtime's workers.
+    pub fn shutdown(self) {
+        let _ = self.processor.shutdown_with_timeout(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otel_trace::OtelSpanBuilder;
+    use crate::tracing_client::TraceContext;
+
+    #[test]
+    fn urls_and_protocols() {
+        assert_eq!(http_traces_url("http://h:4318"), "http://h:4318/v1/traces");
+        assert_eq!(
+            http_traces_url("http://h:4318/v1/traces"),
+            "http://h:4318/v1/traces"
+        );
+        assert_eq!(port_of("http://127.0.0.1:4317"), Some(4317));
+        assert_eq!("grpc".parse::<Protocol>(), Ok(Protocol::Grpc));
+        assert!("http/json".parse::<Protocol>().is_err());
+    }
+
+    #[test]
+    fn span_data_keeps_ids_parent_times_status() {
+        let parent = OtelSpanBuilder::new("kernel", "s", 100).build(300);
+        let child = OtelSpanBuilder::new("read", "s", 150)
+            .with_parent(&TraceContext::new(parent.trace_id, parent.span_id, true))
+            .with_kind(SpanKind::Server)
+            .with_status(SpanStatus::Error("ENOENT".into()))
+            .with_attribute("fuse.inode", "7")
+            .with_attribute("fuse.op", "read")
+            .build(250);
+        let scope = InstrumentationScope::builder("t").build();
+        let d = to_span_data(&child, &scope);
+        assert_eq!(d.span_context.trace_id(), TraceId::from(parent.trace_id.0));
+        assert_ne!(d.span_context.span_id(), SpanId::INVALID);
+        assert_eq!(d.parent_span_id, SpanId::from(parent.span_id.0));
+        assert_eq!(d.span_kind, OtelKind::Server);
+        assert_eq!(d.start_time, UNIX_EPOCH + Duration::from_nanos(150));
+        assert_eq!(d.end_time, UNIX_EPOCH + Duration::from_nanos(250));
+        assert_eq!(d.status, Status::error("ENOENT"));
+        assert!(d.attributes.contains(&KeyValue::new("fuse.inode", 7i64)));
+        assert!(d.attributes.contains(&KeyValue::new("fuse.op", "read")));
+        let p = to_span_data(&parent, &scope);
+        assert_eq!(p.parent_span_id, SpanId::INVALID);
+    }
+}

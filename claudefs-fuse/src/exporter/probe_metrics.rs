@@ -1,0 +1,286 @@
+//! Metrics from the eBPF probes, computed at scrape time from one
+//! [`ProbeSnapshot`]: FUSE requests per (mount, fstype, opcode) and flock
+//! calls per (mount, kind, mode), with latency histograms built from the
+//! kernel's log2 histograms, plus the probes' own health.
+//!
+//! Labels stay bounded: opcodes go through the closed set of
+//! [`opcode_label`]; mounts are named by mount point (a connection that
+//! has no mount any more keeps the last name it had, or `dev:MAJ:MIN`).
+
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+
+use super::model::{descs, FamilyBuilder};
+use super::names::{self, Family};
+use crate::probes::mountinfo::{format_dev, MountTable};
+use crate::probes::opcodes::opcode_label;
+use crate::probes::snapshot::{FlockKind, FlockMode, FlockTarget, ProbeSnapshot};
+use crate::probes::{ProbeCounters, Probes};
+
+/// The families this module emits.
+pub const FAMILIES: &[Family] = &[
+    names::REQUESTS,
+    names::REQUEST_ERRORS,
+    names::REQUEST_DURATION,
+    names::FLOCK_REQUESTS,
+    names::FLOCK_REFUSED,
+    names::FLOCK_WAIT,
+    names::PROBE_EVENTS_DROPPED,
+    names::PROBE_EVENTS_DELIVERED,
+    names::PROBE_MAP_FULL,
+    names::PROBE_ATTACHED,
+];
+
+/// Departed mounts remembered at most (then forgotten).
+const DEPARTED_LIMIT: usize = 1024;
+
+/// Everything one scrape reads from the probes.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeReadout {
+    pub snapshot: ProbeSnapshot,
+    pub counters: ProbeCounters,
+    pub attached: Vec<(String, bool)>,
+}
+
+fn mount_of(mounts: &MountTable, dev: u32) -> (String, String) {
+    match mounts.by_dev(dev) {
+        Some(e) => (e.mount_point.display().to_string(), e.fstype.clone()),
+        None => (format!("dev:{}", format_dev(dev)), String::new()),
+    }
+}
+
+fn kind_label(k: FlockKind) -> &'static str {
+    match k {
+        FlockKind::Shared => "shared",
+        FlockKind::Exclusive => "exclusive",
+        FlockKind::Unlock => "unlock",
+    }
+}
+
+fn mode_label(m: FlockMode) -> &'static str {
+    match m {
+        FlockMode::Blocking => "blocking",
+        FlockMode::NonBlocking => "nonblocking",
+    }
+}
+
+/// The probe metric families of one readout (pure: testable without BPF).
+pub fn probe_families(r: &ProbeReadout, mounts: &MountTable) -> Vec<MetricFamily> {
+    let mut requests = FamilyBuilder::counter(names::REQUESTS);
+    let mut errors = FamilyBuilder::counter(names::REQUEST_ERRORS);
+    let mut duration = FamilyBuilder::histogram(names::REQUEST_DURATION);
+    for op in &r.snapshot.ops {
+        let (mount, fstype) = mount_of(mounts, op.conn);
+        let labels = vec![mount, fstype, opcode_label(op.opcode).to_string()];
+        requests.add(labels.clone(), op.stats.count as f64);
+        errors.add(labels.clone(), op.stats.errors as f64);
+        duration.add_hist(labels, &op.stats.hist, op.stats.total_ns);
+    }
+    let mut flocks = FamilyBuilder::counter(names::FLOCK_REQUESTS);
+    let mut refused = FamilyBuilder::counter(names::FLOCK_REFUSED);
+    let mut wait = FamilyBuilder::histogram(names::FLOCK_WAIT);
+    for f in &r.snapshot.flocks {
+        let mount = match f.target {
+            FlockTarget::Fuse { conn } => mount_of(mounts, conn).0,
+            FlockTarget::Device { dev } => mount_of(mounts, dev).0,
+            FlockTarget::Local => "local".to_string(),
+        };
+        let labels = vec![
+            mount,
+            kind_label(f.kind).to_string(),
+            mode_label(f.mode).to_string(),
+        ];
+        flocks.add(labels.clone(), f.calls as f64);
+        refused.add(labels.clone(), f.refused as f64);
+        wait.add_hist(labels, &f.wait.hist, f.wait.total_ns);
+    }
+    let c = &r.counters;
+    let mut dropped = FamilyBuilder::counter(names::PROBE_EVENTS_DROPPED);
+    dropped.add(
+        vec![],
+        c.events_lost.saturating_add(c.events_dropped_in_queue) as f64,
+    );
+    let mut delivered = FamilyBuilder::counter(names::PROBE_EVENTS_DELIVERED);
+    delivered.add(vec![], c.events_delivered as f64);
+    let mut map_full = FamilyBuilder::counter(names::PROBE_MAP_FULL);
+    map_full.add(vec![], c.map_full as f64);
+    let mut attached = FamilyBuilder::gauge(names::PROBE_ATTACHED);
+    for (program, ok) in &r.attached {
+        attached.add(vec![program.clone()], if *ok { 1.0 } else { 0.0 });
+    }
+    [
+        requests, errors, duration, flocks, refused, wait, dropped, delivered, map_full, attached,
+    ]
+    .into_iter()
+    .filter_map(FamilyBuilder::build)
+    .collect()
+}
+
+/// Probes shared between the poll loop and the scrapes.
+pub type SharedProbes = Arc<Mutex<Probes>>;
+
+/// A `Collector` reading the probes at each scrape.
+pub struct ProbeCollector {
+    probes: SharedProbes,
+    mounts: Mutex<MountTable>,
+    descs: Vec<Desc>,
+}
+
+impl std::fmt::Debug for ProbeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeCollector").finish_non_exhaustive()
+    }
+}
+
+impl ProbeCollector {
+    pub fn new(probes: SharedProbes) -> Self {
+        Self {
+            probes,
+            mounts: Mutex::new(MountTable::read_self().unwrap_or_default()),
+            descs: descs(FAMILIES),
+        }
+    }
+
+    fn readout(&self) -> Option<ProbeReadout> {
+        let mut p = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        let snapshot = match p.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot read the probe maps: {e}");
+                return None;
+            }
+        };
+        let counters = p.counters().unwrap_or_default();
+        Some(ProbeReadout {
+            snapshot,
+            counters,
+            attached: p.attached_programs(),
+        })
+    }
+}
+
+impl Collector for ProbeCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(r) = self.readout() else {
+            return Vec::new();
+        };
+        let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(now) = MountTable::read_self() {
+            let earlier = std::mem::take(&mut *mounts);
+            *mounts = if earlier.departed().len() > DEPARTED_LIMIT {
+                now
+            } else {
+                now.with_departed(&earlier)
+            };
+        }
+        probe_families(&r, &mounts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exporter::model::encode;
+    use crate::probes::hist::Log2Histogram;
+    use crate::probes::snapshot::{FlockSample, LatencyStats, OpSample};
+
+    fn stats(values: &[u64], errors: u64) -> LatencyStats {
+        let mut hist = Log2Histogram::default();
+        for v in values {
+            hist.record(*v);
+        }
+        LatencyStats {
+            count: values.len() as u64,
+            errors,
+            total_ns: values.iter().sum(),
+            max_ns: values.iter().copied().max().unwrap_or(0),
+            hist,
+        }
+    }
+
+    fn mounts() -> MountTable {
+        // dev 0:55 -> kernel dev 55.
+        MountTable::parse("36 1 0:55 / /mnt/cfs rw,nosuid - fuse.claudefs claudefs rw,user_id=0\n")
+    }
+
+    #[test]
+    fn ops_get_bounded_labels_and_histograms() {
+        let r = ProbeReadout {
+            snapshot: ProbeSnapshot {
+                ops: vec![
+                    OpSample {
+                        conn: 55,
+                        opcode: 3,
+                        stats: stats(&[2000, 5000], 1),
+                    },
+                    // Unknown opcodes fold into OTHER.
+                    OpSample {
+                        conn: 55,
+                        opcode: 9999,
+                        stats: stats(&[100], 0),
+                    },
+                    OpSample {
+                        conn: 55,
+                        opcode: 8888,
+                        stats: stats(&[100], 0),
+                    },
+                    // A connection without a mount.
+                    OpSample {
+                        conn: 77,
+                        opcode: 15,
+                        stats: stats(&[100], 0),
+                    },
+                ],
+                flocks: vec![FlockSample {
+                    target: FlockTarget::Fuse { conn: 55 },
+                    kind: FlockKind::Exclusive,
+                    mode: FlockMode::NonBlocking,
+                    calls: 4,
+                    refused: 2,
+                    waited: 0,
+                    wait: stats(&[1000, 1000, 1000, 1000], 2),
+                }],
+                ..Default::default()
+            },
+            counters: ProbeCounters {
+                events_lost: 3,
+                events_dropped_in_queue: 4,
+                ..Default::default()
+            },
+            attached: vec![
+                ("fuse_request_send".into(), true),
+                ("flock_enter".into(), false),
+            ],
+        };
+        let text = String::from_utf8(encode(&probe_families(&r, &mounts()))).unwrap();
+        let want = [
+            "claudefs_fuse_requests_total{mount=\"/mnt/cfs\",fstype=\"fuse.claudefs\",opcode=\"GETATTR\"} 2",
+            "claudefs_fuse_request_errors_total{mount=\"/mnt/cfs\",fstype=\"fuse.claudefs\",opcode=\"GETATTR\"} 1",
+            "claudefs_fuse_requests_total{mount=\"/mnt/cfs\",fstype=\"fuse.claudefs\",opcode=\"OTHER\"} 2",
+            "claudefs_fuse_requests_total{mount=\"dev:0:77\",fstype=\"\",opcode=\"READ\"} 1",
+            "claudefs_fuse_request_duration_seconds_count{mount=\"/mnt/cfs\",fstype=\"fuse.claudefs\",opcode=\"GETATTR\"} 2",
+            "claudefs_fuse_request_duration_seconds_sum{mount=\"/mnt/cfs\",fstype=\"fuse.claudefs\",opcode=\"GETATTR\"} 0.000007",
+            "claudefs_fuse_flock_requests_total{mount=\"/mnt/cfs\",kind=\"exclusive\",mode=\"nonblocking\"} 4",
+            "claudefs_fuse_flock_refused_total{mount=\"/mnt/cfs\",kind=\"exclusive\",mode=\"nonblocking\"} 2",
+            "claudefs_fuse_flock_wait_seconds_bucket{mount=\"/mnt/cfs\",kind=\"exclusive\",mode=\"nonblocking\",le=\"0.000001024\"} 4",
+            "claudefs_fuse_probe_events_dropped_total 7",
+            "claudefs_fuse_probe_attached{program=\"fuse_request_send\"} 1",
+            "claudefs_fuse_probe_attached{program=\"flock_enter\"} 0",
+        ];
+        for w in want {
+            assert!(text.contains(w), "missing {w} in\n{text}");
+        }
+        // Exactly one OTHER series (merged), so no duplicate series.
+        assert_eq!(
+            text.matches("claudefs_fuse_requests_total{mount=\"/mnt/cfs\",fstype=\"fuse.claudefs\",opcode=\"OTHER\"}")
+                .count(),
+            1
+        );
+    }
+}
