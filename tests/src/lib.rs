@@ -10,6 +10,7 @@
 //! probe tests; [`require_privileges`] decides whether a privileged test
 //! can run here.
 
+pub mod exporter;
 pub mod testfs;
 
 use std::path::{Path, PathBuf};

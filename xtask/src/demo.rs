@@ -1,7 +1,9 @@
 //! `cargo xtask demo`: the main job on an embedded default. Mounts a demo
 //! ClaudeFS client (two storage paths over one temporary directory), attaches
 //! the probes with `claudefs-fuse triage`, runs a short mixed workload with
-//! some flock contention and shows the triage report.
+//! some flock contention and shows the triage report. The daemon also runs
+//! the exporter (`--metrics-addr 127.0.0.1:9464 --ebpf`); after the report
+//! it keeps serving until Ctrl-C (`--no-wait` finishes at once).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,8 +17,10 @@ use crate::{cmd, setup, workspace_root};
 
 /// How long the probes collect; the workload fits well inside it.
 const TRIAGE_SECS: u64 = 8;
+/// Where the demo daemon serves its metrics.
+const METRICS_ADDR: &str = "127.0.0.1:9464";
 
-pub fn run() -> Result<()> {
+pub fn run(no_wait: bool) -> Result<()> {
     setup::run()?;
     let root = workspace_root();
     cmd::cargo(&root, &["build", "--quiet", "--bins"])?;
@@ -28,6 +32,7 @@ pub fn run() -> Result<()> {
         dir.mnt.display(),
         dir.backing.display()
     );
+    println!("demo: metrics at http://{METRICS_ADDR}/metrics");
 
     let mut triage = Command::new(&bin)
         .args(["triage", "--duration", &TRIAGE_SECS.to_string(), "--mount"])
@@ -44,11 +49,35 @@ pub fn run() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     let status = triage.wait()?;
+    if !no_wait && status.success() {
+        println!(
+            "demo: the daemon and its exporter keep running: http://{METRICS_ADDR}/metrics \
+             (mounted at {}); Ctrl-C to stop",
+            dir.mnt.display()
+        );
+        wait_for_ctrl_c();
+    }
     daemon.stop();
     if !status.success() {
         bail!("claudefs-fuse triage failed with {status}");
     }
     Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM (the default handlers are replaced, so
+/// the demo can clean up its mount afterwards).
+fn wait_for_ctrl_c() {
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs an async-signal-safe handler (one atomic store).
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    while !STOP.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits for triage to say it is collecting, echoing its stderr meanwhile.
@@ -123,6 +152,7 @@ impl Mounted {
             .arg(&dir.backing)
             .arg("--state-dir")
             .arg(&dir.state)
+            .args(["--metrics-addr", METRICS_ADDR, "--ebpf"])
             .arg(&dir.mnt)
             .spawn()
             .context("cannot start claudefs-fuse mount")?;

@@ -4,6 +4,7 @@
 //! `dashboards check` proves the Grafana dashboards and alert rules against
 //! a real Prometheus scraping a live daemon.
 
+mod bench;
 mod cmd;
 mod dashboards;
 mod demo;
@@ -28,10 +29,20 @@ enum Command {
     Setup,
     /// Setup, then fmt check, clippy -D warnings and every test in the workspace.
     Test,
-    /// Mount a demo client, attach the probes, run a workload, show the report.
-    Demo,
+    /// Mount a demo client (with the exporter), attach the probes, run a
+    /// workload, show the report, then keep serving metrics until Ctrl-C.
+    Demo {
+        /// Finish right after the report (also: CLAUDEFS_DEMO_NO_WAIT=1).
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Build the eBPF probes object (nightly, -Z build-std=core, bpf-linker).
     BuildEbpf,
+    /// Run the benchmarks (release build): all, or one by name (e.g. `daemon`).
+    Bench {
+        /// Only this benchmark (`daemon`, `probes`, ...).
+        name: Option<String>,
+    },
     /// Grafana dashboards and Prometheus alert rules in `dashboards/`.
     Dashboards {
         #[command(subcommand)]
@@ -58,7 +69,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Test => test(),
-        Command::Demo => demo::run(),
+        Command::Demo { no_wait } => {
+            demo::run(no_wait || std::env::var("CLAUDEFS_DEMO_NO_WAIT").is_ok_and(|v| v == "1"))
+        }
+        Command::Bench { name } => bench::run(name.as_deref()),
         Command::BuildEbpf => setup::run().and_then(|()| {
             let object = ebpf::build_ebpf(&workspace_root())?;
             println!("{}", object.display());

@@ -4,7 +4,7 @@
 //! Every mount option can also be given in a TOML file (`--config FILE`)
 //! with the same names (`path = ["/a,priority=10", "/b"]`, `policy`,
 //! `idmap`, `state_dir`, `threads`, `passthrough`, `health_interval_ms`,
-//! `sample_rate`, `metrics_addr`, `ebpf`, `otlp_endpoint`,
+//! `sample_rate`, `metrics_addr`, `ebpf`, `otlp_endpoint`, `otlp_protocol`,
 //! `slow_threshold`). Flags given on the command line win over the file.
 //!
 //! Exporting is opt-in: without `--metrics-addr` the daemon opens no
@@ -162,6 +162,10 @@ pub struct MountArgs {
     /// Export spans over OTLP to this collector (base URL; see README).
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// OTLP transport: grpc or http/protobuf (else OTEL_EXPORTER_OTLP_PROTOCOL,
+    /// else by port: 4317 gRPC, other HTTP).
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
     /// Requests slower than this always become spans (e.g. 50ms).
     #[arg(long, value_name = "DURATION", value_parser = crate::exporter::parse_duration)]
     pub slow_threshold: Option<std::time::Duration>,
@@ -198,6 +202,7 @@ struct FileConfig {
     metrics_addr: Option<String>,
     ebpf: Option<bool>,
     otlp_endpoint: Option<String>,
+    otlp_protocol: Option<String>,
     slow_threshold: Option<String>,
 }
 
@@ -215,6 +220,7 @@ pub struct Settings {
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub ebpf: bool,
     pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
     pub slow_threshold: Option<std::time::Duration>,
     pub mountpoint: PathBuf,
 }
@@ -305,6 +311,7 @@ impl MountArgs {
             metrics_addr,
             ebpf: self.ebpf || file.ebpf.unwrap_or(false),
             otlp_endpoint: self.otlp_endpoint.clone().or(file.otlp_endpoint),
+            otlp_protocol: self.otlp_protocol.clone().or(file.otlp_protocol),
             slow_threshold,
             mountpoint: self.mountpoint.clone(),
         })
@@ -383,6 +390,7 @@ mod tests {
             metrics_addr: None,
             ebpf: false,
             otlp_endpoint: None,
+            otlp_protocol: None,
             slow_threshold: None,
             mountpoint: dir.path().join("m"),
         };

@@ -92,10 +92,13 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 
 /// Logs to stderr, filtered by `CLAUDEFS_LOG` (default `info`).
 pub fn init_logging() {
+    // fuser's session warns that its own unmount failed after `unmount`
+    // below has already done it; that warning is expected noise.
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser::session=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -206,8 +209,9 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         .metrics_addr
         .map(crate::exporter::http::bind)
         .transpose()?;
-    let otlp_target = crate::exporter::otlp::target_from(s.otlp_endpoint.as_deref())
-        .map_err(anyhow::Error::msg)?;
+    let otlp_target =
+        crate::exporter::otlp::target_from(s.otlp_endpoint.as_deref(), s.otlp_protocol.as_deref())
+            .map_err(anyhow::Error::msg)?;
 
     let leftover = journal::read_leftover(&s.state_dir)?;
     let t_recovery = std::time::Instant::now();

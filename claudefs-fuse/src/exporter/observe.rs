@@ -27,6 +27,10 @@ pub struct ObserveArgs {
     /// no spans if neither).
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// OTLP transport: grpc or http/protobuf (else OTEL_EXPORTER_OTLP_PROTOCOL,
+    /// else by port: 4317 gRPC, other HTTP).
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
     /// Share of requests exported as spans when no slow threshold is given.
     #[arg(long, value_name = "RATE", default_value_t = 0.0)]
     pub sample_rate: f64,
@@ -49,7 +53,8 @@ pub fn event_filter(spans_wanted: bool, rate: f64, slow: Option<Duration>) -> Ev
 /// Runs until SIGINT/SIGTERM.
 pub fn run(args: &ObserveArgs) -> anyhow::Result<()> {
     crate::daemon::init_logging();
-    let target = otlp::target_from(args.otlp_endpoint.as_deref()).map_err(anyhow::Error::msg)?;
+    let target = otlp::target_from(args.otlp_endpoint.as_deref(), args.otlp_protocol.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let filter = event_filter(target.is_some(), args.sample_rate, args.slow_threshold);
     let listener = http::bind(args.metrics_addr)?;
     let probes = load_probes(filter, None).context("cannot load the probes")?;

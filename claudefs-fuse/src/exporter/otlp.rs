@@ -81,14 +81,19 @@ fn env(name: &str) -> Option<String> {
 
 /// Whether tracing export is wanted: `--otlp-endpoint` or an
 /// `OTEL_EXPORTER_OTLP_*ENDPOINT` variable.
-pub fn target_from(endpoint: Option<&str>) -> Result<Option<OtlpTarget>, String> {
+pub fn target_from(
+    endpoint: Option<&str>,
+    protocol: Option<&str>,
+) -> Result<Option<OtlpTarget>, String> {
     let endpoint = endpoint.map(str::to_string);
     let env_endpoint =
         env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
     let Some(effective) = endpoint.clone().or(env_endpoint) else {
         return Ok(None);
     };
-    let protocol = match env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+    let protocol = match protocol
+        .map(str::to_string)
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
         .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
     {
         Some(p) => p.parse()?,

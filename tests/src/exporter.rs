@@ -1,0 +1,371 @@
+//! Helpers of the exporter tests: free ports, a tiny HTTP GET, promtool,
+//! a real Prometheus server, and an OTLP trace receiver (gRPC with tonic,
+//! HTTP/protobuf by hand) that keeps every span it gets.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// `GET path` on 127.0.0.1:port; the body on 200.
+pub fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("bad HTTP answer"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("{}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
+/// Percent-encodes a query string value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs `promtool check metrics` on `text`: (success, its output).
+pub fn promtool_check(text: &str) -> anyhow::Result<(bool, String)> {
+    let mut c = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    c.stdin.take().unwrap().write_all(text.as_bytes())?;
+    let out = c.wait_with_output()?;
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), msg))
+}
+
+/// Why Prometheus tests cannot run, if they cannot (panics in CI).
+pub fn prometheus_unavailable() -> Option<String> {
+    let missing: Vec<&str> = ["prometheus", "promtool"]
+        .into_iter()
+        .filter(|b| {
+            !Command::new(b)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let r = format!(
+        "{} not installed (cargo xtask setup installs Debian's prometheus)",
+        missing.join(", ")
+    );
+    if crate::in_ci() {
+        panic!("exporter tests must run in CI but cannot: {r}");
+    }
+    eprintln!("skipping exporter test: {r}");
+    Some(r)
+}
+
+/// A Prometheus server scraping some targets every second.
+pub struct PrometheusServer {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PrometheusServer {
+    pub fn start(targets: &[u16]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let list: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: claudefs\n    scrape_interval: 1s\n    static_configs:\n      - targets: [{}]\n",
+                list.join(", ")
+            ),
+        )?;
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log"))?)
+            .spawn()?;
+        let s = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        if !crate::wait_until(Duration::from_secs(20), || {
+            http_get(port, "/-/ready").is_ok()
+        }) {
+            anyhow::bail!("prometheus did not become ready");
+        }
+        Ok(s)
+    }
+
+    /// An instant query: the `(labels, value)` of each series.
+    pub fn query(&self, q: &str) -> Vec<(serde_json::Value, f64)> {
+        let Ok(body) = http_get(self.port, &format!("/api/v1/query?query={}", urlencode(q))) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["data"]["result"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        let val = r["value"][1]
+                            .as_str()
+                            .and_then(|x| x.parse().ok())
+                            .unwrap_or(f64::NAN);
+                        (r["metric"].clone(), val)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until `q` has a series whose value satisfies `ok`.
+    pub fn wait_for(&self, q: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if self.query(q).iter().any(|(_, v)| ok(*v)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        false
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything a receiver got.
+pub type Received = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;
+
+/// An OTLP/HTTP protobuf receiver on a free port (`/v1/traces`).
+pub fn http_receiver() -> anyhow::Result<(u16, Received)> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    let got: Received = Arc::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { continue };
+            let g = g.clone();
+            std::thread::spawn(move || serve_http(conn, &g));
+        }
+    });
+    Ok((port, got))
+}
+
+fn serve_http(mut c: TcpStream, got: &Received) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        // Headers.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match c.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            match c.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = buf[head_end..head_end + len].to_vec();
+        buf.drain(..head_end + len);
+        if head.starts_with("post /v1/traces") {
+            if let Ok(req) = ExportTraceServiceRequest::decode(body.as_slice()) {
+                got.lock().unwrap().push(req);
+            }
+        }
+        let reply = ExportTraceServiceResponse::default().encode_to_vec();
+        let _ = write!(
+            c,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+            reply.len()
+        );
+        let _ = c.write_all(&reply);
+    }
+}
+
+#[derive(Clone)]
+struct Grpc(Received);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// An OTLP/gRPC receiver on a free port, on its own thread and runtime.
+pub fn grpc_receiver() -> anyhow::Result<(u16, Received)> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    l.set_nonblocking(true)?;
+    let got: Received = Arc::default();
+    let svc = TraceServiceServer::new(Grpc(got.clone()));
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).expect("listener");
+            let incoming = tonic::transport::server::TcpIncoming::from(l);
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+    });
+    Ok((port, got))
+}
+
+/// A flat view of one received span.
+#[derive(Debug, Clone)]
+pub struct GotSpan {
+    pub service: String,
+    pub name: String,
+    pub kind: i32,
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+    pub parent_span_id: Vec<u8>,
+    pub start: u64,
+    pub end: u64,
+    pub status_code: i32,
+    pub status_message: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+impl GotSpan {
+    pub fn attr(&self, k: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn any_value(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match v.as_ref().and_then(|a| a.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Every span received so far.
+pub fn spans(got: &Received) -> Vec<GotSpan> {
+    let mut out = Vec::new();
+    for req in got.lock().unwrap().iter() {
+        for rs in &req.resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .map(|a| any_value(&a.value))
+                .unwrap_or_default();
+            for ss in &rs.scope_spans {
+                for s in &ss.spans {
+                    out.push(GotSpan {
+                        service: service.clone(),
+                        name: s.name.clone(),
+                        kind: s.kind,
+                        trace_id: s.trace_id.clone(),
+                        span_id: s.span_id.clone(),
+                        parent_span_id: s.parent_span_id.clone(),
+                        start: s.start_time_unix_nano,
+                        end: s.end_time_unix_nano,
+                        status_code: s.status.as_ref().map_or(0, |x| x.code),
+                        status_message: s
+                            .status
+                            .as_ref()
+                            .map(|x| x.message.clone())
+                            .unwrap_or_default(),
+                        attributes: s
+                            .attributes
+                            .iter()
+                            .map(|a| (a.key.clone(), any_value(&a.value)))
+                            .collect(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether the probes can be attached here: root and the binary (the
+/// kernel side is checked by the daemon, which says so in its log).
+pub fn exporter_env_unavailable() -> bool {
+    crate::fuse_unavailable().is_some() || prometheus_unavailable().is_some()
+}

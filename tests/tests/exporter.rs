@@ -1,0 +1,301 @@
+//! The exporters end to end: a real scrape checked by promtool, a real
+//! Prometheus server scraping a daemon under load (GETATTR rate, a failed
+//! path, recovery gauges), and OTLP spans over gRPC and HTTP/protobuf
+//! received by a test collector (ids, kernel parent / daemon child,
+//! timing, attributes).
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use claudefs_e2e::exporter::{
+    free_port, grpc_receiver, http_get, http_receiver, prometheus_unavailable, promtool_check,
+    spans, GotSpan, PrometheusServer, Received,
+};
+use claudefs_e2e::{fuse_unavailable, wait_until, Bindfs, MountGuard};
+
+fn workload(mnt: &Path, rounds: usize) {
+    for r in 0..rounds {
+        for i in 0..10 {
+            let p = mnt.join(format!("w{i}"));
+            let _ = fs::write(&p, format!("round {r}"));
+            let _ = claudefs_e2e::stat(&p);
+            let _ = fs::read(&p);
+            let _ = claudefs_e2e::stat(&mnt.join("missing"));
+        }
+    }
+}
+
+fn scrape(port: u16) -> String {
+    let mut text = String::new();
+    wait_until(Duration::from_secs(10), || {
+        match http_get(port, "/metrics") {
+            Ok(t) => {
+                text = t;
+                true
+            }
+            Err(_) => false,
+        }
+    });
+    text
+}
+
+#[test]
+fn promtool_accepts_a_real_scrape_with_ebpf() {
+    if fuse_unavailable().is_some() || prometheus_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let port = free_port();
+    let m = MountGuard::start(
+        &tmp.path().join("mnt"),
+        &tmp.path().join("state"),
+        &[
+            "--path".into(),
+            src.display().to_string(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--ebpf".into(),
+        ],
+    )
+    .unwrap();
+    workload(&m.mnt, 5);
+    let text = scrape(port);
+    assert_eq!(http_get(port, "/healthz").unwrap().trim(), "ok");
+    let (ok, msg) = promtool_check(&text).unwrap();
+    assert!(ok && msg.trim().is_empty(), "promtool: {msg}\n{text}");
+    for family in [
+        "claudefs_fuse_requests_total{",
+        "claudefs_fuse_request_errors_total{",
+        "claudefs_fuse_request_duration_seconds_bucket{",
+        "claudefs_fuse_path_state{",
+        "claudefs_fuse_recovery_state{",
+        "claudefs_fuse_idmap_lookups_total{",
+        "claudefs_fuse_flock_registry_acquires_total",
+        "claudefs_fuse_spans_dropped_total",
+        "claudefs_fuse_probe_events_dropped_total",
+        "claudefs_fuse_probe_attached{program=\"fuse_request_send\"} 1",
+        "claudefs_fuse_build_info{version=",
+    ] {
+        assert!(text.contains(family), "missing {family}:\n{text}");
+    }
+    assert!(
+        !m.log_text().contains("cannot load the probes"),
+        "{}",
+        m.log_text()
+    );
+}
+
+#[test]
+fn prometheus_server_sees_rates_failed_path_and_recovery() {
+    if fuse_unavailable().is_some() || prometheus_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    let via = tmp.path().join("via");
+    let mut bind = Bindfs::start(&shared, &via).unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = MountGuard::start(
+        &tmp.path().join("mnt-a"),
+        &tmp.path().join("state-a"),
+        &[
+            "--path".into(),
+            format!("{},priority=200,addr=bindfs", via.display()),
+            "--path".into(),
+            format!("{},priority=100,addr=direct", shared.display()),
+            "--policy".into(),
+            "primary".into(),
+            "--health-interval-ms".into(),
+            "100".into(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{port_a}"),
+            "--ebpf".into(),
+        ],
+    )
+    .unwrap();
+    // A second daemon for the recovery run.
+    let src_b = tmp.path().join("src-b");
+    fs::create_dir(&src_b).unwrap();
+    let args_b = vec![
+        "--path".to_string(),
+        src_b.display().to_string(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{port_b}"),
+    ];
+    let (mnt_b, state_b) = (tmp.path().join("mnt-b"), tmp.path().join("state-b"));
+    let b = MountGuard::start(&mnt_b, &state_b, &args_b).unwrap();
+    let prom = PrometheusServer::start(&[port_a, port_b]).unwrap();
+
+    // Load on A until Prometheus computes a GETATTR rate.
+    let inst_a = format!("127.0.0.1:{port_a}");
+    let q = format!(
+        "sum(rate(claudefs_fuse_requests_total{{instance=\"{inst_a}\",opcode=\"GETATTR\"}}[5s]))"
+    );
+    let mut ok = false;
+    for _ in 0..40 {
+        workload(&a.mnt, 2);
+        if prom.query(&q).iter().any(|(_, v)| *v > 0.0) {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(ok, "no GETATTR rate; A log:\n{}", a.log_text());
+
+    // Kill the bindfs path: path 0 becomes failed.
+    bind.kill();
+    workload(&a.mnt, 1);
+    let failed =
+        format!("claudefs_fuse_path_state{{instance=\"{inst_a}\",path_id=\"0\",state=\"failed\"}}");
+    assert!(
+        prom.wait_for(&failed, Duration::from_secs(15), |v| v == 1.0),
+        "path 0 never failed: {:?}",
+        prom.query(&format!(
+            "claudefs_fuse_path_state{{instance=\"{inst_a}\"}}"
+        ))
+    );
+
+    // Recovery on B: three files open at kill -9, one removed meanwhile.
+    let mut f1 = fs::File::create(mnt_b.join("durable")).unwrap();
+    f1.write_all(b"x").unwrap();
+    f1.sync_all().unwrap();
+    let f2 = fs::File::create(mnt_b.join("dirty")).unwrap();
+    let f3 = fs::File::create(mnt_b.join("gone")).unwrap();
+    b.kill9();
+    drop((f1, f2, f3));
+    fs::remove_file(src_b.join("gone")).unwrap();
+    let b = MountGuard::start(&mnt_b, &state_b, &args_b).unwrap();
+    let st = b.status().unwrap();
+    let r = &st["recovery"];
+    let inst_b = format!("127.0.0.1:{port_b}");
+    let expect = [
+        (
+            "claudefs_fuse_recovery_total",
+            r["open_files"].as_f64().unwrap(),
+        ),
+        (
+            "claudefs_fuse_recovery_recovered",
+            r["recovered"].as_f64().unwrap(),
+        ),
+        (
+            "claudefs_fuse_recovery_orphaned",
+            r["orphaned"].as_f64().unwrap(),
+        ),
+        (
+            "claudefs_fuse_recovery_replayed",
+            r["recovered"].as_f64().unwrap(),
+        ),
+    ];
+    assert_eq!(expect[0].1, 3.0, "{st}");
+    assert_eq!(expect[2].1, 1.0, "{st}");
+    assert!(
+        prom.wait_for(
+            &format!("claudefs_fuse_recovery_state{{instance=\"{inst_b}\",state=\"complete\"}}"),
+            Duration::from_secs(15),
+            |v| v == 1.0
+        ),
+        "recovery state not complete in Prometheus"
+    );
+    for (name, want) in expect {
+        let q = format!("{name}{{instance=\"{inst_b}\"}}");
+        assert!(
+            prom.wait_for(&q, Duration::from_secs(5), |v| v == want),
+            "{name}: want {want}, got {:?}",
+            prom.query(&q)
+        );
+    }
+    drop(a);
+}
+
+fn check_spans(got: &Received, mnt: &Path) {
+    let mut all: Vec<GotSpan> = Vec::new();
+    let ok = wait_until(Duration::from_secs(20), || {
+        workload(mnt, 1);
+        all = spans(got);
+        all.iter()
+            .any(|s| !s.parent_span_id.is_empty() && s.name == "lookup")
+    });
+    assert!(
+        ok,
+        "no joined lookup span received; got {} spans",
+        all.len()
+    );
+    for s in &all {
+        assert_eq!(s.service, "claudefs-fuse");
+        assert_eq!(s.trace_id.len(), 16);
+        assert!(s.trace_id.iter().any(|b| *b != 0), "zero trace id");
+        assert_eq!(s.span_id.len(), 8);
+        assert!(s.span_id.iter().any(|b| *b != 0), "zero span id");
+        assert!(s.start <= s.end, "{s:?}");
+        assert!(s.start > 1_600_000_000_000_000_000, "{s:?}");
+    }
+    let child = all
+        .iter()
+        .find(|s| s.name == "lookup" && !s.parent_span_id.is_empty())
+        .unwrap();
+    let parent = all
+        .iter()
+        .find(|p| p.span_id == child.parent_span_id)
+        .expect("the kernel parent span was exported");
+    // OTLP kinds: 2 = server, 3 = client.
+    assert_eq!(child.kind, 2, "{child:?}");
+    assert_eq!(parent.kind, 3, "{parent:?}");
+    assert_eq!(parent.name, "fuse.request");
+    assert_eq!(parent.trace_id, child.trace_id);
+    assert!(parent.parent_span_id.is_empty());
+    assert!(parent.start <= child.start && child.end <= parent.end);
+    assert_eq!(parent.attr("fuse.opcode"), Some("LOOKUP"));
+    assert_eq!(parent.attr("fuse.unique"), child.attr("fuse.unique"));
+    assert!(child.attr("fuse.inode").is_some());
+    // The lookup of "missing" fails: status Error with the errno name.
+    assert!(
+        all.iter()
+            .any(|s| s.name == "lookup" && s.status_code == 2 && s.status_message == "ENOENT"),
+        "no ENOENT lookup span"
+    );
+}
+
+fn otlp_run(protocol: &str, receiver: (u16, Received)) {
+    let (port, got) = receiver;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let m = MountGuard::start(
+        &tmp.path().join("mnt"),
+        &tmp.path().join("state"),
+        &[
+            "--path".into(),
+            src.display().to_string(),
+            "--ebpf".into(),
+            "--sample-rate".into(),
+            "1".into(),
+            "--otlp-endpoint".into(),
+            format!("http://127.0.0.1:{port}"),
+            "--otlp-protocol".into(),
+            protocol.into(),
+        ],
+    )
+    .unwrap();
+    check_spans(&got, &m.mnt);
+}
+
+#[test]
+fn otlp_spans_over_grpc() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    otlp_run("grpc", grpc_receiver().unwrap());
+}
+
+#[test]
+fn otlp_spans_over_http_protobuf() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    otlp_run("http/protobuf", http_receiver().unwrap());
+}
