@@ -143,13 +143,9 @@ fn required_on_panels(dashboards: &[Dashboard], report: &mut Report) {
 /// Every alert has `for:`, a severity of critical|warning|info, a summary,
 /// a description and a `runbook_url` of `README.md#runbook-<name in lower
 /// case>`, and that section exists: a `Runbook: <name>` heading in the
-/// README or in `dashboards/RUNBOOK.md`.
+/// README.
 fn alert_metadata(root: &Path, rules: &[Rule], report: &mut Report) {
-    let docs = ["README.md", "dashboards/RUNBOOK.md"]
-        .iter()
-        .map(|f| std::fs::read_to_string(root.join(f)).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let docs = std::fs::read_to_string(root.join("README.md")).unwrap_or_default();
     let headings: BTreeSet<&str> = docs
         .lines()
         .filter(|l| l.starts_with('#'))

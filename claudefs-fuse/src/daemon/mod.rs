@@ -350,9 +350,10 @@ fn start_exporter(
             });
         match ex::load_probes(crate::probes::EventFilter::All, conn) {
             Ok(p) => {
-                if let Err(e) =
-                    metrics.register(Box::new(ex::probe_metrics::ProbeCollector::new(p.clone())))
-                {
+                if let Err(e) = metrics.register(Box::new(ex::probe_metrics::ProbeCollector::new(
+                    p.clone(),
+                    conn,
+                ))) {
                     tracing::warn!("{e}");
                 }
                 parts.core.router.set_kernel_latency(true);

@@ -59,7 +59,7 @@ pub fn run(args: &ObserveArgs) -> anyhow::Result<()> {
     let listener = http::bind(args.metrics_addr)?;
     let probes = load_probes(filter, None).context("cannot load the probes")?;
     let metrics = Arc::new(Metrics::new());
-    metrics.register(Box::new(ProbeCollector::new(probes.clone())))?;
+    metrics.register(Box::new(ProbeCollector::new(probes.clone(), None)))?;
     let spans = Arc::new(Spans::new(0.0, MAX_EXPORT_BUFFER_CAPACITY));
     let stats = Arc::new(ExportStats::default());
     let exporter = Exporter::start(ExporterConfig {

@@ -124,6 +124,8 @@ pub type SharedProbes = Arc<Mutex<Probes>>;
 /// A `Collector` reading the probes at each scrape.
 pub struct ProbeCollector {
     probes: SharedProbes,
+    /// Only this FUSE connection (the daemon's own mount); None for all.
+    only_conn: Option<u32>,
     mounts: Mutex<MountTable>,
     descs: Vec<Desc>,
 }
@@ -135,9 +137,12 @@ impl std::fmt::Debug for ProbeCollector {
 }
 
 impl ProbeCollector {
-    pub fn new(probes: SharedProbes) -> Self {
+    /// `only_conn`: report only this FUSE connection (kernel `dev_t`) and
+    /// the flock calls served on it; `None` reports every mount.
+    pub fn new(probes: SharedProbes, only_conn: Option<u32>) -> Self {
         Self {
             probes,
+            only_conn,
             mounts: Mutex::new(MountTable::read_self().unwrap_or_default()),
             descs: descs(FAMILIES),
         }
@@ -153,12 +158,26 @@ impl ProbeCollector {
             }
         };
         let counters = p.counters().unwrap_or_default();
+        let snapshot = match self.only_conn {
+            Some(conn) => only_connection(snapshot, conn),
+            None => snapshot,
+        };
         Some(ProbeReadout {
             snapshot,
             counters,
             attached: p.attached_programs(),
         })
     }
+}
+
+/// The part of `snapshot` about one FUSE connection.
+fn only_connection(mut snapshot: ProbeSnapshot, conn: u32) -> ProbeSnapshot {
+    let own = FlockTarget::Fuse { conn };
+    snapshot.ops.retain(|o| o.conn == conn);
+    snapshot.procs.retain(|p| p.conn == conn);
+    snapshot.flocks.retain(|f| f.target == own);
+    snapshot.flock_waiters.retain(|w| w.target == own);
+    snapshot
 }
 
 impl Collector for ProbeCollector {
@@ -207,6 +226,38 @@ mod tests {
     fn mounts() -> MountTable {
         // dev 0:55 -> kernel dev 55.
         MountTable::parse("36 1 0:55 / /mnt/cfs rw,nosuid - fuse.claudefs claudefs rw,user_id=0\n")
+    }
+
+    #[test]
+    fn only_connection_keeps_one_mount_and_its_flocks() {
+        let op = |conn| OpSample {
+            conn,
+            opcode: 3,
+            stats: stats(&[1000], 0),
+        };
+        let flock = |target| FlockSample {
+            target,
+            kind: FlockKind::Exclusive,
+            mode: FlockMode::Blocking,
+            calls: 1,
+            refused: 0,
+            waited: 0,
+            wait: stats(&[10], 0),
+        };
+        let snap = ProbeSnapshot {
+            ops: vec![op(39), op(40)],
+            flocks: vec![
+                flock(FlockTarget::Fuse { conn: 39 }),
+                flock(FlockTarget::Fuse { conn: 40 }),
+                flock(FlockTarget::Local),
+            ],
+            ..ProbeSnapshot::default()
+        };
+        let own = only_connection(snap, 40);
+        assert_eq!(own.ops.len(), 1);
+        assert_eq!(own.ops[0].conn, 40);
+        assert_eq!(own.flocks.len(), 1);
+        assert_eq!(own.flocks[0].target, FlockTarget::Fuse { conn: 40 });
     }
 
     #[test]
