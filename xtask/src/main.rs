@@ -108,7 +108,7 @@ fn test() -> Result<()> {
     cmd::cargo(&root, &["fmt", "--all", "--", "--check"])?;
     cmd::cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
     cmd::cargo(&root, &["build", "--bins"])?;
-    cmd::cargo(&root, &["test"])?;
+    let (passed, failed) = cmd::cargo_test(&root, &[])?;
     // The live dashboard proof mounts FUSE and loads probes: it needs root
     // and /dev/fuse. CI has both and must run it; elsewhere say why not.
     let live_possible = effective_uid_is_root() && std::path::Path::new("/dev/fuse").exists();
@@ -116,7 +116,10 @@ fn test() -> Result<()> {
     if !live_possible && !in_ci {
         eprintln!("xtask: not root or no /dev/fuse: dashboards check runs its static part only");
     }
-    dashboards::check(!live_possible && !in_ci, false)
+    dashboards::check(!live_possible && !in_ci, false)?;
+    // One closing line for whoever reads the end of the log.
+    println!("summary: {} passed, {failed} failed", passed + 1);
+    Ok(())
 }
 
 /// Whether this process runs with effective uid 0 (from /proc/self/status).
