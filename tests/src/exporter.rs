@@ -369,3 +369,65 @@ pub fn spans(got: &Received) -> Vec<GotSpan> {
 pub fn exporter_env_unavailable() -> bool {
     crate::fuse_unavailable().is_some() || prometheus_unavailable().is_some()
 }
+
+/// A running `claudefs-fuse observe` (killed on drop).
+pub struct Observe {
+    child: Option<Child>,
+    pub port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl Observe {
+    /// Starts `observe --metrics-addr 127.0.0.1:<free port>` plus `args`
+    /// and waits until `/healthz` answers.
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new()?;
+        let child = Command::new(crate::fuse_bin())
+            .arg("observe")
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log.reopen()?)
+            .spawn()?;
+        let mut o = Self {
+            child: Some(child),
+            port,
+            log,
+        };
+        let up = crate::wait_until(Duration::from_secs(15), || {
+            http_get(port, "/healthz").is_ok()
+                || o.child
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+        });
+        if !up || http_get(port, "/healthz").is_err() {
+            anyhow::bail!("observe did not serve /healthz: {}", o.log_text());
+        }
+        Ok(o)
+    }
+
+    /// Its stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Observe {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(3) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -2,7 +2,8 @@
 //! Prometheus server scraping a daemon under load (GETATTR rate, a failed
 //! path, recovery gauges), and OTLP spans over gRPC and HTTP/protobuf
 //! received by a test collector (ids, kernel parent / daemon child,
-//! timing, attributes).
+//! timing, attributes); and `claudefs-fuse observe` counting the
+//! requests of another FUSE mount (bindfs).
 
 use std::fs;
 use std::io::Write;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use claudefs_e2e::exporter::{
     free_port, grpc_receiver, http_get, http_receiver, prometheus_unavailable, promtool_check,
-    spans, GotSpan, PrometheusServer, Received,
+    spans, GotSpan, Observe, PrometheusServer, Received,
 };
 use claudefs_e2e::{fuse_unavailable, wait_until, Bindfs, MountGuard};
 
@@ -298,4 +299,54 @@ fn otlp_spans_over_http_protobuf() {
         return;
     }
     otlp_run("http/protobuf", http_receiver().unwrap());
+}
+
+/// LOOKUP + GETATTR requests of `mount` in a scrape.
+fn lookups_and_getattrs(text: &str, mount: &str) -> f64 {
+    let prefix = format!("claudefs_fuse_requests_total{{mount=\"{mount}\",");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter(|l| l.contains("opcode=\"GETATTR\"}") || l.contains("opcode=\"LOOKUP\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn observe_counts_requests_of_a_bindfs_mount() {
+    if fuse_unavailable().is_some() || prometheus_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let bind = Bindfs::start(&src, &tmp.path().join("bind")).unwrap();
+    let mount = bind.dst.canonicalize().unwrap().display().to_string();
+    let obs = Observe::start(&[]).unwrap();
+    assert_eq!(http_get(obs.port, "/healthz").unwrap().trim(), "ok");
+
+    workload(&bind.dst, 2);
+    let first = scrape(obs.port);
+    let before = lookups_and_getattrs(&first, &mount);
+    assert!(
+        before > 0.0,
+        "no LOOKUP/GETATTR of {mount} after a workload:\n{first}\nobserve log:\n{}",
+        obs.log_text()
+    );
+    workload(&bind.dst, 2);
+    let mut text = String::new();
+    let grew = wait_until(Duration::from_secs(5), || {
+        text = scrape(obs.port);
+        lookups_and_getattrs(&text, &mount) > before
+    });
+    assert!(
+        grew,
+        "requests of {mount} did not grow from {before}:\n{text}"
+    );
+    assert!(
+        text.contains("claudefs_fuse_probe_attached{program=\"fuse_request_send\"} 1"),
+        "{text}"
+    );
+    let (ok, msg) = promtool_check(&text).unwrap();
+    assert!(ok && msg.trim().is_empty(), "promtool: {msg}\n{text}");
+    assert_eq!(http_get(obs.port, "/healthz").unwrap().trim(), "ok");
 }
