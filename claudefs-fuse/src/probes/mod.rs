@@ -78,6 +78,9 @@ pub struct ProbeCounters {
     pub unmatched_flock_exits: u64,
     /// New keys that did not fit a full statistics map.
     pub map_full: u64,
+    /// In-flight requests evicted from a full group of the in-flight table
+    /// (their ends then count as unmatched).
+    pub inflight_evicted: u64,
     /// Tracepoint fields that could not be read.
     pub read_errors: u64,
 }
@@ -342,6 +345,7 @@ impl Probes {
             unmatched_ends: c[counter::UNMATCHED_ENDS as usize],
             unmatched_flock_exits: c[counter::UNMATCHED_FLOCK_EXITS as usize],
             map_full: c[counter::MAP_FULL as usize],
+            inflight_evicted: c[counter::INFLIGHT_EVICTED as usize],
             read_errors: c[counter::READ_ERRORS as usize],
         })
     }
