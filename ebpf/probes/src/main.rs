@@ -336,13 +336,13 @@ fn try_fuse_request_send(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: this CPU's slot of a per-CPU array.
     let cached = seen.is_some_and(|p| unsafe { *p } == proc_key);
     if !cached {
-        if PROC_STATS.get_ptr(&proc_key).is_none() {
+        if PROC_STATS.get_ptr(proc_key).is_none() {
             let fresh = ProcStats {
                 count: 0,
                 total_ns: 0,
                 comm: comm(),
             };
-            let _ = PROC_STATS.insert(&proc_key, &fresh, BPF_NOEXIST as u64);
+            let _ = PROC_STATS.insert(proc_key, fresh, BPF_NOEXIST as u64);
         }
         if let Some(p) = seen {
             // SAFETY: as above.
@@ -536,7 +536,7 @@ fn try_sys_enter_flock(ctx: &TracePointContext) -> Result<(), i64> {
         target_id: 0,
         _pad: 0,
     };
-    if FLOCK_INFLIGHT.insert(pid_tgid as u32, &entry, 0).is_err() {
+    if FLOCK_INFLIGHT.insert(pid_tgid as u32, entry, 0).is_err() {
         bump(counter::MAP_FULL);
     }
     Ok(())
@@ -636,7 +636,7 @@ fn try_sys_exit_flock(ctx: &TracePointContext) -> Result<(), i64> {
             tgid: entry.tgid,
             fd: entry.fd,
         };
-        let w = match FLOCK_WAITERS.get_ptr_mut(&wkey) {
+        let w = match FLOCK_WAITERS.get_ptr_mut(wkey) {
             Some(w) => Some(w),
             None => {
                 let fresh = WaiterStats {
@@ -645,8 +645,8 @@ fn try_sys_exit_flock(ctx: &TracePointContext) -> Result<(), i64> {
                     max_wait_ns: 0,
                     comm: comm(),
                 };
-                let _ = FLOCK_WAITERS.insert(&wkey, &fresh, BPF_NOEXIST as u64);
-                FLOCK_WAITERS.get_ptr_mut(&wkey)
+                let _ = FLOCK_WAITERS.insert(wkey, fresh, BPF_NOEXIST as u64);
+                FLOCK_WAITERS.get_ptr_mut(wkey)
             }
         };
         if let Some(w) = w {
