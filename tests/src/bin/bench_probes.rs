@@ -6,7 +6,10 @@
 //!    our probes and every request sent to the ring buffer, and with an
 //!    equivalent bpftrace script (the same five tracepoints: FUSE latency
 //!    into a per-(conn, opcode) histogram, flock waits into a histogram).
-//!    Runs are interleaved (the order rotates every round); the table shows
+//!    A "floor" row attaches empty programs to the same tracepoints: what
+//!    any tool pays just for being there (tracepoint record and dispatch,
+//!    and the slow syscall path that syscall tracepoints turn on for every
+//!    task). Runs are interleaved (the order rotates every round); the table shows
 //!    medians and the best run of each setup (on a shared machine, other
 //!    load only ever makes a run slower, so the best run is the steadiest
 //!    estimate of the intrinsic cost). With `--bpf-stats` the benchmark
@@ -178,24 +181,48 @@ tracepoint:syscalls:sys_exit_flock /@fl_start[tid]/ {
 }
 "#;
 
+/// Empty programs on the same five tracepoints: the cost any tool pays
+/// for attaching there (tracepoint record, program dispatch, the syscall
+/// slow path that syscall tracepoints switch on for every task).
+const BPFTRACE_EMPTY: &str = r#"
+BEGIN { printf("READY\n"); }
+tracepoint:fuse:fuse_request_send {}
+tracepoint:fuse:fuse_request_end {}
+tracepoint:syscalls:sys_enter_flock {}
+tracepoint:syscalls:sys_exit_flock {}
+tracepoint:filelock:flock_lock_inode {}
+"#;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Setup {
     None,
+    Floor,
     Ours,
     OursEvents,
     Bpftrace,
 }
 
 impl Setup {
-    const ALL: [Setup; 4] = [Setup::None, Setup::Ours, Setup::OursEvents, Setup::Bpftrace];
+    const ALL: [Setup; 5] = [
+        Setup::None,
+        Setup::Floor,
+        Setup::Ours,
+        Setup::OursEvents,
+        Setup::Bpftrace,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Setup::None => "no probes",
+            Setup::Floor => "empty programs, same tracepoints",
             Setup::Ours => "claudefs probes",
             Setup::OursEvents => "claudefs probes + events(all)",
             Setup::Bpftrace => "bpftrace (same tracepoints, hist)",
         }
+    }
+
+    fn needs_bpftrace(self) -> bool {
+        matches!(self, Setup::Floor | Setup::Bpftrace)
     }
 }
 
@@ -244,9 +271,14 @@ fn attach(setup: Setup) -> Result<Attached, String> {
                 .map(|p| Attached::Ours(Box::new(p)))
                 .map_err(|e| e.to_string())
         }
-        Setup::Bpftrace => {
+        Setup::Bpftrace | Setup::Floor => {
+            let script = if setup == Setup::Floor {
+                BPFTRACE_EMPTY
+            } else {
+                BPFTRACE_SCRIPT
+            };
             let mut child = Command::new("bpftrace")
-                .args(["-e", BPFTRACE_SCRIPT])
+                .args(["-e", script])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
@@ -490,7 +522,7 @@ fn main() -> std::process::ExitCode {
     let have_bpftrace = Command::new("bpftrace").arg("--version").output().is_ok();
     let setups: Vec<Setup> = Setup::ALL
         .into_iter()
-        .filter(|s| *s != Setup::Bpftrace || have_bpftrace)
+        .filter(|s| !s.needs_bpftrace() || have_bpftrace)
         .collect();
     println!(
         "stat(2) loop on a FUSE mount ({}), {rounds} rounds x {secs} s per setup, interleaved",
@@ -525,7 +557,7 @@ fn main() -> std::process::ExitCode {
     }
     print_table(&setups, &results);
     if !have_bpftrace {
-        println!("(bpftrace not installed: its row is missing)");
+        println!("(bpftrace not installed: its rows are missing)");
     }
 
     match drain_benchmark(&fs, secs.max(1.0)) {
