@@ -49,6 +49,9 @@ static PROBES_OBJECT: &[u8] =
 /// Events kept between two [`Probes::take_events`] calls.
 const EVENT_QUEUE_CAPACITY: usize = 1 << 20;
 
+/// The per-process map is walked for new processes every this many polls.
+const PROC_SCAN_EVERY: u64 = 5;
+
 /// Bound of the sets of map keys whose names were already resolved.
 const KNOWN_KEYS_LIMIT: usize = 100_000;
 
@@ -80,6 +83,9 @@ pub struct ProbeCounters {
     pub unmatched_flock_exits: u64,
     /// New keys that did not fit a full statistics map.
     pub map_full: u64,
+    /// In-flight requests evicted from a full group of the in-flight table
+    /// (their ends then count as unmatched).
+    pub inflight_evicted: u64,
     /// Tracepoint fields that could not be read.
     pub read_errors: u64,
 }
@@ -100,6 +106,7 @@ pub struct Probes {
     names: NameCache,
     known_procs: HashSet<ProcKey>,
     known_waiters: HashSet<WaiterKey>,
+    polls: u64,
     opcode_names: Vec<(u32, String)>,
     tracefs_root: PathBuf,
 }
@@ -201,6 +208,7 @@ impl Probes {
             names: NameCache::default(),
             known_procs: HashSet::new(),
             known_waiters: HashSet::new(),
+            polls: 0,
             opcode_names: layout.opcode_names,
             tracefs_root: tfs.root().to_path_buf(),
         })
@@ -221,12 +229,17 @@ impl Probes {
         if self.known_waiters.len() > KNOWN_KEYS_LIMIT {
             self.known_waiters.clear();
         }
-        for key in readout::read_keys::<ProcKey, claudefs_ebpf_common::ProcStats>(
-            &self.ebpf,
-            map_names::PROC_STATS,
-        )? {
-            if self.known_procs.insert(key) {
-                self.names.resolve_comm(key.tgid);
+        // Walking the per-process map costs a syscall per key, so it is
+        // done every few polls; the kernel keeps each caller's comm too.
+        self.polls = self.polls.wrapping_add(1);
+        if self.polls % PROC_SCAN_EVERY == 1 {
+            for key in readout::read_keys::<ProcKey, claudefs_ebpf_common::ProcStats>(
+                &self.ebpf,
+                map_names::PROC_STATS,
+            )? {
+                if self.known_procs.insert(key) {
+                    self.names.resolve_comm(key.tgid);
+                }
             }
         }
         for key in readout::read_keys::<WaiterKey, claudefs_ebpf_common::WaiterStats>(
@@ -344,6 +357,7 @@ impl Probes {
             unmatched_ends: c[counter::UNMATCHED_ENDS as usize],
             unmatched_flock_exits: c[counter::UNMATCHED_FLOCK_EXITS as usize],
             map_full: c[counter::MAP_FULL as usize],
+            inflight_evicted: c[counter::INFLIGHT_EVICTED as usize],
             read_errors: c[counter::READ_ERRORS as usize],
         })
     }

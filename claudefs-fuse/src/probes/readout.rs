@@ -5,12 +5,15 @@
 //! histograms add bucket by bucket) and unit-tested without a kernel; the
 //! `read_*` functions only walk the maps and call it.
 
+use std::collections::BTreeMap;
+
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap};
 use aya::Pod;
 use claudefs_ebpf_common::{
-    counter, map_names, FlockKey, FlockStats, OpKey, OpStats, ProcKey, ProcStats, WaiterKey,
-    WaiterStats, COMM_LEN, FLOCK_KIND_EXCLUSIVE, FLOCK_KIND_SHARED, FLOCK_KIND_UNLOCK,
-    FLOCK_MODE_BLOCKING, FLOCK_MODE_NONBLOCKING, TARGET_DEVICE, TARGET_FUSE, TARGET_LOCAL,
+    counter, map_names, FlockKey, FlockStats, OpCacheSlot, OpKey, OpStats, ProcCacheSlot, ProcKey,
+    ProcStats, WaiterKey, WaiterStats, COMM_LEN, FLOCK_KIND_EXCLUSIVE, FLOCK_KIND_SHARED,
+    FLOCK_KIND_UNLOCK, FLOCK_MODE_BLOCKING, FLOCK_MODE_NONBLOCKING, TARGET_DEVICE, TARGET_FUSE,
+    TARGET_LOCAL,
 };
 
 use crate::probes::error::ProbeError;
@@ -189,28 +192,79 @@ pub(crate) fn read_counters(
     Ok(out)
 }
 
-/// Per-(conn, opcode) statistics.
-pub(crate) fn read_ops(ebpf: &aya::Ebpf) -> Result<Vec<(OpKey, LatencyStats)>, ProbeError> {
-    let mut out: Vec<(OpKey, LatencyStats)> =
-        read_per_cpu::<OpKey, OpStats>(ebpf, map_names::OP_STATS)?
-            .into_iter()
-            .map(|(k, v)| (k, merge_op_stats(&v)))
-            .collect();
-    out.sort_by_key(|(k, _)| (k.conn, k.opcode));
+/// Every slot of a per-CPU array on every CPU.
+pub(crate) fn read_array_slots<V: Pod>(
+    ebpf: &aya::Ebpf,
+    name: &'static str,
+) -> Result<Vec<V>, ProbeError> {
+    let m: PerCpuArray<&MapData, V> =
+        PerCpuArray::try_from(map(ebpf, name)?).map_err(map_err(name))?;
+    let mut out = Vec::new();
+    for i in 0..m.len() {
+        let values = m.get(&i, 0).map_err(map_err(name))?;
+        out.extend(values.iter().copied());
+    }
     Ok(out)
 }
 
-/// Per-(conn, tgid) statistics: (key, count, total_ns, kernel comm).
+/// Per-CPU values of each (conn, opcode): its hash entry plus every cache
+/// slot (any CPU) it owns. Free slots (`conn == 0`) are skipped.
+pub fn group_op_values(
+    hash: Vec<(OpKey, Vec<OpStats>)>,
+    cache: &[OpCacheSlot],
+) -> BTreeMap<OpKey, Vec<OpStats>> {
+    let mut out: BTreeMap<OpKey, Vec<OpStats>> = BTreeMap::new();
+    for (k, v) in hash {
+        out.entry(k).or_default().extend(v);
+    }
+    for slot in cache.iter().filter(|s| s.key.conn != 0) {
+        out.entry(slot.key).or_default().push(slot.stats);
+    }
+    out
+}
+
+/// Per-CPU values of each (conn, tgid): hash entries (with the comm) plus
+/// cache slots (counts only).
+pub fn group_proc_values(
+    hash: Vec<(ProcKey, Vec<ProcStats>)>,
+    cache: &[ProcCacheSlot],
+) -> BTreeMap<ProcKey, Vec<ProcStats>> {
+    let mut out: BTreeMap<ProcKey, Vec<ProcStats>> = BTreeMap::new();
+    for (k, v) in hash {
+        out.entry(k).or_default().extend(v);
+    }
+    for slot in cache.iter().filter(|s| s.key.conn != 0) {
+        out.entry(slot.key).or_default().push(ProcStats {
+            count: slot.count,
+            total_ns: slot.total_ns,
+            comm: [0; COMM_LEN],
+        });
+    }
+    out
+}
+
+/// Per-(conn, opcode) statistics, sorted by key.
+pub(crate) fn read_ops(ebpf: &aya::Ebpf) -> Result<Vec<(OpKey, LatencyStats)>, ProbeError> {
+    let hash = read_per_cpu::<OpKey, OpStats>(ebpf, map_names::OP_STATS)?;
+    let cache = read_array_slots::<OpCacheSlot>(ebpf, map_names::OP_CACHE)?;
+    Ok(group_op_values(hash, &cache)
+        .into_iter()
+        .map(|(k, v)| (k, merge_op_stats(&v)))
+        .collect())
+}
+
+/// Per-(conn, tgid) statistics, sorted by key: (key, count, total_ns,
+/// kernel comm).
 pub(crate) fn read_procs(ebpf: &aya::Ebpf) -> Result<Vec<(ProcKey, u64, u64, String)>, ProbeError> {
-    let mut out: Vec<_> = read_per_cpu::<ProcKey, ProcStats>(ebpf, map_names::PROC_STATS)?
+    let hash = read_per_cpu::<ProcKey, ProcStats>(ebpf, map_names::PROC_STATS)?;
+    let cache = read_array_slots::<ProcCacheSlot>(ebpf, map_names::PROC_CACHE)?;
+    Ok(group_proc_values(hash, &cache)
         .into_iter()
         .map(|(k, v)| {
             let (count, total, comm) = merge_proc_stats(&v);
             (k, count, total, comm)
         })
-        .collect();
-    out.sort_by_key(|(k, ..)| (k.conn, k.tgid));
-    Ok(out)
+        .collect())
 }
 
 /// Per-(target, kind, mode) flock statistics.
@@ -281,6 +335,79 @@ mod tests {
         assert_eq!(m.total_ns, u64::MAX);
         assert_eq!(m.hist.buckets[0], u64::MAX);
         assert_eq!(m.max_ns, 2);
+    }
+
+    #[test]
+    fn cache_slots_and_hash_entries_add_up() {
+        let k1 = OpKey {
+            conn: 40,
+            opcode: 1,
+        };
+        let k2 = OpKey {
+            conn: 40,
+            opcode: 3,
+        };
+        let hash = vec![(
+            k1,
+            vec![op(1, 0, 10, 10, &[(3, 1)]), op(2, 1, 20, 15, &[(3, 2)])],
+        )];
+        let free = OpCacheSlot {
+            key: OpKey::default(),
+            stats: op(99, 99, 99, 99, &[]),
+        };
+        let cache = [
+            OpCacheSlot {
+                key: k1,
+                stats: op(4, 0, 400, 200, &[(7, 4)]),
+            },
+            free,
+            OpCacheSlot {
+                key: k2,
+                stats: op(5, 0, 50, 10, &[(3, 5)]),
+            },
+            // The same key on another CPU.
+            OpCacheSlot {
+                key: k2,
+                stats: op(1, 1, 5, 5, &[(2, 1)]),
+            },
+        ];
+        let grouped = group_op_values(hash, &cache);
+        assert_eq!(grouped.len(), 2, "free slots are skipped");
+        let m1 = merge_op_stats(&grouped[&k1]);
+        assert_eq!(
+            (m1.count, m1.errors, m1.total_ns, m1.max_ns),
+            (7, 1, 430, 200)
+        );
+        assert_eq!(m1.hist.count(), 7);
+        let m2 = merge_op_stats(&grouped[&k2]);
+        assert_eq!(
+            (m2.count, m2.errors, m2.total_ns, m2.max_ns),
+            (6, 1, 55, 10)
+        );
+
+        let p = ProcKey { conn: 40, tgid: 7 };
+        let mut comm = [0u8; COMM_LEN];
+        comm[..3].copy_from_slice(b"cat");
+        let procs = group_proc_values(
+            vec![(
+                p,
+                vec![ProcStats {
+                    count: 0,
+                    total_ns: 0,
+                    comm,
+                }],
+            )],
+            &[
+                ProcCacheSlot {
+                    key: p,
+                    count: 3,
+                    total_ns: 30,
+                },
+                ProcCacheSlot::default(),
+            ],
+        );
+        assert_eq!(procs.len(), 1);
+        assert_eq!(merge_proc_stats(&procs[&p]), (3, 30, "cat".to_string()));
     }
 
     #[test]

@@ -19,6 +19,8 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
+use claudefs_ebpf_common::RECORD_BYTES;
+
 use crate::probes::error::ProbeError;
 
 /// Where tracefs is normally mounted, and where the loader mounts it.
@@ -225,8 +227,9 @@ impl TracepointFormat {
         self.fields.iter().find(|f| f.name == name)
     }
 
-    /// The field `name`, which must have one of `sizes`; an actionable
-    /// error otherwise.
+    /// The field `name`, which must have one of `sizes`, be naturally
+    /// aligned and end within the first [`RECORD_BYTES`] bytes of the record
+    /// (what the probes copy); an actionable error otherwise.
     pub fn require(&self, name: &str, sizes: &[u32]) -> Result<&FieldFormat, ProbeError> {
         let err = |reason: String| ProbeError::TracepointFormat {
             category: self.category.clone(),
@@ -240,6 +243,13 @@ impl TracepointFormat {
             return Err(err(format!(
                 "field `{name}` has size {}, expected one of {sizes:?}",
                 f.size
+            )));
+        }
+        if f.offset % f.size != 0 || (f.offset + f.size) as usize > RECORD_BYTES {
+            return Err(err(format!(
+                "field `{name}` at offset {} (size {}) is unaligned or beyond the first \
+                 {RECORD_BYTES} bytes the probes read",
+                f.offset, f.size
             )));
         }
         Ok(f)
@@ -410,6 +420,19 @@ print fmt: \"0x%lx\", REC->ret
         assert_eq!(ret.c_type, "long");
         assert!(f.require("ret", &[4]).is_err());
         assert!(f.require("missing", &[4]).is_err());
+    }
+
+    #[test]
+    fn rejects_fields_the_probes_cannot_read() {
+        let text = "name: x\nID: 1\nformat:\n\
+            \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\
+            \tfield:u64 odd;\toffset:12;\tsize:8;\tsigned:0;\n\
+            \tfield:u32 far;\toffset:64;\tsize:4;\tsigned:0;\n\
+            \tfield:u32 last;\toffset:60;\tsize:4;\tsigned:0;\n";
+        let f = TracepointFormat::parse("c", "x", text).unwrap();
+        assert!(f.require("odd", &[8]).is_err(), "unaligned");
+        assert!(f.require("far", &[4]).is_err(), "beyond the copied bytes");
+        assert_eq!(f.require("last", &[4]).unwrap().offset, 60);
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub const FLOCK_WAITED_NS: u64 = 1_000_000;
 /// `-EWOULDBLOCK` (== `-EAGAIN`), what a refused `LOCK_NB` returns.
 pub const EWOULDBLOCK_RET: i64 = -11;
 
+/// The probes copy this many bytes from the start of a tracepoint record
+/// (one helper call) and read fields from the copy; the loader only accepts
+/// fields that are naturally aligned and end within these bytes.
+pub const RECORD_BYTES: usize = 64;
+
 /// Length of a task command name (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
@@ -45,7 +50,7 @@ pub const COMM_LEN: usize = 16;
 /// `conn` is the kernel `dev_t` of the FUSE connection (as the tracepoint
 /// reports it: `MAJOR << 20 | MINOR`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct OpKey {
     pub conn: u32,
     pub opcode: u32,
@@ -73,8 +78,8 @@ impl OpStats {
     };
 }
 
-/// Key of the in-flight request map: a request is identified by its
-/// connection and its `unique` id.
+/// A request is identified by its connection and its `unique` id (never 0:
+/// the kernel's counter starts above it), the key of an in-flight slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct InflightKey {
@@ -98,9 +103,61 @@ pub struct InflightReq {
     pub len: u32,
 }
 
+/// One way of the in-flight table: a request between `fuse_request_send`
+/// and `fuse_request_end`. `key.unique == 0` marks a free way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct InflightSlot {
+    pub key: InflightKey,
+    pub req: InflightReq,
+}
+
+/// Ways per in-flight group (a power of two).
+pub const INFLIGHT_WAYS: usize = 4;
+/// Groups of the in-flight table (a power of two): 8192 x 4 ways = 32768
+/// requests in flight, 1.25 MiB.
+pub const INFLIGHT_GROUPS: u32 = 8192;
+
+/// One group of the set-associative in-flight table (an array-map value).
+/// A request always lands in group `inflight_group(conn, unique)`; when all
+/// ways are taken, the oldest request is evicted (counted), so requests
+/// that never end cannot fill the table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct InflightGroup {
+    pub ways: [InflightSlot; INFLIGHT_WAYS],
+}
+
+/// The group of a request. Uniques of one connection grow by 2, so
+/// consecutive requests of a connection fill consecutive groups.
+#[inline(always)]
+pub fn inflight_group(conn: u32, unique: u64) -> u32 {
+    ((unique >> 1) as u32).wrapping_add(conn.wrapping_mul(0x9E37_79B1)) & (INFLIGHT_GROUPS - 1)
+}
+
+/// A slot of the per-CPU, direct-mapped cache in front of `OP_STATS`: the
+/// first key that lands in a slot owns it for good (`key.conn == 0`: free;
+/// connection ids are never 0), later keys of that slot use the hash map.
+/// A key's statistics are the sum of its cache slots and its hash entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OpCacheSlot {
+    pub key: OpKey,
+    pub stats: OpStats,
+}
+
+/// Slots per CPU of the op-stats cache (a power of two).
+pub const OP_CACHE_SLOTS: u32 = 128;
+
+/// The op-stats cache slot of a key.
+#[inline(always)]
+pub fn op_cache_slot(key: &OpKey) -> u32 {
+    key.conn.wrapping_mul(0x9E37_79B1).wrapping_add(key.opcode) & (OP_CACHE_SLOTS - 1)
+}
+
 /// Key of the per-process request statistics.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct ProcKey {
     pub conn: u32,
     pub tgid: u32,
@@ -115,6 +172,26 @@ pub struct ProcStats {
     /// Command name of the thread that created this entry on this CPU (a
     /// fallback for when `/proc/PID/comm` is gone); NUL padded.
     pub comm: [u8; COMM_LEN],
+}
+
+/// A slot of the per-CPU, direct-mapped cache in front of `PROC_STATS`
+/// (same ownership rule as [`OpCacheSlot`]; the comm stays in the hash
+/// entry, which `fuse_request_send` creates).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProcCacheSlot {
+    pub key: ProcKey,
+    pub count: u64,
+    pub total_ns: u64,
+}
+
+/// Slots per CPU of the per-process cache (a power of two).
+pub const PROC_CACHE_SLOTS: u32 = 256;
+
+/// The per-process cache slot of a key.
+#[inline(always)]
+pub fn proc_cache_slot(key: &ProcKey) -> u32 {
+    (key.tgid ^ key.conn.wrapping_mul(0x9E37_79B1)) & (PROC_CACHE_SLOTS - 1)
 }
 
 /// A flock(2) call in flight on one thread (key: tid).
@@ -240,7 +317,7 @@ pub mod counter {
     /// Events written to the ring buffer.
     pub const EVENTS_SUBMITTED: u32 = 1;
     /// `fuse_request_end` without a matching send (sent before the probes
-    /// were attached, or evicted from the in-flight LRU map).
+    /// were attached, or evicted from the in-flight table).
     pub const UNMATCHED_ENDS: u32 = 2;
     /// A statistics map was full and a new key could not be inserted.
     pub const MAP_FULL: u32 = 3;
@@ -250,6 +327,8 @@ pub mod counter {
     pub const UNMATCHED_FLOCK_EXITS: u32 = 5;
     /// A tracepoint field could not be read.
     pub const READ_ERRORS: u32 = 6;
+    /// In-flight requests evicted from a full in-flight group.
+    pub const INFLIGHT_EVICTED: u32 = 7;
     /// Number of counters.
     pub const COUNT: u32 = 8;
 }
@@ -258,6 +337,8 @@ pub mod counter {
 pub mod map_names {
     pub const INFLIGHT: &str = "INFLIGHT";
     pub const OP_STATS: &str = "OP_STATS";
+    pub const OP_CACHE: &str = "OP_CACHE";
+    pub const PROC_CACHE: &str = "PROC_CACHE";
     pub const PROC_STATS: &str = "PROC_STATS";
     pub const FLOCK_INFLIGHT: &str = "FLOCK_INFLIGHT";
     pub const FLOCK_STATS: &str = "FLOCK_STATS";
@@ -313,9 +394,17 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::InflightReq {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::InflightSlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InflightGroup {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OpCacheSlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcCacheSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlockInflight {}
     // SAFETY: as above.
@@ -340,8 +429,14 @@ const _: () = {
     assert!(size_of::<OpStats>() == 8 * (4 + HIST_BUCKETS));
     assert!(size_of::<InflightKey>() == 16);
     assert!(size_of::<InflightReq>() == 24);
+    assert!(size_of::<InflightSlot>() == 40);
+    assert!(size_of::<InflightGroup>() == 40 * INFLIGHT_WAYS);
+    assert!(INFLIGHT_WAYS.is_power_of_two() && INFLIGHT_GROUPS.is_power_of_two());
     assert!(size_of::<ProcKey>() == 8);
     assert!(size_of::<ProcStats>() == 32);
+    assert!(size_of::<OpCacheSlot>() == 8 + size_of::<OpStats>());
+    assert!(size_of::<ProcCacheSlot>() == 24);
+    assert!(OP_CACHE_SLOTS.is_power_of_two() && PROC_CACHE_SLOTS.is_power_of_two());
     assert!(size_of::<FlockInflight>() == 32);
     assert!(size_of::<FlockKey>() == 16);
     assert!(size_of::<FlockStats>() == 8 * (5 + HIST_BUCKETS));
@@ -350,3 +445,33 @@ const _: () = {
     assert!(size_of::<RequestEventRaw>() == 56);
     assert!(size_of::<EventConfig>() == 24);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_requests_of_a_connection_use_distinct_groups() {
+        // Uniques grow by 2: a window of in-flight requests much smaller
+        // than the table never shares a group (no eviction, no collision).
+        let conn = 63;
+        let mut seen = [false; INFLIGHT_GROUPS as usize];
+        for unique in (1_000_002..1_000_002 + 2 * u64::from(INFLIGHT_GROUPS)).step_by(2) {
+            let g = inflight_group(conn, unique) as usize;
+            assert!(!seen[g], "group {g} reused within one window");
+            seen[g] = true;
+        }
+    }
+
+    #[test]
+    fn cache_slots_are_in_range() {
+        for conn in [1u32, 40, 63, 1 << 20 | 5, u32::MAX] {
+            for opcode in 0..64 {
+                assert!(op_cache_slot(&OpKey { conn, opcode }) < OP_CACHE_SLOTS);
+            }
+            for tgid in [1u32, 2, 255, 256, 4_194_304] {
+                assert!(proc_cache_slot(&ProcKey { conn, tgid }) < PROC_CACHE_SLOTS);
+            }
+        }
+    }
+}

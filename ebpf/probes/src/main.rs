@@ -2,7 +2,8 @@
 //! device and the flock(2) syscalls.
 //!
 //! - `fuse/fuse_request_send` + `fuse/fuse_request_end` (Linux >= 6.12):
-//!   requests are paired by (connection, unique) in an LRU hash map, so
+//!   requests are paired by (connection, unique) in a set-associative
+//!   in-flight table that evicts its oldest entry when a group is full, so
 //!   requests that never end cannot fill it. On end: per-(connection,
 //!   opcode) count, errors, total/max time and a log2 histogram; per
 //!   (connection, tgid) count and time; optionally one event in the ring
@@ -22,19 +23,23 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{map, tracepoint},
     maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TracePointContext,
-    Global,
+    EbpfContext, Global,
 };
 use aya_log_ebpf::warn;
 use claudefs_ebpf_common::{
-    counter, EventConfig, FlockInflight, FlockKey, FlockStats, InflightKey, InflightReq, OpKey,
-    OpStats, ProcKey, ProcStats, RequestEventRaw, WaiterKey, WaiterStats, COMM_LEN, EVENTS_ALL,
-    EVENTS_ONE_IN, EVENTS_SLOWER_THAN, EWOULDBLOCK_RET, FLOCK_KIND_EXCLUSIVE, FLOCK_KIND_SHARED,
-    FLOCK_KIND_UNLOCK, FLOCK_MODE_BLOCKING, FLOCK_MODE_NONBLOCKING, FLOCK_WAITED_NS, HIST_BUCKETS,
-    TARGET_DEVICE, TARGET_FUSE, TARGET_LOCAL,
+    counter, inflight_group, op_cache_slot, proc_cache_slot, EventConfig, FlockInflight, FlockKey,
+    FlockStats, InflightGroup, InflightKey, InflightReq, InflightSlot, OpCacheSlot, OpKey, OpStats,
+    ProcCacheSlot, ProcKey, ProcStats, RequestEventRaw, WaiterKey, WaiterStats, COMM_LEN,
+    EVENTS_ALL, EVENTS_ONE_IN, EVENTS_SLOWER_THAN, EWOULDBLOCK_RET, FLOCK_KIND_EXCLUSIVE,
+    FLOCK_KIND_SHARED, FLOCK_KIND_UNLOCK, FLOCK_MODE_BLOCKING, FLOCK_MODE_NONBLOCKING,
+    FLOCK_WAITED_NS, HIST_BUCKETS, INFLIGHT_GROUPS, INFLIGHT_WAYS, OP_CACHE_SLOTS,
+    PROC_CACHE_SLOTS, RECORD_BYTES, TARGET_DEVICE, TARGET_FUSE, TARGET_LOCAL,
 };
 
 // The kernel only lets GPL-compatible programs call bpf_probe_read_kernel,
@@ -81,20 +86,36 @@ static OPCODE_SETLKW: Global<u32> = Global::new(33);
 // ---- Maps (names in `claudefs_ebpf_common::map_names`). ----
 // Sizes are defaults; the loader may shrink per-CPU maps on big machines.
 
-/// Requests sent and not yet ended. LRU: a request that never ends
-/// (aborted connection, FORGET-like requests without reply) gets evicted.
+/// Requests sent and not yet ended: a set-associative table in an array map
+/// (see `InflightGroup`). An array lookup is inlined by the verifier, while
+/// a hash-map insert and delete per request cost several hundred ns; a
+/// full group evicts its oldest request, so requests that never end
+/// (aborted connections) cannot fill it.
 #[map]
-static INFLIGHT: LruHashMap<InflightKey, InflightReq> = LruHashMap::with_max_entries(16384, 0);
+static INFLIGHT: Array<InflightGroup> = Array::with_max_entries(INFLIGHT_GROUPS, 0);
 
 /// Per-(connection, opcode) statistics. Not LRU: counts never vanish; a
 /// full map is counted in `counter::MAP_FULL`.
 #[map]
 static OP_STATS: PerCpuHashMap<OpKey, OpStats> = PerCpuHashMap::with_max_entries(1024, 0);
 
+/// Per-CPU direct-mapped caches in front of `OP_STATS` and `PROC_STATS`:
+/// an array lookup is inlined by the verifier, a hash lookup is a call.
+#[map]
+static OP_CACHE: PerCpuArray<OpCacheSlot> = PerCpuArray::with_max_entries(OP_CACHE_SLOTS, 0);
+#[map]
+static PROC_CACHE: PerCpuArray<ProcCacheSlot> = PerCpuArray::with_max_entries(PROC_CACHE_SLOTS, 0);
+
 /// Per-(connection, tgid) statistics, bounded by LRU eviction.
 #[map]
 static PROC_STATS: LruPerCpuHashMap<ProcKey, ProcStats> =
     LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// Per-CPU direct-mapped cache (by tgid) of the (conn, tgid) keys known to
+/// be in `PROC_STATS` (a stale hit only costs the comm of an evicted entry).
+#[map]
+static SEEN_PROCS: PerCpuArray<ProcKey> = PerCpuArray::with_max_entries(SEEN_PROCS_SLOTS, 0);
+const SEEN_PROCS_SLOTS: u32 = 256;
 
 /// flock(2) calls in flight, by thread id.
 #[map]
@@ -141,17 +162,44 @@ fn bump(idx: u32) {
     }
 }
 
-/// Reads a `T` at a load-time offset of the tracepoint record.
-#[inline(always)]
-fn field<T>(ctx: &TracePointContext, off: &Global<u32>) -> Result<T, i64> {
-    // SAFETY: `read_at` copies with bpf_probe_read_kernel, which never
-    // faults; the offset comes from the tracepoint's format file.
-    match unsafe { ctx.read_at::<T>(off.load() as usize) } {
-        Ok(v) => Ok(v),
-        Err(_) => {
-            bump(counter::READ_ERRORS);
-            Err(-1)
+/// The first [`RECORD_BYTES`] bytes of a tracepoint record, copied with a
+/// single helper call; fields are then read at their load-time offsets.
+/// (Tracepoint programs may only access the context at constant offsets,
+/// and the offsets here are only known at load time.)
+#[repr(C, align(8))]
+struct Record([u8; RECORD_BYTES]);
+
+impl Record {
+    #[inline(always)]
+    fn read(ctx: &TracePointContext) -> Result<Record, i64> {
+        // SAFETY: bpf_probe_read_kernel never faults. The record sits in a
+        // per-CPU trace buffer far larger than RECORD_BYTES, so the bytes
+        // past a shorter record are readable; they are never used, because
+        // the loader only accepts fields that end within the record.
+        match unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const Record) } {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                bump(counter::READ_ERRORS);
+                Err(-1)
+            }
         }
+    }
+
+    /// The `u32` at offset `off` (masked into the buffer, 4-aligned).
+    #[inline(always)]
+    fn u32_at(&self, off: &Global<u32>) -> u32 {
+        let o = off.load() as usize & (RECORD_BYTES - 4);
+        // SAFETY: `o` is a multiple of 4 and `o + 4 <= RECORD_BYTES`, in an
+        // 8-aligned buffer: an aligned, in-bounds read of plain bytes.
+        unsafe { self.0.as_ptr().add(o).cast::<u32>().read() }
+    }
+
+    /// The `u64` at offset `off` (masked into the buffer, 8-aligned).
+    #[inline(always)]
+    fn u64_at(&self, off: &Global<u32>) -> u64 {
+        let o = off.load() as usize & (RECORD_BYTES - 8);
+        // SAFETY: as above with 8-byte alignment and bounds.
+        unsafe { self.0.as_ptr().add(o).cast::<u64>().read() }
     }
 }
 
@@ -227,10 +275,11 @@ pub fn fuse_request_send(ctx: TracePointContext) -> u32 {
 
 fn try_fuse_request_send(ctx: &TracePointContext) -> Result<(), i64> {
     let start_ns = now_ns();
-    let conn: u32 = field(ctx, &SEND_CONN_OFF)?;
-    let unique: u64 = field(ctx, &SEND_UNIQUE_OFF)?;
-    let opcode: u32 = field(ctx, &SEND_OPCODE_OFF)?;
-    let len: u32 = field(ctx, &SEND_LEN_OFF)?;
+    let rec = Record::read(ctx)?;
+    let conn = rec.u32_at(&SEND_CONN_OFF);
+    let unique = rec.u64_at(&SEND_UNIQUE_OFF);
+    let opcode = rec.u32_at(&SEND_OPCODE_OFF);
+    let len = rec.u32_at(&SEND_LEN_OFF);
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let key = InflightKey {
@@ -245,23 +294,60 @@ fn try_fuse_request_send(ctx: &TracePointContext) -> Result<(), i64> {
         opcode,
         len,
     };
-    if INFLIGHT.insert(&key, &req, 0).is_err() {
-        bump(counter::MAP_FULL);
+    if let Some(g) = INFLIGHT.get_ptr_mut(inflight_group(conn, unique)) {
+        // Threads start probing at different ways, so two CPUs sending into
+        // the same group at the same instant do not pick the same free way.
+        let first = tid as usize;
+        let mut chosen = None;
+        let (mut oldest_ns, mut oldest) = (u64::MAX, 0usize);
+        for i in 0..INFLIGHT_WAYS {
+            let w = (first + i) & (INFLIGHT_WAYS - 1);
+            // SAFETY: `g` points at a valid array-map value; `w` is in range.
+            let slot = unsafe { &(*g).ways[w] };
+            if slot.key.unique == 0 {
+                chosen = Some(w);
+                break;
+            }
+            if slot.req.start_ns < oldest_ns {
+                (oldest_ns, oldest) = (slot.req.start_ns, w);
+            }
+        }
+        let w = match chosen {
+            Some(w) => w,
+            None => {
+                bump(counter::INFLIGHT_EVICTED);
+                oldest
+            }
+        };
+        // SAFETY: as above; the way is free or evicted, so no other request
+        // owns it.
+        unsafe { (*g).ways[w & (INFLIGHT_WAYS - 1)] = InflightSlot { key, req } };
     }
     // Create the caller's per-process entry here, where the current task is
     // the caller: end runs in the daemon's context, so its comm would be
     // the daemon's.
+    // A small per-CPU cache of the callers seen last skips the hash lookup
+    // for the common case of one process issuing many requests.
     let proc_key = ProcKey {
         conn,
         tgid: req.tgid,
     };
-    if PROC_STATS.get_ptr(&proc_key).is_none() {
-        let fresh = ProcStats {
-            count: 0,
-            total_ns: 0,
-            comm: comm(),
-        };
-        let _ = PROC_STATS.insert(&proc_key, &fresh, BPF_NOEXIST as u64);
+    let seen = SEEN_PROCS.get_ptr_mut(req.tgid & (SEEN_PROCS_SLOTS - 1));
+    // SAFETY: this CPU's slot of a per-CPU array.
+    let cached = seen.is_some_and(|p| unsafe { *p } == proc_key);
+    if !cached {
+        if PROC_STATS.get_ptr(proc_key).is_none() {
+            let fresh = ProcStats {
+                count: 0,
+                total_ns: 0,
+                comm: comm(),
+            };
+            let _ = PROC_STATS.insert(proc_key, fresh, BPF_NOEXIST as u64);
+        }
+        if let Some(p) = seen {
+            // SAFETY: as above.
+            unsafe { *p = proc_key };
+        }
     }
     // A flock(2) that became a lock request: attribute it to this mount.
     if opcode == OPCODE_SETLK.load() || opcode == OPCODE_SETLKW.load() {
@@ -285,33 +371,47 @@ pub fn fuse_request_end(ctx: TracePointContext) -> u32 {
 
 fn try_fuse_request_end(ctx: &TracePointContext) -> Result<(), i64> {
     let end_ns = now_ns();
-    let conn: u32 = field(ctx, &END_CONN_OFF)?;
-    let unique: u64 = field(ctx, &END_UNIQUE_OFF)?;
-    let key = InflightKey {
-        conn,
-        _pad: 0,
-        unique,
+    let rec = Record::read(ctx)?;
+    let conn = rec.u32_at(&END_CONN_OFF);
+    let unique = rec.u64_at(&END_UNIQUE_OFF);
+    let Some(g) = INFLIGHT.get_ptr_mut(inflight_group(conn, unique)) else {
+        return Ok(());
     };
-    let req = match INFLIGHT.get_ptr(&key) {
-        // SAFETY: a valid map value; copied out before the element is
-        // deleted below.
-        Some(p) => unsafe { *p },
-        None => {
-            bump(counter::UNMATCHED_ENDS);
-            return Ok(());
+    let mut found = None;
+    for w in 0..INFLIGHT_WAYS {
+        // SAFETY: `g` points at a valid array-map value; `w` is in range.
+        let slot = unsafe { &mut (*g).ways[w] };
+        if slot.key.unique == unique && slot.key.conn == conn {
+            let req = slot.req;
+            // Free the way only after copying the request out.
+            slot.key = InflightKey::default();
+            found = Some(req);
+            break;
         }
+    }
+    let Some(req) = found else {
+        bump(counter::UNMATCHED_ENDS);
+        return Ok(());
     };
-    let _ = INFLIGHT.remove(&key);
-    let error: i32 = field(ctx, &END_ERROR_OFF)?;
+    let error = rec.u32_at(&END_ERROR_OFF) as i32;
     let delta = end_ns.saturating_sub(req.start_ns);
 
     let op_key = OpKey {
         conn,
         opcode: req.opcode,
     };
-    if let Some(s) = get_or_insert!(OP_STATS, &op_key, &OP_STATS_ZERO) {
-        // SAFETY: this CPU's value of a per-CPU map; tracing programs do
-        // not nest on one CPU, so the plain read-modify-writes are exact.
+    let s = match OP_CACHE.get_ptr_mut(op_cache_slot(&op_key)) {
+        // SAFETY: this CPU's slot of a per-CPU array; tracing programs do
+        // not nest on one CPU, so nothing else touches it meanwhile.
+        Some(slot) if unsafe { (*slot).key == op_key || (*slot).key.conn == 0 } => unsafe {
+            (*slot).key = op_key;
+            Some(&raw mut (*slot).stats)
+        },
+        _ => get_or_insert!(OP_STATS, &op_key, &OP_STATS_ZERO),
+    };
+    if let Some(s) = s {
+        // SAFETY: this CPU's value of a per-CPU map (cache slot or hash
+        // entry); the plain read-modify-writes are exact (no nesting).
         unsafe {
             (*s).count += 1;
             if error != 0 {
@@ -325,27 +425,38 @@ fn try_fuse_request_end(ctx: &TracePointContext) -> Result<(), i64> {
         }
     }
 
-    // The entry normally exists: send created it in the caller's context.
+    // The hash entry normally exists: send created it in the caller's
+    // context (with its comm); the counts go to the cache when they can.
     let proc_key = ProcKey {
         conn,
         tgid: req.tgid,
     };
-    if let Some(p) = get_or_insert!(PROC_STATS, &proc_key, &PROC_STATS_ZERO) {
-        // SAFETY: as above, this CPU's value of a per-CPU map.
-        unsafe {
-            (*p).count += 1;
-            (*p).total_ns += delta;
+    match PROC_CACHE.get_ptr_mut(proc_cache_slot(&proc_key)) {
+        // SAFETY: as above, this CPU's slot of a per-CPU array.
+        Some(slot) if unsafe { (*slot).key == proc_key || (*slot).key.conn == 0 } => unsafe {
+            (*slot).key = proc_key;
+            (*slot).count += 1;
+            (*slot).total_ns += delta;
+        },
+        _ => {
+            if let Some(p) = get_or_insert!(PROC_STATS, &proc_key, &PROC_STATS_ZERO) {
+                // SAFETY: as above, this CPU's value of a per-CPU map.
+                unsafe {
+                    (*p).count += 1;
+                    (*p).total_ns += delta;
+                }
+            }
         }
     }
 
-    maybe_emit(ctx, conn, unique, &req, end_ns, delta, error);
+    maybe_emit(&rec, conn, unique, &req, end_ns, delta, error);
     Ok(())
 }
 
 /// Writes one event to the ring buffer if the filter wants it.
 #[inline(always)]
 fn maybe_emit(
-    ctx: &TracePointContext,
+    rec: &Record,
     conn: u32,
     unique: u64,
     req: &InflightReq,
@@ -375,7 +486,7 @@ fn maybe_emit(
     if !wanted || (cfg.filter_conn != 0 && cfg.only_conn != conn) {
         return;
     }
-    let reply_len: u32 = field(ctx, &END_LEN_OFF).unwrap_or(0);
+    let reply_len = rec.u32_at(&END_LEN_OFF);
     match EVENTS.reserve::<RequestEventRaw>(0) {
         Some(mut slot) => {
             slot.write(RequestEventRaw {
@@ -412,8 +523,9 @@ fn try_sys_enter_flock(ctx: &TracePointContext) -> Result<(), i64> {
     let start_ns = now_ns();
     // Syscall arguments are 8-byte slots; the low half (little endian)
     // holds the `unsigned int` values.
-    let fd: u32 = field(ctx, &FLOCK_FD_OFF)?;
-    let cmd: u32 = field(ctx, &FLOCK_CMD_OFF)?;
+    let rec = Record::read(ctx)?;
+    let fd = rec.u32_at(&FLOCK_FD_OFF);
+    let cmd = rec.u32_at(&FLOCK_CMD_OFF);
     let pid_tgid = bpf_get_current_pid_tgid();
     let entry = FlockInflight {
         start_ns,
@@ -424,7 +536,7 @@ fn try_sys_enter_flock(ctx: &TracePointContext) -> Result<(), i64> {
         target_id: 0,
         _pad: 0,
     };
-    if FLOCK_INFLIGHT.insert(pid_tgid as u32, &entry, 0).is_err() {
+    if FLOCK_INFLIGHT.insert(pid_tgid as u32, entry, 0).is_err() {
         bump(counter::MAP_FULL);
     }
     Ok(())
@@ -441,7 +553,7 @@ fn try_flock_lock_inode(ctx: &TracePointContext) -> Result<(), i64> {
     // Fires for every flock the kernel itself serves (also on close);
     // only a thread inside flock(2) has an entry.
     if let Some(f) = FLOCK_INFLIGHT.get_ptr_mut(tid) {
-        let dev: u32 = field(ctx, &LOCK_INODE_DEV_OFF)?;
+        let dev = Record::read(ctx)?.u32_at(&LOCK_INODE_DEV_OFF);
         // SAFETY: only the thread owning the entry writes it (see send).
         unsafe {
             if (*f).target_type != TARGET_FUSE {
@@ -472,10 +584,11 @@ fn try_sys_exit_flock(ctx: &TracePointContext) -> Result<(), i64> {
         }
     };
     let _ = FLOCK_INFLIGHT.remove(tid);
+    let rec = Record::read(ctx)?;
     let ret: i64 = if FLOCK_RET_IS_32.load() != 0 {
-        field::<i32>(ctx, &FLOCK_RET_OFF)? as i64
+        rec.u32_at(&FLOCK_RET_OFF) as i32 as i64
     } else {
-        field::<i64>(ctx, &FLOCK_RET_OFF)?
+        rec.u64_at(&FLOCK_RET_OFF) as i64
     };
     // Mirrors flock_translate_cmd(): anything else is EINVAL, not a lock.
     let kind = match entry.cmd & !4 {
@@ -523,7 +636,7 @@ fn try_sys_exit_flock(ctx: &TracePointContext) -> Result<(), i64> {
             tgid: entry.tgid,
             fd: entry.fd,
         };
-        let w = match FLOCK_WAITERS.get_ptr_mut(&wkey) {
+        let w = match FLOCK_WAITERS.get_ptr_mut(wkey) {
             Some(w) => Some(w),
             None => {
                 let fresh = WaiterStats {
@@ -532,8 +645,8 @@ fn try_sys_exit_flock(ctx: &TracePointContext) -> Result<(), i64> {
                     max_wait_ns: 0,
                     comm: comm(),
                 };
-                let _ = FLOCK_WAITERS.insert(&wkey, &fresh, BPF_NOEXIST as u64);
-                FLOCK_WAITERS.get_ptr_mut(&wkey)
+                let _ = FLOCK_WAITERS.insert(wkey, fresh, BPF_NOEXIST as u64);
+                FLOCK_WAITERS.get_ptr_mut(wkey)
             }
         };
         if let Some(w) = w {

@@ -1,0 +1,641 @@
+//! Overhead benchmark of the eBPF probes (root).
+//!
+//! 1. FUSE metadata ops/s: a `stat(2)` loop on a file of the in-process
+//!    test file system (entry and attribute TTL 0, so every stat is a
+//!    LOOKUP and a GETATTR request), with no probes, with our probes, with
+//!    our probes and every request sent to the ring buffer, and with an
+//!    equivalent bpftrace script (the same five tracepoints: FUSE latency
+//!    into a per-(conn, opcode) histogram, flock waits into a histogram).
+//!    A "floor" row attaches empty programs to the same tracepoints: what
+//!    any tool pays just for being there (tracepoint record and dispatch,
+//!    and the slow syscall path that syscall tracepoints turn on for every
+//!    task). Runs are interleaved (the order rotates every round); the table shows
+//!    medians and the best run of each setup (on a shared machine, other
+//!    load only ever makes a run slower, so the best run is the steadiest
+//!    estimate of the intrinsic cost). With `--bpf-stats` the benchmark
+//!    also turns on `kernel.bpf_stats_enabled` for its duration (restored
+//!    afterwards) and reports the kernel's own measure of the average run
+//!    time of each tool's programs.
+//! 2. Ring-buffer drain: the stat loop runs with the event filter at All
+//!    while userspace does not drain; then one `drain_events` call empties
+//!    the full ring on one core and is timed (real kernel records, decode
+//!    and queue included).
+//!
+//! Usage: `bench_probes [--fs testfs|bindfs] [--rounds N] [--secs S]
+//! [--bpf-stats]` (defaults testfs, 15 and 0.5). With bindfs the CPU per op
+//! includes the bindfs process's threads.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use claudefs_e2e::testfs::{MountedFs, TestFsOptions};
+
+/// The FUSE mount the stat loop runs on.
+enum BenchFs {
+    /// The in-process test fs (its daemon threads are in this process).
+    Test(MountedFs),
+    /// bindfs over a temp dir, run in the foreground as our child, with
+    /// every cache timeout at 0.
+    Bindfs {
+        _dir: tempfile::TempDir,
+        mountpoint: std::path::PathBuf,
+        conn: u32,
+        daemon: Child,
+    },
+}
+
+impl BenchFs {
+    fn mount(kind: &str) -> Result<BenchFs, String> {
+        match kind {
+            "testfs" => MountedFs::mount(TestFsOptions::default())
+                .map(BenchFs::Test)
+                .map_err(|e| format!("cannot mount the test file system: {e}")),
+            "bindfs" => {
+                let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+                let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+                for d in [&src, &mnt] {
+                    std::fs::create_dir(d).map_err(|e| e.to_string())?;
+                }
+                std::fs::write(src.join("a"), b"a").map_err(|e| e.to_string())?;
+                let before = claudefs_fuse::probes::dev::kernel_dev_of_path(&mnt)
+                    .map_err(|e| e.to_string())?;
+                let daemon = Command::new("bindfs")
+                    .args([
+                        "-f",
+                        "-o",
+                        "entry_timeout=0,attr_timeout=0,negative_timeout=0",
+                    ])
+                    .args([&src, &mnt])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("cannot run bindfs: {e}"))?;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let now =
+                        claudefs_fuse::probes::dev::kernel_dev_of_path(&mnt).unwrap_or(before);
+                    if now != before {
+                        return Ok(BenchFs::Bindfs {
+                            _dir: dir,
+                            mountpoint: mnt,
+                            conn: now,
+                            daemon,
+                        });
+                    }
+                    if Instant::now() > deadline {
+                        return Err("bindfs did not mount within 10 s".to_string());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            other => Err(format!("unknown --fs {other} (testfs or bindfs)")),
+        }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        match self {
+            BenchFs::Test(fs) => fs.path(name),
+            BenchFs::Bindfs { mountpoint, .. } => mountpoint.join(name),
+        }
+    }
+
+    fn conn(&self) -> u32 {
+        match self {
+            BenchFs::Test(fs) => fs.conn,
+            BenchFs::Bindfs { conn, .. } => *conn,
+        }
+    }
+
+    /// CPU time of an out-of-process daemon (all threads), in ns.
+    fn daemon_cpu_ns(&self) -> u64 {
+        match self {
+            BenchFs::Test(_) => 0,
+            BenchFs::Bindfs { daemon, .. } => task_cpu_ns(daemon.id()),
+        }
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            BenchFs::Test(_) => "in-process test fs, TTL 0: LOOKUP + GETATTR per stat",
+            BenchFs::Bindfs { .. } => "bindfs over a temp dir, all cache timeouts 0",
+        }
+    }
+}
+
+impl Drop for BenchFs {
+    fn drop(&mut self) {
+        if let BenchFs::Bindfs {
+            mountpoint, daemon, ..
+        } = self
+        {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&*mountpoint)
+                .status();
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+    }
+}
+
+/// Sum of `sum_exec_runtime` (ns) over the threads of `pid`.
+fn task_cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+use claudefs_fuse::probes::{EventFilter, ProbeOptions, Probes};
+
+const BPFTRACE_SCRIPT: &str = r#"
+BEGIN { printf("READY\n"); }
+tracepoint:fuse:fuse_request_send {
+  @start[args->connection, args->unique] = nsecs;
+  @opc[args->connection, args->unique] = args->opcode;
+  @procs[args->connection, pid] = count();
+}
+tracepoint:fuse:fuse_request_end /@start[args->connection, args->unique]/ {
+  $d = nsecs - @start[args->connection, args->unique];
+  $op = @opc[args->connection, args->unique];
+  @lat[args->connection, $op] = hist($d);
+  @total[args->connection, $op] = sum($d);
+  if (args->error != 0) { @err[args->connection, $op] = count(); }
+  delete(@start[args->connection, args->unique]);
+  delete(@opc[args->connection, args->unique]);
+}
+tracepoint:syscalls:sys_enter_flock { @fl_start[tid] = nsecs; @fl_cmd[tid] = args->cmd; }
+tracepoint:filelock:flock_lock_inode /@fl_start[tid]/ { @fl_dev[tid] = args->s_dev; }
+tracepoint:syscalls:sys_exit_flock /@fl_start[tid]/ {
+  @flock_wait[@fl_dev[tid], @fl_cmd[tid]] = hist(nsecs - @fl_start[tid]);
+  if (args->ret == -11) { @flock_refused[@fl_dev[tid], @fl_cmd[tid]] = count(); }
+  delete(@fl_start[tid]);
+  delete(@fl_cmd[tid]);
+  delete(@fl_dev[tid]);
+}
+"#;
+
+/// Empty programs on the same five tracepoints: the cost any tool pays
+/// for attaching there (tracepoint record, program dispatch, the syscall
+/// slow path that syscall tracepoints switch on for every task).
+const BPFTRACE_EMPTY: &str = r#"
+BEGIN { printf("READY\n"); }
+tracepoint:fuse:fuse_request_send {}
+tracepoint:fuse:fuse_request_end {}
+tracepoint:syscalls:sys_enter_flock {}
+tracepoint:syscalls:sys_exit_flock {}
+tracepoint:filelock:flock_lock_inode {}
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    None,
+    Floor,
+    Ours,
+    OursEvents,
+    Bpftrace,
+}
+
+impl Setup {
+    const ALL: [Setup; 5] = [
+        Setup::None,
+        Setup::Floor,
+        Setup::Ours,
+        Setup::OursEvents,
+        Setup::Bpftrace,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Setup::None => "no probes",
+            Setup::Floor => "empty programs, same tracepoints",
+            Setup::Ours => "claudefs probes",
+            Setup::OursEvents => "claudefs probes + events(all)",
+            Setup::Bpftrace => "bpftrace (same tracepoints, hist)",
+        }
+    }
+
+    fn needs_bpftrace(self) -> bool {
+        matches!(self, Setup::Floor | Setup::Bpftrace)
+    }
+}
+
+/// What is attached during one run; detached on drop.
+enum Attached {
+    Nothing,
+    Ours(Box<Probes>),
+    Bpftrace(Child),
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if let Attached::Bpftrace(child) = self {
+            // SIGINT makes bpftrace print its maps and exit; a bpftrace that
+            // missed it (seen when it arrives right after BEGIN) is killed.
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
+                // SAFETY: kill(2) on the pid of our own, not yet reaped child.
+                unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+fn attach(setup: Setup) -> Result<Attached, String> {
+    match setup {
+        Setup::None => Ok(Attached::Nothing),
+        Setup::Ours | Setup::OursEvents => {
+            let events = if setup == Setup::OursEvents {
+                EventFilter::All
+            } else {
+                EventFilter::Off
+            };
+            let opts = ProbeOptions {
+                events,
+                only_conn: None,
+            };
+            Probes::load(&opts)
+                .map(|p| Attached::Ours(Box::new(p)))
+                .map_err(|e| e.to_string())
+        }
+        Setup::Bpftrace | Setup::Floor => {
+            let script = if setup == Setup::Floor {
+                BPFTRACE_EMPTY
+            } else {
+                BPFTRACE_SCRIPT
+            };
+            let mut child = Command::new("bpftrace")
+                .args(["-e", script])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot run bpftrace: {e}"))?;
+            let stdout = child.stdout.take().ok_or("no bpftrace stdout")?;
+            // BEGIN runs once every probe is attached. Read on a thread (and
+            // keep draining, so bpftrace never blocks on a full pipe) and
+            // give up after a while rather than hang.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    match line {
+                        Ok(l) if l.trim() == "READY" => {
+                            let _ = tx.send(());
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            });
+            let attached = Attached::Bpftrace(child);
+            if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+                return Err("bpftrace did not attach within 20 s".to_string());
+            }
+            Ok(attached)
+        }
+    }
+}
+
+/// CPU time (user + system) of this whole process, in ns: the stat loop,
+/// the in-process FUSE daemon threads, the poll loop, and the eBPF
+/// programs, which run in the context of the task that hits the
+/// tracepoint (send: the stat thread, end: a daemon thread).
+fn process_cpu_ns() -> u64 {
+    // SAFETY: `ru` is plain data that getrusage fills.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1_000;
+    ns(ru.ru_utime) + ns(ru.ru_stime)
+}
+
+/// One run: wall-clock throughput, CPU cost per operation, and (with
+/// `--bpf-stats`) the average run time of the attached programs.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    ops_per_sec: f64,
+    cpu_ns_per_op: f64,
+    bpf_ns_per_run: Option<f64>,
+}
+
+/// Sum of (run_cnt, run_time_ns) over the BPF programs `pid` holds open
+/// (`kernel.bpf_stats_enabled` must be on for the times to count).
+fn bpf_prog_stats(pid: u32) -> (u64, u64) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (0, 0);
+    };
+    let mut total = (0u64, 0u64);
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if !text.contains("prog_type:") {
+            continue;
+        }
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total.0 += get("run_cnt:");
+        total.1 += get("run_time_ns:");
+    }
+    total
+}
+
+/// Turns `kernel.bpf_stats_enabled` on and restores it on drop.
+struct BpfStats {
+    previous: String,
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// The sysctl's value before the benchmark, for the signal handler.
+static PREVIOUS_BPF_STATS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(b'0');
+
+/// SIGINT/SIGTERM: restore the sysctl, then exit (async-signal-safe:
+/// open, write, close and _exit only).
+extern "C" fn restore_and_exit(_sig: libc::c_int) {
+    let byte = [PREVIOUS_BPF_STATS.load(Ordering::Relaxed)];
+    // SAFETY: a NUL-terminated path and a 1-byte buffer; all calls are
+    // async-signal-safe.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/sys/kernel/bpf_stats_enabled".as_ptr(),
+            libc::O_WRONLY,
+        );
+        if fd >= 0 {
+            libc::write(fd, byte.as_ptr().cast(), 1);
+            libc::close(fd);
+        }
+        libc::_exit(130);
+    }
+}
+
+impl BpfStats {
+    fn enable() -> std::io::Result<BpfStats> {
+        let previous = std::fs::read_to_string(BPF_STATS_SYSCTL)?;
+        let first = previous.trim().bytes().next().unwrap_or(b'0');
+        PREVIOUS_BPF_STATS.store(first, Ordering::Relaxed);
+        let handler = restore_and_exit as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: installs a handler that only makes async-signal-safe calls.
+        unsafe {
+            libc::signal(libc::SIGINT, handler);
+            libc::signal(libc::SIGTERM, handler);
+        }
+        std::fs::write(BPF_STATS_SYSCTL, "1")?;
+        Ok(BpfStats { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS_SYSCTL, self.previous.trim());
+    }
+}
+
+/// Runs the stat loop for `secs` while polling the probes.
+fn run_stat_loop(fs: &BenchFs, attached: &mut Attached, secs: f64) -> Run {
+    let cpu_before = process_cpu_ns() + fs.daemon_cpu_ns();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let path = fs.path("a");
+    let worker = {
+        let (stop, ops) = (stop.clone(), ops.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if claudefs_e2e::stat(&path).is_ok() {
+                    n += 1;
+                }
+            }
+            ops.store(n, Ordering::Relaxed);
+            start.elapsed()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Attached::Ours(p) = attached {
+            let _ = p.poll();
+            let _ = p.take_events();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = worker.join().unwrap_or(Duration::from_secs_f64(secs));
+    let cpu = (process_cpu_ns() + fs.daemon_cpu_ns()).saturating_sub(cpu_before);
+    let n = ops.load(Ordering::Relaxed).max(1) as f64;
+    let holder = match attached {
+        Attached::Nothing => None,
+        Attached::Ours(_) => Some(std::process::id()),
+        Attached::Bpftrace(child) => Some(child.id()),
+    };
+    let bpf_ns_per_run = holder.and_then(|pid| {
+        let (cnt, ns) = bpf_prog_stats(pid);
+        (cnt > 0 && ns > 0).then(|| ns as f64 / cnt as f64)
+    });
+    Run {
+        ops_per_sec: n / elapsed.as_secs_f64(),
+        cpu_ns_per_op: cpu as f64 / n,
+        bpf_ns_per_run,
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Fills the ring with real events (not draining), then times one drain.
+fn drain_benchmark(fs: &BenchFs, fill_secs: f64) -> Result<(usize, Duration, u64), String> {
+    let opts = ProbeOptions {
+        events: EventFilter::All,
+        only_conn: Some(fs.conn()),
+    };
+    let mut probes = Probes::load(&opts).map_err(|e| e.to_string())?;
+    let mut nothing = Attached::Nothing;
+    run_stat_loop(fs, &mut nothing, fill_secs);
+    let t = Instant::now();
+    let n = probes.drain_events();
+    let elapsed = t.elapsed();
+    let lost = probes.counters().map(|c| c.events_lost).unwrap_or(0);
+    Ok((n, elapsed, lost))
+}
+
+fn arg(args: &[String], name: &str, default: f64) -> f64 {
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds = arg(&args, "--rounds", 15.0).max(1.0) as usize;
+    let secs = arg(&args, "--secs", 0.5).max(0.1);
+    let want_bpf_stats = args.iter().any(|a| a == "--bpf-stats");
+    if !claudefs_e2e::require_privileges("bench_probes") {
+        return std::process::ExitCode::SUCCESS;
+    }
+    let fs_kind = args
+        .windows(2)
+        .find(|w| w[0] == "--fs")
+        .map_or("testfs", |w| w[1].as_str());
+    let fs = match BenchFs::mount(fs_kind) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let _bpf_stats = if want_bpf_stats {
+        match BpfStats::enable() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("cannot enable {BPF_STATS_SYSCTL}: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let have_bpftrace = Command::new("bpftrace").arg("--version").output().is_ok();
+    let setups: Vec<Setup> = Setup::ALL
+        .into_iter()
+        .filter(|s| !s.needs_bpftrace() || have_bpftrace)
+        .collect();
+    println!(
+        "stat(2) loop on a FUSE mount ({}), {rounds} rounds x {secs} s per setup, interleaved",
+        fs.describe()
+    );
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); setups.len()];
+    // Warm-up (page cache, dentries, CPU frequency).
+    let _ = run_stat_loop(&fs, &mut Attached::Nothing, secs.max(1.0));
+    for round in 0..rounds {
+        for k in 0..setups.len() {
+            let i = (k + round) % setups.len();
+            let mut attached = match attach(setups[i]) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("{}: {e}", setups[i].label());
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            let r = run_stat_loop(&fs, &mut attached, secs);
+            drop(attached);
+            eprintln!(
+                "  round {round:>2} {:<36} {:>8.0} op/s {:>8.0} CPU ns/op{}",
+                setups[i].label(),
+                r.ops_per_sec,
+                r.cpu_ns_per_op,
+                r.bpf_ns_per_run
+                    .map(|b| format!(" {b:>6.0} ns/BPF run"))
+                    .unwrap_or_default()
+            );
+            results[i].push(r);
+        }
+    }
+    print_table(&setups, &results);
+    if !have_bpftrace {
+        println!("(bpftrace not installed: its rows are missing)");
+    }
+
+    match drain_benchmark(&fs, secs.max(1.0)) {
+        Ok((n, elapsed, lost)) => {
+            let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);
+            println!(
+                "\nring-buffer drain (real kernel events, one thread, decode + queue included): \
+                 {n} events in {:.2} ms = {:.2} M events/s{}",
+                elapsed.as_secs_f64() * 1e3,
+                rate / 1e6,
+                if lost > 0 {
+                    format!(" ({lost} lost to a full ring while filling)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Err(e) => println!("\nring-buffer drain: {e}"),
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+fn print_table(setups: &[Setup], results: &[Vec<Run>]) {
+    struct Row {
+        med_ops: f64,
+        best_ops: f64,
+        med_cpu: f64,
+        best_cpu: f64,
+        bpf: Option<f64>,
+    }
+    let rows: Vec<Row> = results
+        .iter()
+        .map(|runs| {
+            let mut ops: Vec<f64> = runs.iter().map(|r| r.ops_per_sec).collect();
+            let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_ns_per_op).collect();
+            let mut bpf: Vec<f64> = runs.iter().filter_map(|r| r.bpf_ns_per_run).collect();
+            Row {
+                med_ops: median(&mut ops),
+                best_ops: ops.iter().copied().fold(0.0, f64::max),
+                med_cpu: median(&mut cpu),
+                best_cpu: cpu.iter().copied().fold(f64::INFINITY, f64::min),
+                bpf: (!bpf.is_empty()).then(|| median(&mut bpf)),
+            }
+        })
+        .collect();
+    let base = &rows[0];
+    let pct = |v: f64, b: f64| (v / b - 1.0) * 100.0;
+    println!(
+        "\n{:<36} {:>9} {:>8} {:>9} {:>8} {:>10} {:>8} {:>10} {:>8} {:>9}",
+        "setup",
+        "med op/s",
+        "vs none",
+        "best op/s",
+        "vs none",
+        "med CPU/op",
+        "vs none",
+        "best CPU/op",
+        "vs none",
+        "BPF ns/run"
+    );
+    for (s, r) in setups.iter().zip(&rows) {
+        println!(
+            "{:<36} {:>9.0} {:>+7.2}% {:>9.0} {:>+7.2}% {:>10.0} {:>+7.2}% {:>10.0} {:>+7.2}% {:>9}",
+            s.label(),
+            r.med_ops,
+            pct(r.med_ops, base.med_ops),
+            r.best_ops,
+            pct(r.best_ops, base.best_ops),
+            r.med_cpu,
+            pct(r.med_cpu, base.med_cpu),
+            r.best_cpu,
+            pct(r.best_cpu, base.best_cpu),
+            r.bpf.map(|b| format!("{b:.0}")).unwrap_or_else(|| "-".to_string())
+        );
+    }
+    println!(
+        "(op/s: wall-clock throughput of one stat thread; CPU/op: CPU ns per stat of this \
+         process and of the FUSE daemon's threads, eBPF programs included; BPF ns/run: the \
+         kernel's average run time of the attached programs, with --bpf-stats)"
+    );
+}
