@@ -14,7 +14,8 @@ use prometheus::proto::MetricFamily;
 
 use super::model::{descs, FamilyBuilder};
 use super::names::{self, Family};
-use crate::probes::mountinfo::{format_dev, MountTable};
+use crate::probes::dev::format_dev;
+use crate::probes::mountinfo::MountTable;
 use crate::probes::opcodes::opcode_label;
 use crate::probes::snapshot::{FlockKind, FlockMode, FlockTarget, ProbeSnapshot};
 use crate::probes::{ProbeCounters, Probes};

@@ -1,61 +1,64 @@
 //! Device numbers. The tracepoints report the kernel's internal `dev_t`
 //! (`MAJOR << 20 | MINOR`, 32 bits): the FUSE `connection` is the
-//! superblock's `s_dev`, and so is `flock_lock_inode`'s `s_dev`. Userspace
-//! (`stat(2)`'s `st_dev`, glibc `makedev`) uses a different 64-bit layout,
-//! and mountinfo prints `major:minor`. Everything the probes report is in
-//! the kernel encoding; these helpers convert.
+//! superblock's `s_dev`, and so is `flock_lock_inode`'s `s_dev`, and
+//! mountinfo prints it as `major:minor`. Userspace (`stat(2)`'s `st_dev`)
+//! uses glibc's 64-bit layout ([`libc::major`]/[`libc::minor`]).
+//! Everything the probes report is in the kernel encoding; these helpers
+//! convert.
 
 use std::path::Path;
 
-const MINOR_BITS: u32 = 20;
-const MINOR_MASK: u32 = (1 << MINOR_BITS) - 1;
+/// Bits of the minor number in the kernel's internal `dev_t`.
+pub const KERNEL_MINOR_BITS: u32 = 20;
+const KERNEL_MINOR_MASK: u32 = (1 << KERNEL_MINOR_BITS) - 1;
+const KERNEL_MAJOR_MAX: u32 = u32::MAX >> KERNEL_MINOR_BITS;
 
-/// Kernel `dev_t` from major and minor (`MKDEV`).
-pub fn kernel_dev(major: u32, minor: u32) -> u32 {
-    (major << MINOR_BITS) | (minor & MINOR_MASK)
+/// The kernel's internal `dev_t` for `major:minor` (`MKDEV`), None if either
+/// part is too wide for it (major > 4095 or minor > 1048575).
+pub fn kernel_dev(major: u32, minor: u32) -> Option<u32> {
+    (major <= KERNEL_MAJOR_MAX && minor <= KERNEL_MINOR_MASK)
+        .then_some((major << KERNEL_MINOR_BITS) | minor)
 }
 
 /// Major number of a kernel `dev_t` (`MAJOR`).
 pub fn kernel_major(dev: u32) -> u32 {
-    dev >> MINOR_BITS
+    dev >> KERNEL_MINOR_BITS
 }
 
 /// Minor number of a kernel `dev_t` (`MINOR`).
 pub fn kernel_minor(dev: u32) -> u32 {
-    dev & MINOR_MASK
+    dev & KERNEL_MINOR_MASK
 }
 
-/// Major number of a userspace (glibc) `dev_t`.
-pub fn user_major(dev: u64) -> u32 {
-    (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)) as u32
+/// `"major:minor"` of a kernel `dev_t`, as mountinfo prints it.
+pub fn format_dev(dev: u32) -> String {
+    format!("{}:{}", kernel_major(dev), kernel_minor(dev))
 }
 
-/// Minor number of a userspace (glibc) `dev_t`.
-pub fn user_minor(dev: u64) -> u32 {
-    ((dev & 0xff) | ((dev >> 12) & !0xff)) as u32
+/// Kernel `dev_t` of a userspace `st_dev`; None if it has no kernel
+/// encoding.
+pub fn kernel_dev_from_user(st_dev: libc::dev_t) -> Option<u32> {
+    kernel_dev(libc::major(st_dev), libc::minor(st_dev))
 }
 
-/// Userspace (glibc `makedev`) `dev_t` from major and minor.
-pub fn user_dev(major: u32, minor: u32) -> u64 {
-    let (major, minor) = (u64::from(major), u64::from(minor));
-    ((major & 0xfff) << 8) | ((major & !0xfff) << 32) | (minor & 0xff) | ((minor & !0xff) << 12)
-}
-
-/// Kernel `dev_t` of a userspace `st_dev`.
-pub fn kernel_dev_from_user(st_dev: u64) -> u32 {
-    kernel_dev(user_major(st_dev), user_minor(st_dev))
-}
-
-/// Userspace `dev_t` of a kernel `dev_t`.
-pub fn user_dev_from_kernel(dev: u32) -> u64 {
-    user_dev(kernel_major(dev), kernel_minor(dev))
+/// Userspace `st_dev` of a kernel `dev_t`.
+pub fn user_dev_from_kernel(dev: u32) -> libc::dev_t {
+    libc::makedev(kernel_major(dev), kernel_minor(dev))
 }
 
 /// The kernel `dev_t` of the file system holding `path`: for the root of a
 /// FUSE mount this is the connection id the FUSE tracepoints report.
 pub fn kernel_dev_of_path(path: &Path) -> std::io::Result<u32> {
     use std::os::unix::fs::MetadataExt;
-    Ok(kernel_dev_from_user(std::fs::metadata(path)?.dev()))
+    let st_dev = std::fs::metadata(path)?.dev();
+    kernel_dev_from_user(st_dev).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "device {}:{} of {} has no kernel dev_t encoding",
+            libc::major(st_dev),
+            libc::minor(st_dev),
+            path.display()
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -63,34 +66,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernel_encoding() {
-        assert_eq!(kernel_dev(0, 63), 63);
-        assert_eq!(kernel_dev(8, 1), (8 << 20) | 1);
-        assert_eq!(kernel_major((259 << 20) | 5), 259);
-        assert_eq!(kernel_minor((259 << 20) | 5), 5);
-    }
+    fn dev_conversions_round_trip() {
+        assert_eq!(kernel_dev(0, 53), Some(53));
+        assert_eq!(kernel_dev(8, 17), Some(0x0080_0011));
+        assert_eq!(kernel_dev(4095, 0xfffff), Some(u32::MAX));
+        assert_eq!(kernel_dev(4096, 0), None);
+        assert_eq!(kernel_dev(0, 1 << 20), None);
+        assert_eq!(format_dev(0x0080_0011), "8:17");
+        assert_eq!(format_dev(u32::MAX), "4095:1048575");
 
-    #[test]
-    fn user_encoding_matches_glibc() {
-        // glibc: makedev(8, 1) == 0x801; makedev(0, 300) == 0x10002c.
-        assert_eq!(user_dev(8, 1), 0x801);
-        assert_eq!(user_dev(0, 300), 0x10_002c);
-        assert_eq!(user_major(0x801), 8);
-        assert_eq!(user_minor(0x10_002c), 300);
-        // And against libc's own macros.
-        assert_eq!(user_dev(259, 70000), libc::makedev(259, 70000));
-        assert_eq!(user_major(libc::makedev(4000, 9)), 4000);
-        assert_eq!(user_minor(libc::makedev(4000, 1 << 19)), 1 << 19);
-    }
-
-    #[test]
-    fn round_trips() {
-        for (major, minor) in [(0, 0), (0, 63), (8, 1), (253, 4), (4095, (1 << 20) - 1)] {
-            let k = kernel_dev(major, minor);
-            let u = user_dev_from_kernel(k);
-            assert_eq!(u, libc::makedev(major, minor));
-            assert_eq!(kernel_dev_from_user(u), k);
+        for (major, minor) in [(0, 53), (8, 17), (259, 3), (4095, 0xfffff), (0, 256)] {
+            let dev = kernel_dev(major, minor).unwrap();
+            let st_dev = user_dev_from_kernel(dev);
+            assert_eq!(libc::major(st_dev), major);
+            assert_eq!(libc::minor(st_dev), minor);
+            assert_eq!(kernel_dev_from_user(st_dev), Some(dev));
         }
+        // glibc's st_dev keeps the low minor bits at the bottom: 8:17 is 0x811.
+        assert_eq!(user_dev_from_kernel(0x0080_0011), 0x811);
     }
 
     #[test]

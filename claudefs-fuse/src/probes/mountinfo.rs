@@ -4,8 +4,7 @@
 //! Tracepoints report a FUSE connection as the kernel's internal `dev_t`
 //! (`MAJOR << 20 | MINOR`), which is the `st_dev` of the mounted super block:
 //! the `major:minor` field of a mountinfo line. Userspace `st_dev` uses the
-//! glibc encoding instead ([`libc::major`]/[`libc::minor`]); the helpers here
-//! convert between the two.
+//! glibc encoding instead; [`super::dev`] converts between the two.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -13,43 +12,7 @@ use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 
-/// Bits of the minor number in the kernel's internal `dev_t`.
-pub const KERNEL_MINOR_BITS: u32 = 20;
-const KERNEL_MINOR_MASK: u32 = (1 << KERNEL_MINOR_BITS) - 1;
-const KERNEL_MAJOR_MAX: u32 = u32::MAX >> KERNEL_MINOR_BITS;
-
-/// The kernel's internal `dev_t` for `major:minor`, None if either part is
-/// too wide for it (major > 4095 or minor > 1048575).
-pub fn kernel_dev(major: u32, minor: u32) -> Option<u32> {
-    (major <= KERNEL_MAJOR_MAX && minor <= KERNEL_MINOR_MASK)
-        .then_some((major << KERNEL_MINOR_BITS) | minor)
-}
-
-/// Major number of a kernel `dev_t`.
-pub fn kernel_dev_major(dev: u32) -> u32 {
-    dev >> KERNEL_MINOR_BITS
-}
-
-/// Minor number of a kernel `dev_t`.
-pub fn kernel_dev_minor(dev: u32) -> u32 {
-    dev & KERNEL_MINOR_MASK
-}
-
-/// `"major:minor"` of a kernel `dev_t`, as mountinfo prints it.
-pub fn format_dev(dev: u32) -> String {
-    format!("{}:{}", kernel_dev_major(dev), kernel_dev_minor(dev))
-}
-
-/// Kernel `dev_t` of a userspace `st_dev` (from `stat(2)`); None if it has
-/// no kernel encoding.
-pub fn kernel_dev_from_st_dev(st_dev: libc::dev_t) -> Option<u32> {
-    kernel_dev(libc::major(st_dev), libc::minor(st_dev))
-}
-
-/// Userspace `st_dev` of a kernel `dev_t`.
-pub fn st_dev_from_kernel_dev(dev: u32) -> libc::dev_t {
-    libc::makedev(kernel_dev_major(dev), kernel_dev_minor(dev))
-}
+use super::dev::{format_dev, kernel_dev};
 
 /// One line of mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -475,33 +438,12 @@ mod tests {
     }
 
     #[test]
-    fn dev_conversions_round_trip() {
-        assert_eq!(kernel_dev(0, 53), Some(53));
-        assert_eq!(kernel_dev(8, 17), Some(0x0080_0011));
-        assert_eq!(kernel_dev(4095, 0xfffff), Some(u32::MAX));
-        assert_eq!(kernel_dev(4096, 0), None);
-        assert_eq!(kernel_dev(0, 1 << 20), None);
-        assert_eq!(format_dev(0x0080_0011), "8:17");
-        assert_eq!(format_dev(u32::MAX), "4095:1048575");
-
-        for (major, minor) in [(0, 53), (8, 17), (259, 3), (4095, 0xfffff), (0, 256)] {
-            let dev = kernel_dev(major, minor).unwrap();
-            let st_dev = st_dev_from_kernel_dev(dev);
-            assert_eq!(libc::major(st_dev), major);
-            assert_eq!(libc::minor(st_dev), minor);
-            assert_eq!(kernel_dev_from_st_dev(st_dev), Some(dev));
-        }
-        // glibc's st_dev keeps the low minor bits at the bottom: 8:17 is 0x811.
-        assert_eq!(st_dev_from_kernel_dev(0x0080_0011), 0x811);
-    }
-
-    #[test]
     fn st_dev_of_a_real_file_matches_mountinfo() {
         use std::os::unix::fs::MetadataExt;
         let table = MountTable::read_self().expect("read /proc/self/mountinfo");
         let dir = tempfile::tempdir().unwrap();
         let st_dev = std::fs::metadata(dir.path()).unwrap().dev();
-        let dev = kernel_dev_from_st_dev(st_dev).unwrap();
+        let dev = crate::probes::dev::kernel_dev_from_user(st_dev).unwrap();
         let by_path = table.resolve(dir.path()).unwrap();
         assert_eq!(by_path.dev, dev, "{by_path}");
     }

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::probes::dev::format_dev;
 use crate::probes::hist::Log2Histogram;
-use crate::probes::mountinfo::{format_dev, MountTable};
+use crate::probes::mountinfo::MountTable;
 use crate::probes::opcodes::opcode_name;
 use crate::probes::snapshot::{
     FlockKind, FlockMode, FlockTarget, FlockWaiterSample, LatencyStats, ProbeSnapshot,

@@ -1,7 +1,8 @@
 //! Tests of the report, its table and its JSON, on shared fixtures.
 
+use crate::probes::dev::kernel_dev;
 use crate::probes::hist::Log2Histogram;
-use crate::probes::mountinfo::{kernel_dev, MountTable};
+use crate::probes::mountinfo::MountTable;
 use crate::probes::snapshot::{
     FlockKind, FlockMode, FlockSample, FlockTarget, FlockWaiterSample, LatencyStats, OpSample,
     ProbeSnapshot, ProcSample,
