@@ -378,13 +378,19 @@ fn flock_contention(flock_locks: bool) {
             })
     };
     let blocking = sample(FlockKind::Exclusive, FlockMode::Blocking);
-    // The holder's uncontended lock and the waiter's contended one.
+    // The holder's uncontended lock and the waiter's contended one. (An
+    // uncontended call may still take over 1 ms on a loaded machine when it
+    // is a FUSE round trip, so "waited" is at least the contended one.)
     assert_eq!(blocking.calls, 2, "{blocking:?}");
-    assert_eq!(blocking.waited, 1, "{blocking:?}");
+    assert!((1..=2).contains(&blocking.waited), "{blocking:?}");
     assert_eq!(blocking.refused, 0, "{blocking:?}");
     assert!(blocking.wait.max_ns >= 300_000_000, "{blocking:?}");
     let nb = sample(FlockKind::Exclusive, FlockMode::NonBlocking);
-    assert_eq!((nb.calls, nb.refused, nb.waited), (1, 1, 0), "{nb:?}");
+    assert_eq!((nb.calls, nb.refused), (1, 1), "{nb:?}");
+    assert!(
+        nb.wait.max_ns < 300_000_000,
+        "a refused LOCK_NB does not wait: {nb:?}"
+    );
 
     let w = snap
         .flock_waiters

@@ -367,23 +367,45 @@ const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// The sysctl's value before the benchmark, for the signal handler.
 static PREVIOUS_BPF_STATS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(b'0');
+/// The benchmark turned the sysctl on.
+static BPF_STATS_ON: AtomicBool = AtomicBool::new(false);
+/// The benchmark's mount point, for the signal handler.
+static MOUNT_POINT: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
 
-/// SIGINT/SIGTERM: restore the sysctl, then exit (async-signal-safe:
-/// open, write, close and _exit only).
-extern "C" fn restore_and_exit(_sig: libc::c_int) {
-    let byte = [PREVIOUS_BPF_STATS.load(Ordering::Relaxed)];
-    // SAFETY: a NUL-terminated path and a 1-byte buffer; all calls are
-    // async-signal-safe.
+/// SIGINT/SIGTERM: restore the sysctl, detach the mount (its daemon dies
+/// with us), then exit. Async-signal-safe: atomic loads and the open,
+/// write, close, umount2 and _exit syscalls only.
+extern "C" fn cleanup_and_exit(_sig: libc::c_int) {
+    // SAFETY: NUL-terminated paths and a 1-byte buffer that outlive the
+    // calls; every call is async-signal-safe.
     unsafe {
-        let fd = libc::open(
-            c"/proc/sys/kernel/bpf_stats_enabled".as_ptr(),
-            libc::O_WRONLY,
-        );
-        if fd >= 0 {
-            libc::write(fd, byte.as_ptr().cast(), 1);
-            libc::close(fd);
+        if BPF_STATS_ON.load(Ordering::Relaxed) {
+            let byte = [PREVIOUS_BPF_STATS.load(Ordering::Relaxed)];
+            let fd = libc::open(
+                c"/proc/sys/kernel/bpf_stats_enabled".as_ptr(),
+                libc::O_WRONLY,
+            );
+            if fd >= 0 {
+                libc::write(fd, byte.as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+        }
+        if let Some(mp) = MOUNT_POINT.get() {
+            libc::umount2(mp.as_ptr(), libc::MNT_DETACH);
         }
         libc::_exit(130);
+    }
+}
+
+fn install_cleanup(mountpoint: &std::path::Path) {
+    if let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) {
+        let _ = MOUNT_POINT.set(c);
+    }
+    let handler = cleanup_and_exit as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: installs a handler that only makes async-signal-safe calls.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
     }
 }
 
@@ -392,13 +414,8 @@ impl BpfStats {
         let previous = std::fs::read_to_string(BPF_STATS_SYSCTL)?;
         let first = previous.trim().bytes().next().unwrap_or(b'0');
         PREVIOUS_BPF_STATS.store(first, Ordering::Relaxed);
-        let handler = restore_and_exit as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        // SAFETY: installs a handler that only makes async-signal-safe calls.
-        unsafe {
-            libc::signal(libc::SIGINT, handler);
-            libc::signal(libc::SIGTERM, handler);
-        }
         std::fs::write(BPF_STATS_SYSCTL, "1")?;
+        BPF_STATS_ON.store(true, Ordering::Relaxed);
         Ok(BpfStats { previous })
     }
 }
@@ -508,6 +525,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    install_cleanup(&fs.path(""));
     let _bpf_stats = if want_bpf_stats {
         match BpfStats::enable() {
             Ok(g) => Some(g),
