@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use crate::{cmd, setup, workspace_root};
 
 /// How long the probes collect; the workload fits well inside it.
-const TRIAGE_SECS: u64 = 8;
+const TRIAGE_SECS: u64 = 5;
 /// Where the demo daemon serves its metrics.
 const METRICS_ADDR: &str = "127.0.0.1:9464";
 
