@@ -184,6 +184,57 @@ fn request_counts_match_the_file_system_exactly() {
 }
 
 #[test]
+fn blocked_request_shows_as_in_flight() {
+    if !require_privileges("blocked_request_shows_as_in_flight") {
+        return;
+    }
+    const DELAY: Duration = Duration::from_millis(1500);
+    let mut probes = load_probes();
+    let fs = MountedFs::mount(TestFsOptions {
+        delay: Some(("slow".to_string(), DELAY)),
+        ..Default::default()
+    })
+    .expect("mount");
+    let _ = settle(&fs, &mut probes);
+    // Nothing of ours is stuck before the call.
+    let idle = probes.in_flight().expect("in flight");
+    assert!(idle.iter().all(|f| f.conn != fs.conn), "{idle:?}");
+
+    let path = fs.path("slow");
+    let caller = std::thread::spawn(move || stat(&path));
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = Instant::now();
+    let snap = probes.snapshot().expect("snapshot");
+    eprintln!("snapshot with the in-flight table: {:?}", t.elapsed());
+    let t = Instant::now();
+    let _ = probes.in_flight().expect("in flight");
+    eprintln!("in-flight table alone: {:?}", t.elapsed());
+    let ours: Vec<_> = snap
+        .in_flight
+        .iter()
+        .filter(|f| f.conn == fs.conn)
+        .collect();
+    assert_eq!(caller.join().expect("caller"), Ok(()));
+
+    let lookup = ours
+        .iter()
+        .find(|f| f.opcode == opcode::LOOKUP)
+        .unwrap_or_else(|| panic!("no LOOKUP in flight: {ours:?}"));
+    assert_eq!(lookup.count, 1, "{ours:?}");
+    assert!(
+        lookup.oldest_age_ns >= 1_000_000_000 && lookup.oldest_age_ns < 10_000_000_000,
+        "{lookup:?}"
+    );
+    assert_eq!(lookup.oldest_tgid, std::process::id(), "{lookup:?}");
+    assert!(!lookup.oldest_comm.is_empty(), "{lookup:?}");
+
+    // Once answered, nothing of ours is left in flight.
+    let _ = settle(&fs, &mut probes);
+    let after = probes.in_flight().expect("in flight");
+    assert!(after.iter().all(|f| f.conn != fs.conn), "{after:?}");
+}
+
+#[test]
 fn injected_latency_lands_in_its_log2_bucket() {
     if !require_privileges("injected_latency_lands_in_its_log2_bucket") {
         return;

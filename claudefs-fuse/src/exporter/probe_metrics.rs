@@ -176,6 +176,7 @@ fn only_connection(mut snapshot: ProbeSnapshot, conn: u32) -> ProbeSnapshot {
     let own = FlockTarget::Fuse { conn };
     snapshot.ops.retain(|o| o.conn == conn);
     snapshot.procs.retain(|p| p.conn == conn);
+    snapshot.in_flight.retain(|p| p.conn == conn);
     snapshot.flocks.retain(|f| f.target == own);
     snapshot.flock_waiters.retain(|w| w.target == own);
     snapshot

@@ -39,7 +39,8 @@ use crate::probes::events::EventQueue;
 pub use crate::probes::events::{EventFilter, RequestEvent};
 use crate::probes::procfs::NameCache;
 use crate::probes::snapshot::{
-    FlockSample, FlockWaiterSample, OpSample, ProbeSnapshot, ProcSample,
+    FlockSample, FlockWaiterSample, InFlightSample, OpSample, ProbeSnapshot, ProcSample,
+    IN_FLIGHT_THRESHOLD_NS,
 };
 
 /// The eBPF object built by `build.rs` (or `CLAUDEFS_EBPF_OBJECT`).
@@ -331,6 +332,7 @@ impl Probes {
                 }
             })
             .collect();
+        let in_flight = self.in_flight()?;
         Ok(ProbeSnapshot {
             fuse_attached: self.fuse_attached,
             flock_attached: self.flock_attached,
@@ -338,11 +340,44 @@ impl Probes {
             procs,
             flocks,
             flock_waiters,
+            in_flight,
             events_lost: readout::read_counter(&self.ebpf, counter::EVENTS_LOST)?,
             events_delivered: self.queue.delivered,
             started_unix_ns: self.started_unix_ns,
             ended_unix_ns: clock::realtime_ns(),
         })
+    }
+
+    /// FUSE requests sent and not answered yet, waiting at least
+    /// [`IN_FLIGHT_THRESHOLD_NS`], per (conn, opcode). Reads the whole
+    /// in-flight table (one lookup per group); part of [`Probes::snapshot`].
+    pub fn in_flight(&mut self) -> Result<Vec<InFlightSample>, ProbeError> {
+        if !self.fuse_attached {
+            return Ok(Vec::new());
+        }
+        let slots = readout::read_inflight(&self.ebpf)?;
+        // After the read: a request sent meanwhile gets age 0, not a wrap.
+        let now = clock::monotonic_ns();
+        Ok(
+            readout::group_in_flight(&slots, now, IN_FLIGHT_THRESHOLD_NS)
+                .into_iter()
+                .map(|((conn, opcode), g)| {
+                    self.names.resolve_comm(g.oldest_tgid);
+                    InFlightSample {
+                        conn,
+                        opcode,
+                        count: g.count,
+                        oldest_age_ns: g.oldest_age_ns,
+                        oldest_tgid: g.oldest_tgid,
+                        oldest_comm: self
+                            .names
+                            .comm(g.oldest_tgid)
+                            .map(str::to_string)
+                            .unwrap_or_default(),
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// The probes' own counters (lost events, unmatched ends, full maps).

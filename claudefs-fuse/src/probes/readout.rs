@@ -7,13 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap};
 use aya::Pod;
 use claudefs_ebpf_common::{
-    counter, map_names, FlockKey, FlockStats, OpCacheSlot, OpKey, OpStats, ProcCacheSlot, ProcKey,
-    ProcStats, WaiterKey, WaiterStats, COMM_LEN, FLOCK_KIND_EXCLUSIVE, FLOCK_KIND_SHARED,
-    FLOCK_KIND_UNLOCK, FLOCK_MODE_BLOCKING, FLOCK_MODE_NONBLOCKING, TARGET_DEVICE, TARGET_FUSE,
-    TARGET_LOCAL,
+    counter, map_names, FlockKey, FlockStats, InflightGroup, InflightSlot, OpCacheSlot, OpKey,
+    OpStats, ProcCacheSlot, ProcKey, ProcStats, WaiterKey, WaiterStats, COMM_LEN,
+    FLOCK_KIND_EXCLUSIVE, FLOCK_KIND_SHARED, FLOCK_KIND_UNLOCK, FLOCK_MODE_BLOCKING,
+    FLOCK_MODE_NONBLOCKING, TARGET_DEVICE, TARGET_FUSE, TARGET_LOCAL,
 };
 
 use crate::probes::error::ProbeError;
@@ -207,6 +207,55 @@ pub(crate) fn read_array_slots<V: Pod>(
     Ok(out)
 }
 
+/// Every occupied way of the in-flight table (`INFLIGHT`, one lookup per
+/// group). A way may change while it is read; at worst one request is
+/// missed or seen twice in a read-out.
+pub(crate) fn read_inflight(ebpf: &aya::Ebpf) -> Result<Vec<InflightSlot>, ProbeError> {
+    let name = map_names::INFLIGHT;
+    let m: Array<&MapData, InflightGroup> =
+        Array::try_from(map(ebpf, name)?).map_err(map_err(name))?;
+    let mut out = Vec::new();
+    for i in 0..m.len() {
+        let group = m.get(&i, 0).map_err(map_err(name))?;
+        out.extend(group.ways.iter().filter(|w| w.key.unique != 0).copied());
+    }
+    Ok(out)
+}
+
+/// One (conn, opcode) of in-flight requests: count, and the oldest one's
+/// age and caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InFlightGroup {
+    pub count: u64,
+    pub oldest_age_ns: u64,
+    pub oldest_tgid: u32,
+}
+
+/// Groups occupied in-flight ways by (conn, opcode), keeping only requests
+/// at least `threshold_ns` old at `now_ns` (CLOCK_MONOTONIC). Free ways
+/// (`unique == 0`) are skipped; ties on age keep the lowest tgid.
+pub fn group_in_flight(
+    slots: &[InflightSlot],
+    now_ns: u64,
+    threshold_ns: u64,
+) -> BTreeMap<(u32, u32), InFlightGroup> {
+    let mut out: BTreeMap<(u32, u32), InFlightGroup> = BTreeMap::new();
+    for s in slots.iter().filter(|s| s.key.unique != 0) {
+        let age = now_ns.saturating_sub(s.req.start_ns);
+        if age < threshold_ns {
+            continue;
+        }
+        let g = out.entry((s.key.conn, s.req.opcode)).or_default();
+        g.count = g.count.saturating_add(1);
+        let older = age > g.oldest_age_ns || (age == g.oldest_age_ns && s.req.tgid < g.oldest_tgid);
+        if g.count == 1 || older {
+            g.oldest_age_ns = age;
+            g.oldest_tgid = s.req.tgid;
+        }
+    }
+    out
+}
+
 /// Per-CPU values of each (conn, opcode): its hash entry plus every cache
 /// slot (any CPU) it owns. Free slots (`conn == 0`) are skipped.
 pub fn group_op_values(
@@ -290,7 +339,70 @@ pub(crate) fn read_waiters(ebpf: &aya::Ebpf) -> Result<Vec<(WaiterKey, MergedWai
 #[cfg(test)]
 mod tests {
     use super::*;
-    use claudefs_ebpf_common::HIST_BUCKETS;
+    use claudefs_ebpf_common::{InflightKey, InflightReq, HIST_BUCKETS};
+
+    fn slot(conn: u32, unique: u64, opcode: u32, start_ns: u64, tgid: u32) -> InflightSlot {
+        InflightSlot {
+            key: InflightKey {
+                conn,
+                _pad: 0,
+                unique,
+            },
+            req: InflightReq {
+                start_ns,
+                tgid,
+                tid: tgid,
+                opcode,
+                len: 40,
+            },
+        }
+    }
+
+    #[test]
+    fn in_flight_grouped_by_conn_and_opcode_above_the_threshold() {
+        let now = 10_000_000_000;
+        let slots = [
+            slot(53, 2, 1, now - 3_000_000_000, 100),
+            slot(53, 4, 1, now - 5_000_000_000, 200),
+            slot(53, 6, 1, now - 500_000, 300),     // too young
+            slot(53, 0, 1, now - 9_000_000_000, 1), // free way
+            slot(53, 8, 3, now - 2_000_000, 400),
+            slot(54, 10, 1, now + 1_000, 500), // sent after "now": age 0
+            slot(54, 12, 1, now - 2_000_000, 600),
+        ];
+        let g = group_in_flight(&slots, now, 1_000_000);
+        let got: Vec<_> = g.into_iter().collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    (53, 1),
+                    InFlightGroup {
+                        count: 2,
+                        oldest_age_ns: 5_000_000_000,
+                        oldest_tgid: 200
+                    }
+                ),
+                (
+                    (53, 3),
+                    InFlightGroup {
+                        count: 1,
+                        oldest_age_ns: 2_000_000,
+                        oldest_tgid: 400
+                    }
+                ),
+                (
+                    (54, 1),
+                    InFlightGroup {
+                        count: 1,
+                        oldest_age_ns: 2_000_000,
+                        oldest_tgid: 600
+                    }
+                ),
+            ]
+        );
+        assert!(group_in_flight(&slots, now, u64::MAX).is_empty());
+    }
 
     fn op(count: u64, errors: u64, total: u64, max: u64, buckets: &[(usize, u64)]) -> OpStats {
         let mut hist = [0u64; HIST_BUCKETS];

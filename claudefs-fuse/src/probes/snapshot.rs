@@ -95,6 +95,27 @@ pub struct FlockWaiterSample {
     pub max_wait_ns: u64,
 }
 
+/// An in-flight request counts (is reported) once it has been waiting at
+/// least this long, so normal traffic caught mid-request is not noise.
+pub const IN_FLIGHT_THRESHOLD_NS: u64 = 1_000_000;
+
+/// FUSE requests of one (connection, opcode) sent to the daemon and not
+/// answered yet, waiting at least [`IN_FLIGHT_THRESHOLD_NS`] at snapshot
+/// time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlightSample {
+    pub conn: u32,
+    pub opcode: u32,
+    /// Requests in flight.
+    pub count: u64,
+    /// Age of the oldest one (snapshot time minus its send time).
+    pub oldest_age_ns: u64,
+    /// Process that issued the oldest one.
+    pub oldest_tgid: u32,
+    /// Its name (`/proc/PID/comm`); empty if the process was gone.
+    pub oldest_comm: String,
+}
+
 /// One read-out of every probe map, merged over CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProbeSnapshot {
@@ -106,6 +127,8 @@ pub struct ProbeSnapshot {
     pub procs: Vec<ProcSample>,
     pub flocks: Vec<FlockSample>,
     pub flock_waiters: Vec<FlockWaiterSample>,
+    /// Requests in flight at snapshot time, per (conn, opcode).
+    pub in_flight: Vec<InFlightSample>,
     /// Per-request events lost because the ring buffer was full.
     pub events_lost: u64,
     /// Per-request events delivered to userspace.

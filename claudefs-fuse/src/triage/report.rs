@@ -12,8 +12,8 @@ use crate::probes::hist::Log2Histogram;
 use crate::probes::mountinfo::MountTable;
 use crate::probes::opcodes::opcode_name;
 use crate::probes::snapshot::{
-    FlockKind, FlockMode, FlockTarget, FlockWaiterSample, LatencyStats, ProbeSnapshot,
-    FLOCK_WAITED_THRESHOLD_NS,
+    FlockKind, FlockMode, FlockTarget, FlockWaiterSample, InFlightSample, LatencyStats,
+    ProbeSnapshot, FLOCK_WAITED_THRESHOLD_NS, IN_FLIGHT_THRESHOLD_NS,
 };
 use crate::triage::format::{format_duration_ns, format_opt_duration_ns, format_unix_ns};
 
@@ -26,6 +26,9 @@ pub const TOP_PROCESSES: usize = 10;
 pub const HISTOGRAM_OPS: usize = 3;
 /// Waiting processes listed in the flock section.
 pub const TOP_FLOCK_WAITERS: usize = 10;
+/// A request in flight this long makes its mount sort first and raises a
+/// "daemon may be hung" warning.
+pub const HUNG_THRESHOLD_NS: u64 = 1_000_000_000;
 
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,7 +40,9 @@ pub struct TriageReport {
     pub filter: Option<MountRef>,
     /// FUSE requests over all reported mounts.
     pub totals: Totals,
-    /// Mounts with FUSE requests, heaviest (total time) first.
+    /// Mounts with FUSE requests: those with a request in flight for at
+    /// least [`HUNG_THRESHOLD_NS`] first (oldest first), then heaviest
+    /// (total time) first.
     pub mounts: Vec<MountReport>,
     /// FUSE mounts of the mount table that saw no request.
     pub idle_fuse_mounts: Vec<MountRef>,
@@ -111,12 +116,32 @@ pub struct Totals {
 pub struct MountReport {
     pub mount: MountRef,
     pub totals: Totals,
+    /// Requests sent and not answered at the end of collection, per
+    /// opcode, oldest first; only those waiting at least
+    /// `threshold_ns` ([`IN_FLIGHT_THRESHOLD_NS`]).
+    pub in_flight: Vec<InFlightRow>,
     /// One row per opcode, by total time, heaviest first.
     pub ops: Vec<OpRow>,
     /// Histograms of the [`HISTOGRAM_OPS`] heaviest opcodes.
     pub histograms: Vec<HistogramReport>,
     pub top_processes_by_requests: Vec<ProcRow>,
     pub top_processes_by_time: Vec<ProcRow>,
+}
+
+/// Requests of one opcode still waiting for the daemon's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlightRow {
+    pub opcode: u32,
+    pub name: String,
+    pub count: u64,
+    pub oldest_age_ns: u64,
+    pub oldest_age: String,
+    /// Caller of the oldest request.
+    pub oldest_tgid: u32,
+    /// Empty when the process was gone before its name was read.
+    pub oldest_comm: String,
+    /// Requests younger than this are not counted.
+    pub threshold_ns: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -450,21 +475,38 @@ pub fn build_report(
         row.total_ns = row.total_ns.saturating_add(p.total_ns);
     }
 
-    let conns: BTreeSet<u32> = ops.keys().chain(procs.keys()).copied().collect();
+    let mut in_flight: BTreeMap<u32, Vec<&InFlightSample>> = BTreeMap::new();
+    for f in snapshot.in_flight.iter().filter(|f| wanted(f.conn)) {
+        in_flight.entry(f.conn).or_default().push(f);
+    }
+
+    let conns: BTreeSet<u32> = ops
+        .keys()
+        .chain(procs.keys())
+        .chain(in_flight.keys())
+        .copied()
+        .collect();
     let mut mount_reports: Vec<MountReport> = conns
         .into_iter()
         .map(|conn| {
-            build_mount(
+            let mut m = build_mount(
                 MountRef::resolve(conn, mounts),
                 ops.remove(&conn).unwrap_or_default(),
                 procs.remove(&conn).unwrap_or_default(),
                 window_secs,
-            )
+            );
+            m.in_flight = in_flight_rows(in_flight.remove(&conn).unwrap_or_default());
+            m
         })
         .collect();
+    // A hung mount may have answered nothing: it goes first regardless.
+    let hung_age = |m: &MountReport| oldest_in_flight(m).filter(|&a| a >= HUNG_THRESHOLD_NS);
     mount_reports.sort_by(|a, b| {
-        (b.totals.total_ns, b.totals.requests)
-            .cmp(&(a.totals.total_ns, a.totals.requests))
+        hung_age(b)
+            .cmp(&hung_age(a))
+            .then(
+                (b.totals.total_ns, b.totals.requests).cmp(&(a.totals.total_ns, a.totals.requests)),
+            )
             .then(a.mount.dev.cmp(&b.mount.dev))
     });
 
@@ -511,6 +553,27 @@ pub fn build_report(
         )));
     }
     for m in &mount_reports {
+        let Some(oldest) = oldest_in_flight(m) else {
+            continue;
+        };
+        let count = m
+            .in_flight
+            .iter()
+            .fold(0u64, |n, r| n.saturating_add(r.count));
+        let what = format!(
+            "{count} request{} to {} {} been waiting up to {}",
+            if count == 1 { "" } else { "s" },
+            m.mount.label(),
+            if count == 1 { "has" } else { "have" },
+            format_duration_ns(oldest)
+        );
+        notes.push(if oldest >= HUNG_THRESHOLD_NS {
+            Note::warning(format!("{what}: the FUSE daemon may be hung"))
+        } else {
+            Note::info(format!("{what} (in flight at the end of collection)"))
+        });
+    }
+    for m in &mount_reports {
         match &m.mount.mount_point {
             None => notes.push(Note::info(format!(
                 "connection {} is not in the mount table (unmounted during collection?); \
@@ -548,6 +611,44 @@ pub fn build_report(
         flock,
         notes,
     }
+}
+
+/// Age of the oldest request in flight on a mount.
+fn oldest_in_flight(m: &MountReport) -> Option<u64> {
+    m.in_flight.iter().map(|r| r.oldest_age_ns).max()
+}
+
+/// One row per opcode (duplicates merged), oldest first, ties by opcode.
+fn in_flight_rows(samples: Vec<&InFlightSample>) -> Vec<InFlightRow> {
+    let mut by_op: BTreeMap<u32, InFlightRow> = BTreeMap::new();
+    for f in samples {
+        let row = by_op.entry(f.opcode).or_insert_with(|| InFlightRow {
+            opcode: f.opcode,
+            name: opcode_name(f.opcode).into_owned(),
+            count: 0,
+            oldest_age_ns: f.oldest_age_ns,
+            oldest_age: String::new(),
+            oldest_tgid: f.oldest_tgid,
+            oldest_comm: f.oldest_comm.clone(),
+            threshold_ns: IN_FLIGHT_THRESHOLD_NS,
+        });
+        row.count = row.count.saturating_add(f.count);
+        if f.oldest_age_ns > row.oldest_age_ns {
+            row.oldest_age_ns = f.oldest_age_ns;
+            row.oldest_tgid = f.oldest_tgid;
+            row.oldest_comm.clone_from(&f.oldest_comm);
+        }
+    }
+    let mut rows: Vec<InFlightRow> = by_op
+        .into_values()
+        .map(|mut r| {
+            r.oldest_age = format_duration_ns(r.oldest_age_ns);
+            r
+        })
+        .collect();
+    // Stable sort: equal ages keep the opcode order.
+    rows.sort_by_key(|r| std::cmp::Reverse(r.oldest_age_ns));
+    rows
 }
 
 fn build_mount(
@@ -612,6 +713,7 @@ fn build_mount(
     MountReport {
         mount,
         totals: totals(requests, errors, total_ns),
+        in_flight: Vec::new(),
         ops: rows,
         histograms,
         top_processes_by_requests: by_requests,

@@ -131,6 +131,30 @@ fn mount_section(out: &mut String, m: &MountReport) {
         plural(m.totals.errors),
         m.totals.total
     );
+    if !m.in_flight.is_empty() {
+        let _ = writeln!(out, "\n{INDENT}requests in flight (not answered):");
+        let rows: Vec<Vec<String>> = m
+            .in_flight
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    r.count.to_string(),
+                    r.oldest_age.clone(),
+                    r.oldest_tgid.to_string(),
+                    comm_or_dash(&r.oldest_comm),
+                ]
+            })
+            .collect();
+        let columns = [
+            ("OPCODE", Left),
+            ("COUNT", Right),
+            ("OLDEST", Right),
+            ("PID", Right),
+            ("COMM", Left),
+        ];
+        write_table(out, &format!("{INDENT}{INDENT}"), &columns, &rows);
+    }
     if !m.ops.is_empty() {
         out.push('\n');
         let rows: Vec<Vec<String>> = m

@@ -4,8 +4,8 @@ use crate::probes::dev::kernel_dev;
 use crate::probes::hist::Log2Histogram;
 use crate::probes::mountinfo::MountTable;
 use crate::probes::snapshot::{
-    FlockKind, FlockMode, FlockSample, FlockTarget, FlockWaiterSample, LatencyStats, OpSample,
-    ProbeSnapshot, ProcSample,
+    FlockKind, FlockMode, FlockSample, FlockTarget, FlockWaiterSample, InFlightSample,
+    LatencyStats, OpSample, ProbeSnapshot, ProcSample, IN_FLIGHT_THRESHOLD_NS,
 };
 use crate::triage::report::{
     build_report, HistogramReport, LockKind, LockMode, NoteLevel, TargetKind, TriageReport,
@@ -140,11 +140,36 @@ fn snapshot() -> ProbeSnapshot {
                 300_000_000,
             ),
         ],
+        in_flight: vec![],
         events_lost: 0,
         events_delivered: 25,
         started_unix_ns: START,
         ended_unix_ns: START + 2_000_000_000,
     }
+}
+
+fn in_flight(conn: u32, opcode: u32, count: u64, oldest_age_ns: u64) -> InFlightSample {
+    InFlightSample {
+        conn,
+        opcode,
+        count,
+        oldest_age_ns,
+        oldest_tgid: 700u32.wrapping_add(opcode),
+        oldest_comm: format!("waiter{opcode}"),
+    }
+}
+
+/// The fixture plus requests in flight: /mnt/idle (0:55) answered nothing
+/// and has a LOOKUP stuck for 12.3s; /mnt/data has two young ones.
+fn hung_snapshot() -> ProbeSnapshot {
+    let mut snap = snapshot();
+    snap.in_flight = vec![
+        in_flight(55, 1, 2, 12_300_000_000),
+        in_flight(55, 3, 1, 4_000_000_000),
+        in_flight(53, 15, 1, 5_000_000),
+        in_flight(53, 15, 2, 2_000_000),
+    ];
+    snap
 }
 
 fn report() -> TriageReport {
@@ -460,6 +485,7 @@ fn extreme_values_saturate_without_panicking() {
             wait: huge.clone(),
         }],
         flock_waiters: vec![],
+        in_flight: vec![in_flight(1, u32::MAX, u64::MAX, u64::MAX); 2],
         events_lost: u64::MAX,
         events_delivered: u64::MAX,
         started_unix_ns: u64::MAX,
@@ -590,6 +616,116 @@ fn json_round_trips_and_has_the_documented_fields() {
 }
 
 #[test]
+fn in_flight_requests_are_reported_and_hung_mounts_go_first() {
+    let mounts = MountTable::parse(MOUNTINFO);
+    let r = build_report(&hung_snapshot(), &mounts, None);
+    let conns: Vec<&str> = r.mounts.iter().map(|m| m.mount.conn.as_str()).collect();
+    assert_eq!(conns, ["0:55", "0:54", "0:53", "0:99"]);
+    assert!(r.idle_fuse_mounts.is_empty());
+    let idle = &r.mounts[0];
+    assert_eq!(idle.totals.requests, 0);
+    assert!(idle.ops.is_empty());
+    let rows: Vec<(&str, u64, u64, u32, &str)> = idle
+        .in_flight
+        .iter()
+        .map(|f| {
+            (
+                f.name.as_str(),
+                f.count,
+                f.oldest_age_ns,
+                f.oldest_tgid,
+                f.oldest_comm.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("LOOKUP", 2, 12_300_000_000, 701, "waiter1"),
+            ("GETATTR", 1, 4_000_000_000, 703, "waiter3"),
+        ]
+    );
+    assert_eq!(idle.in_flight[0].oldest_age, "12.3s");
+    assert_eq!(idle.in_flight[0].threshold_ns, IN_FLIGHT_THRESHOLD_NS);
+    // Duplicate samples merge: the oldest wins.
+    let data = &r.mounts[2];
+    assert_eq!(data.in_flight.len(), 1);
+    assert_eq!(
+        (data.in_flight[0].count, data.in_flight[0].oldest_age_ns),
+        (3, 5_000_000)
+    );
+    let notes: Vec<(NoteLevel, &str)> = r
+        .notes
+        .iter()
+        .map(|n| (n.level, n.message.as_str()))
+        .collect();
+    assert!(notes.contains(&(
+        NoteLevel::Warning,
+        "3 requests to /mnt/idle have been waiting up to 12.3s: the FUSE daemon may be hung"
+    )));
+    assert!(notes.contains(&(
+        NoteLevel::Info,
+        "3 requests to /mnt/data have been waiting up to 5ms (in flight at the end of collection)"
+    )));
+
+    let text = render_table(&r);
+    assert!(
+        text.contains(
+            "warning: 3 requests to /mnt/idle have been waiting up to 12.3s: \
+             the FUSE daemon may be hung\n"
+        ),
+        "{text}"
+    );
+    let idle_section = text
+        .split("== /mnt/idle (fuse, /dev/fuse, conn 0:55) ==\n")
+        .nth(1)
+        .expect("a section for /mnt/idle");
+    let lines: Vec<&str> = idle_section.lines().take(6).collect();
+    assert_eq!(
+        lines,
+        [
+            "  0 requests, 0 errors, 0ns total",
+            "",
+            "  requests in flight (not answered):",
+            "    OPCODE   COUNT  OLDEST  PID  COMM",
+            "    LOOKUP       2   12.3s  701  waiter1",
+            "    GETATTR      1      4s  703  waiter3",
+        ]
+    );
+    // In flight comes before the op table.
+    let data_section = text.split("conn 0:53) ==\n").nth(1).unwrap();
+    let (before, after) = data_section.split_once("  OPCODE   COUNT  ERRORS").unwrap();
+    assert!(
+        before.contains("requests in flight (not answered):\n"),
+        "{before}"
+    );
+    assert!(!after.contains("requests in flight"));
+
+    let v: serde_json::Value = serde_json::from_str(&render_json(&r)).unwrap();
+    let f = &v["mounts"][0]["in_flight"][0];
+    assert_eq!(f["name"], "LOOKUP");
+    assert_eq!(f["oldest_age_ns"], 12_300_000_000u64);
+    assert_eq!(f["oldest_comm"], "waiter1");
+    assert_eq!(v["mounts"][1]["in_flight"], serde_json::json!([]));
+    let back: TriageReport = serde_json::from_str(&render_json(&r)).unwrap();
+    assert_eq!(back, r);
+
+    // The filter keeps only the chosen connection's requests.
+    let r = build_report(&hung_snapshot(), &mounts, Some(53));
+    assert_eq!(r.mounts.len(), 1);
+    assert_eq!(r.mounts[0].in_flight[0].name, "READ");
+    assert!(!r.notes.iter().any(|n| n.message.contains("/mnt/idle")));
+}
+
+#[test]
+fn no_in_flight_renders_as_before() {
+    let r = report();
+    assert!(r.mounts.iter().all(|m| m.in_flight.is_empty()));
+    assert!(!render_table(&r).contains("in flight"));
+    assert!(!r.notes.iter().any(|n| n.message.contains("waiting")));
+}
+
+#[test]
 fn root_dev_constant_is_the_kernel_encoding() {
     assert_eq!(kernel_dev(254, 0), Some(ROOT_DEV));
 }
@@ -610,7 +746,7 @@ fn every_json_field_is_documented() {
         }
     }
     let doc = include_str!("../../../README.md");
-    let mut snap = snapshot();
+    let mut snap = hung_snapshot();
     snap.fuse_attached = false;
     let mut all = std::collections::BTreeSet::new();
     for filter in [None, Some(53)] {
