@@ -332,7 +332,6 @@ impl Probes {
                 }
             })
             .collect();
-        let in_flight = self.in_flight()?;
         Ok(ProbeSnapshot {
             fuse_attached: self.fuse_attached,
             flock_attached: self.flock_attached,
@@ -340,7 +339,9 @@ impl Probes {
             procs,
             flocks,
             flock_waiters,
-            in_flight,
+            // Reading the in-flight table costs about 12 ms (one lookup per
+            // group): callers that want it ask `in_flight()` themselves.
+            in_flight: Vec::new(),
             events_lost: readout::read_counter(&self.ebpf, counter::EVENTS_LOST)?,
             events_delivered: self.queue.delivered,
             started_unix_ns: self.started_unix_ns,
@@ -350,7 +351,8 @@ impl Probes {
 
     /// FUSE requests sent and not answered yet, waiting at least
     /// [`IN_FLIGHT_THRESHOLD_NS`], per (conn, opcode). Reads the whole
-    /// in-flight table (one lookup per group); part of [`Probes::snapshot`].
+    /// in-flight table (one lookup per group, about 12 ms), so it is not
+    /// part of [`Probes::snapshot`], which runs per scrape.
     pub fn in_flight(&mut self) -> Result<Vec<InFlightSample>, ProbeError> {
         if !self.fuse_attached {
             return Ok(Vec::new());

@@ -127,7 +127,9 @@ pub struct ProbeSnapshot {
     pub procs: Vec<ProcSample>,
     pub flocks: Vec<FlockSample>,
     pub flock_waiters: Vec<FlockWaiterSample>,
-    /// Requests in flight at snapshot time, per (conn, opcode).
+    /// Requests in flight, per (conn, opcode): filled by
+    /// `Probes::in_flight()` (the triage report asks for it; per-scrape
+    /// snapshots leave it empty).
     pub in_flight: Vec<InFlightSample>,
     /// Per-request events lost because the ring buffer was full.
     pub events_lost: u64,

@@ -97,7 +97,8 @@ async fn collect(args: &TriageArgs) -> Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    let snapshot = probes.snapshot()?;
+    let mut snapshot = probes.snapshot()?;
+    snapshot.in_flight = probes.in_flight()?;
     drop(probes);
 
     // Mounts seen before or after the collection both name connections.
