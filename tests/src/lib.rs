@@ -84,6 +84,18 @@ pub struct MountGuard {
 }
 
 impl MountGuard {
+    /// Mounts `<dir>/mnt` over one storage path `<dir>/src` (created here),
+    /// with state dir `<dir>/state` and the `extra` flags. Returns the
+    /// storage dir and the guard.
+    pub fn single_path(dir: &Path, extra: &[String]) -> anyhow::Result<(PathBuf, Self)> {
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src)?;
+        let mut args = vec!["--path".to_string(), src.display().to_string()];
+        args.extend_from_slice(extra);
+        let guard = Self::start(&dir.join("mnt"), &dir.join("state"), &args)?;
+        Ok((src, guard))
+    }
+
     /// Mounts `mnt` with `args` (paths and options) and state dir `state`.
     pub fn start(mnt: &Path, state: &Path, args: &[String]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(mnt)?;

@@ -124,16 +124,9 @@ fn flock_matches_local_semantics() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
     let local = tmp.path().join("local");
-    std::fs::create_dir_all(&src).unwrap();
     std::fs::create_dir_all(&local).unwrap();
-    let m = MountGuard::start(
-        &tmp.path().join("mnt"),
-        &tmp.path().join("state"),
-        &["--path".into(), src.display().to_string()],
-    )
-    .unwrap();
+    let (_src, m) = MountGuard::single_path(tmp.path(), &[]).unwrap();
     let scenarios = [
         "nb",
         "downgrade",
@@ -173,14 +166,7 @@ fn flock_self_deadlock_is_edeadlk() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let m = MountGuard::start(
-        &tmp.path().join("mnt"),
-        &tmp.path().join("state"),
-        &["--path".into(), src.display().to_string()],
-    )
-    .unwrap();
+    let (_src, m) = MountGuard::single_path(tmp.path(), &[]).unwrap();
     // Linux would block forever here (two open()s of one process); the
     // registry reports Deadlock -> EDEADLK.
     let script = r#"

@@ -225,18 +225,7 @@ fn passthrough_reads_and_writes() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir(&src).unwrap();
-    let m = MountGuard::start(
-        &tmp.path().join("mnt"),
-        &tmp.path().join("state"),
-        &[
-            "--path".into(),
-            src.display().to_string(),
-            "--passthrough".into(),
-        ],
-    )
-    .unwrap();
+    let (src, m) = MountGuard::single_path(tmp.path(), &["--passthrough".into()]).unwrap();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     fs::write(m.mnt.join("p"), &data).unwrap();
     assert_eq!(fs::read(m.mnt.join("p")).unwrap(), data);

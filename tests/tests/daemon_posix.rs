@@ -67,14 +67,7 @@ fn posix_suite() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir(&src).unwrap();
-    let m = MountGuard::start(
-        &tmp.path().join("mnt"),
-        &tmp.path().join("state"),
-        &["--path".into(), src.display().to_string()],
-    )
-    .unwrap();
+    let (src, m) = MountGuard::single_path(tmp.path(), &[]).unwrap();
     let mnt = m.mnt.clone();
 
     // Files: create, write, read, append, seek, and the data lands in storage.

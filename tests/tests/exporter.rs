@@ -48,15 +48,10 @@ fn promtool_accepts_a_real_scrape_with_ebpf() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir(&src).unwrap();
     let port = free_port();
-    let m = MountGuard::start(
-        &tmp.path().join("mnt"),
-        &tmp.path().join("state"),
+    let (_src, m) = MountGuard::single_path(
+        tmp.path(),
         &[
-            "--path".into(),
-            src.display().to_string(),
             "--metrics-addr".into(),
             format!("127.0.0.1:{port}"),
             "--ebpf".into(),
@@ -264,14 +259,9 @@ fn check_spans(got: &Received, mnt: &Path) {
 fn otlp_run(protocol: &str, receiver: (u16, Received)) {
     let (port, got) = receiver;
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir(&src).unwrap();
-    let m = MountGuard::start(
-        &tmp.path().join("mnt"),
-        &tmp.path().join("state"),
+    let (_src, m) = MountGuard::single_path(
+        tmp.path(),
         &[
-            "--path".into(),
-            src.display().to_string(),
             "--ebpf".into(),
             "--sample-rate".into(),
             "1".into(),
