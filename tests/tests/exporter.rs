@@ -2,13 +2,15 @@
 //! Prometheus server scraping a daemon under load (GETATTR rate, a failed
 //! path, recovery gauges), and OTLP spans over gRPC and HTTP/protobuf
 //! received by a test collector (ids, kernel parent / daemon child,
-//! timing, attributes); and `claudefs-fuse observe` counting the
-//! requests of another FUSE mount (bindfs).
+//! timing, attributes); the daemon's own flock metrics (no probes
+//! needed); and `claudefs-fuse observe` counting the requests of another
+//! FUSE mount (bindfs).
 
 use std::fs;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use claudefs_e2e::exporter::{
     free_port, grpc_receiver, http_get, http_receiver, prometheus_unavailable, promtool_check,
@@ -78,6 +80,8 @@ fn promtool_accepts_a_real_scrape_with_ebpf() {
     ] {
         assert!(text.contains(family), "missing {family}:\n{text}");
     }
+    // The daemon serves and measures flock itself: no flock programs.
+    assert!(!text.contains("program=\"sys_enter_flock\""), "{text}");
     assert!(
         !m.log_text().contains("cannot load the probes"),
         "{}",
@@ -292,6 +296,90 @@ fn otlp_spans_over_http_protobuf() {
 }
 
 /// LOOKUP + GETATTR requests of `mount` in a scrape.
+/// The value of the sample `series` (name and labels, as exposed).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn flock(f: &fs::File, op: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: flock(2) on a descriptor `f` owns for the call.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn daemon_reports_its_flock_contention_without_probes() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (_src, m) = MountGuard::single_path(
+        tmp.path(),
+        &["--metrics-addr".into(), format!("127.0.0.1:{port}")],
+    )
+    .unwrap();
+    let path = m.mnt.join("lock");
+    fs::write(&path, b"x").unwrap();
+    // The holder is this process; the contenders are other processes
+    // (flock(1)), as the registry refuses a wait on its own process's lock.
+    let a = fs::File::open(&path).unwrap();
+    flock(&a, libc::LOCK_EX).unwrap();
+    let nb = std::process::Command::new("flock")
+        .args(["-n", "-x"])
+        .arg(&path)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert_eq!(nb.code(), Some(1), "flock -n on a held lock");
+    let hold = Duration::from_millis(300);
+    let t0 = Instant::now();
+    let mut waiter = std::process::Command::new("flock")
+        .arg("-x")
+        .arg(&path)
+        .arg("true")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(hold);
+    flock(&a, libc::LOCK_UN).unwrap();
+    assert!(waiter.wait().unwrap().success());
+    assert!(t0.elapsed() >= hold);
+
+    let text = scrape(port);
+    let mount = m.mnt.canonicalize().unwrap().display().to_string();
+    let series = |name: &str, kind: &str, mode: &str| {
+        let s = format!("{name}{{mount=\"{mount}\",kind=\"{kind}\",mode=\"{mode}\"}}");
+        sample(&text, &s).unwrap_or_else(|| panic!("no {s}:\n{text}"))
+    };
+    let calls = "claudefs_fuse_flock_requests_total";
+    let refused = "claudefs_fuse_flock_refused_total";
+    let wait = "claudefs_fuse_flock_wait_seconds";
+    assert_eq!(series(calls, "exclusive", "nonblocking"), 1.0);
+    assert_eq!(series(refused, "exclusive", "nonblocking"), 1.0);
+    assert_eq!(series(calls, "exclusive", "blocking"), 2.0);
+    assert_eq!(series(refused, "exclusive", "blocking"), 0.0);
+    assert_eq!(series(calls, "unlock", "blocking"), 1.0);
+    assert_eq!(
+        series(&format!("{wait}_count"), "exclusive", "blocking"),
+        2.0
+    );
+    // The waiter's wait is in the sum, and above the 2^27 ns bucket.
+    let sum = series(&format!("{wait}_sum"), "exclusive", "blocking");
+    assert!(sum >= hold.as_secs_f64() * 0.9, "wait sum {sum}");
+    let below = format!(
+        "{wait}_bucket{{mount=\"{mount}\",kind=\"exclusive\",mode=\"blocking\",le=\"0.134217728\"}}"
+    );
+    assert_eq!(sample(&text, &below), Some(1.0), "{below}:\n{text}");
+    if prometheus_unavailable().is_none() {
+        let (ok, msg) = promtool_check(&text).unwrap();
+        assert!(ok && msg.trim().is_empty(), "promtool: {msg}\n{text}");
+    }
+}
+
 fn lookups_and_getattrs(text: &str, mount: &str) -> f64 {
     let prefix = format!("claudefs_fuse_requests_total{{mount=\"{mount}\",");
     text.lines()

@@ -26,16 +26,23 @@
 //!   upgrade that conflicts behaves like Linux: the shared lock is dropped
 //!   first (waking waiters), then the request waits — so two shared holders
 //!   upgrading at once do not deadlock.
+//! * Measurement: per (kind, mode) the requests served, the ones refused
+//!   with `EWOULDBLOCK` and the time from a request's arrival to its
+//!   answer ([`FlockCalls`]): what the probes measure from the flock
+//!   syscalls, taken here for free, so the daemon needs no syscall
+//!   tracepoints to report its own mount's lock contention.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{Errno, ReplyEmpty};
 use serde::Serialize;
 
 use crate::flock::{FlockConflict, FlockHandle, FlockRegistry, FlockType};
+use crate::probes::hist::Log2Histogram;
+use crate::probes::snapshot::{FlockKind, FlockMode};
 
 /// How often parked waiters are checked for signals.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(20);
@@ -47,6 +54,20 @@ struct Waiter {
     tid: u32,
     typ: FlockType,
     reply: ReplyEmpty,
+    /// When the request arrived.
+    since: Instant,
+}
+
+/// The flock requests of one (kind, mode) the daemon answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlockCalls {
+    pub calls: u64,
+    /// Answered `EWOULDBLOCK` (a `LOCK_NB` conflict).
+    pub refused: u64,
+    /// Arrival to answer, summed (ns).
+    pub total_ns: u64,
+    /// Arrival to answer, log2 ns buckets (as the probes keep them).
+    pub hist: Log2Histogram,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +75,29 @@ struct Inner {
     reg: FlockRegistry,
     inos: std::collections::BTreeSet<u64>,
     queues: HashMap<u64, VecDeque<Waiter>>,
+    calls: BTreeMap<(FlockKind, FlockMode), FlockCalls>,
+}
+
+impl Inner {
+    /// Counts one answered request that arrived at `since`.
+    fn answered(&mut self, typ: FlockType, sleep: bool, since: Instant, refused: bool) {
+        let kind = match typ {
+            FlockType::Shared => FlockKind::Shared,
+            FlockType::Exclusive => FlockKind::Exclusive,
+            FlockType::Unlock => FlockKind::Unlock,
+        };
+        let mode = if sleep {
+            FlockMode::Blocking
+        } else {
+            FlockMode::NonBlocking
+        };
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let c = self.calls.entry((kind, mode)).or_default();
+        c.calls += 1;
+        c.refused += u64::from(refused);
+        c.total_ns = c.total_ns.saturating_add(ns);
+        c.hist.record(ns);
+    }
 }
 
 /// Lock state for status.
@@ -105,6 +149,7 @@ impl Locks {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        let since = Instant::now();
         let ft = match typ {
             libc::F_RDLCK => FlockType::Shared,
             libc::F_WRLCK => FlockType::Exclusive,
@@ -116,6 +161,7 @@ impl Locks {
             inner.reg.release(owner, ino);
             // A waiter of this open file description (another thread) stays queued.
             Self::wake(&mut inner, ino);
+            inner.answered(ft, sleep, since, false);
             drop(inner);
             return reply.ok();
         }
@@ -125,14 +171,17 @@ impl Locks {
             .try_acquire(FlockHandle::new(owner, ino, pid, ft, !sleep))
         {
             FlockConflict::None => {
+                inner.answered(ft, sleep, since, false);
                 drop(inner);
                 reply.ok()
             }
             FlockConflict::Deadlock => {
+                inner.answered(ft, sleep, since, false);
                 drop(inner);
                 reply.error(Errno::from_i32(libc::EDEADLK))
             }
             FlockConflict::WouldBlock { .. } if !sleep => {
+                inner.answered(ft, sleep, since, true);
                 drop(inner);
                 reply.error(Errno::from_i32(libc::EWOULDBLOCK))
             }
@@ -146,6 +195,7 @@ impl Locks {
                         .try_acquire(FlockHandle::new(owner, ino, pid, ft, false))
                         == FlockConflict::None
                     {
+                        inner.answered(ft, sleep, since, false);
                         drop(inner);
                         return reply.ok();
                     }
@@ -156,6 +206,7 @@ impl Locks {
                     tid,
                     typ: ft,
                     reply,
+                    since,
                 });
             }
         }
@@ -172,8 +223,14 @@ impl Locks {
                 .reg
                 .try_acquire(FlockHandle::new(w.owner, ino, w.pid, w.typ, false))
             {
-                FlockConflict::None => w.reply.ok(),
-                FlockConflict::Deadlock => w.reply.error(errno(libc::EDEADLK)),
+                FlockConflict::None => {
+                    inner.answered(w.typ, true, w.since, false);
+                    w.reply.ok()
+                }
+                FlockConflict::Deadlock => {
+                    inner.answered(w.typ, true, w.since, false);
+                    w.reply.error(errno(libc::EDEADLK))
+                }
                 FlockConflict::WouldBlock { .. } => keep.push_back(w),
             }
         }
@@ -200,11 +257,11 @@ impl Locks {
                 continue;
             };
             let mut keep = VecDeque::new();
-            let mut removed = false;
+            let mut interrupted = Vec::new();
             while let Some(w) = q.pop_front() {
                 if pending(w.tid) {
+                    interrupted.push((w.typ, w.since));
                     w.reply.error(Errno::EINTR);
-                    removed = true;
                 } else {
                     keep.push_back(w);
                 }
@@ -212,6 +269,10 @@ impl Locks {
             *q = keep;
             if q.is_empty() {
                 inner.queues.remove(&ino);
+            }
+            let removed = !interrupted.is_empty();
+            for (typ, since) in interrupted {
+                inner.answered(typ, true, since, false);
             }
             if removed {
                 Self::wake(&mut inner, ino);
@@ -248,6 +309,15 @@ impl Locks {
             inner.reg.stats(),
             inner.queues.values().map(VecDeque::len).sum(),
         )
+    }
+
+    /// The requests answered so far, per (kind, mode) (for the metrics).
+    pub fn calls(&self) -> Vec<(FlockKind, FlockMode, FlockCalls)> {
+        self.lock()
+            .calls
+            .iter()
+            .map(|((k, m), c)| (*k, *m, c.clone()))
+            .collect()
     }
 
     /// Snapshot for status.

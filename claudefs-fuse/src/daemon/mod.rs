@@ -348,12 +348,18 @@ fn start_exporter(
                     .find(|e| e.mount_point == mountpoint)
                     .map(|e| e.dev)
             });
-        match ex::load_probes(crate::probes::EventFilter::All, conn) {
+        // Only the FUSE request programs: the daemon measures the flock
+        // requests it serves itself (see `locks`).
+        let opts = crate::probes::ProbeOptions {
+            events: crate::probes::EventFilter::All,
+            only_conn: conn,
+            fuse_only: true,
+        };
+        match ex::load_probes(&opts) {
             Ok(p) => {
-                if let Err(e) = metrics.register(Box::new(ex::probe_metrics::ProbeCollector::new(
-                    p.clone(),
-                    conn,
-                ))) {
+                let collector =
+                    ex::probe_metrics::ProbeCollector::new(p.clone(), conn).without_flock();
+                if let Err(e) = metrics.register(Box::new(collector)) {
                     tracing::warn!("{e}");
                 }
                 parts.core.router.set_kernel_latency(true);
@@ -377,6 +383,7 @@ fn start_exporter(
             stats.clone(),
         );
         let summary = parts.summary.clone();
+        let mount = mountpoint.display().to_string();
         Arc::new(move || {
             let counters = core.router.counters();
             let paths = core
@@ -398,11 +405,13 @@ fn start_exporter(
                 .collect();
             let (flock, flock_waiting) = locks.counters();
             dm::DaemonView {
+                mount: mount.clone(),
                 paths,
                 recovery: summary.clone(),
                 idmap: core.idmap.mapper().stats(),
                 flock,
                 flock_waiting,
+                flock_calls: locks.calls(),
                 open_files: core.open_count(),
                 spans_dropped: spans.counts().1 + stats.lost(),
                 spans_exported: stats.exported.load(Ordering::Relaxed),

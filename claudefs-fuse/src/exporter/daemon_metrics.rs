@@ -1,5 +1,8 @@
 //! Metrics of the mount daemon: storage paths (multipath router), crash
-//! recovery, uid/gid mapping, the flock registry and the span pipeline.
+//! recovery, uid/gid mapping, the flock registry and the flock requests
+//! the daemon served (the `claudefs_fuse_flock_*` families of its own
+//! mount, measured by the lock service, not by the probes), and the span
+//! pipeline.
 //!
 //! The daemon hands the exporter a closure producing a [`DaemonView`] of
 //! plain values; the collector calls it at scrape time (a few short lock
@@ -13,10 +16,13 @@ use prometheus::proto::MetricFamily;
 
 use super::model::{descs, FamilyBuilder};
 use super::names::{self, Family};
+use super::probe_metrics::{kind_label, mode_label};
 use crate::daemon::journal::RecoverySummary;
+use crate::daemon::locks::FlockCalls;
 use crate::flock::FlockStats;
 use crate::idmap::IdMapStats;
 use crate::multipath::PathState;
+use crate::probes::snapshot::{FlockKind, FlockMode};
 
 /// The families this module emits.
 pub const FAMILIES: &[Family] = &[
@@ -41,6 +47,9 @@ pub const FAMILIES: &[Family] = &[
     names::FLOCK_REGISTRY_UPGRADES,
     names::FLOCK_REGISTRY_DOWNGRADES,
     names::FLOCK_WAITING,
+    names::FLOCK_REQUESTS,
+    names::FLOCK_REFUSED,
+    names::FLOCK_WAIT,
     names::OPEN_FILES,
     names::SPANS_DROPPED,
     names::SPANS_EXPORTED,
@@ -73,11 +82,15 @@ pub struct PathView {
 /// Everything the daemon exposes, as plain values.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DaemonView {
+    /// The mount point (the `mount` label of the flock families).
+    pub mount: String,
     pub paths: Vec<PathView>,
     pub recovery: RecoverySummary,
     pub idmap: IdMapStats,
     pub flock: FlockStats,
     pub flock_waiting: usize,
+    /// The flock requests served, per (kind, mode).
+    pub flock_calls: Vec<(FlockKind, FlockMode, FlockCalls)>,
     pub open_files: usize,
     pub spans_dropped: u64,
     pub spans_exported: u64,
@@ -142,6 +155,19 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
     let mut hits = FamilyBuilder::counter(names::IDMAP_HITS);
     hits.add(vec!["uid".into()], v.idmap.uid_hits as f64);
     hits.add(vec!["gid".into()], v.idmap.gid_hits as f64);
+    let mut flocks = FamilyBuilder::counter(names::FLOCK_REQUESTS);
+    let mut refused = FamilyBuilder::counter(names::FLOCK_REFUSED);
+    let mut wait = FamilyBuilder::histogram(names::FLOCK_WAIT);
+    for (kind, mode, c) in &v.flock_calls {
+        let labels = vec![
+            v.mount.clone(),
+            kind_label(*kind).to_string(),
+            mode_label(*mode).to_string(),
+        ];
+        flocks.add(labels.clone(), c.calls as f64);
+        refused.add(labels.clone(), c.refused as f64);
+        wait.add_hist(labels, &c.hist, c.total_ns);
+    }
     let f = &v.flock;
     [
         state,
@@ -169,6 +195,9 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
         one(names::FLOCK_REGISTRY_UPGRADES, true, f.upgrades as f64),
         one(names::FLOCK_REGISTRY_DOWNGRADES, true, f.downgrades as f64),
         one(names::FLOCK_WAITING, false, v.flock_waiting as f64),
+        flocks,
+        refused,
+        wait,
         one(names::OPEN_FILES, false, v.open_files as f64),
         one(names::SPANS_DROPPED, true, v.spans_dropped as f64),
         one(names::SPANS_EXPORTED, true, v.spans_exported as f64),
@@ -286,5 +315,47 @@ mod tests {
             assert!(text.contains(w), "missing {w} in\n{text}");
         }
         assert_eq!(text.matches("claudefs_fuse_path_state{").count(), 8);
+    }
+
+    #[test]
+    fn flock_requests_of_the_own_mount() {
+        let mut c = FlockCalls::default();
+        for ns in [2_000, 300_000_000] {
+            c.calls += 1;
+            c.total_ns += ns;
+            c.hist.record(ns);
+        }
+        let nb = FlockCalls {
+            calls: 3,
+            refused: 2,
+            ..Default::default()
+        };
+        let v = DaemonView {
+            mount: "/mnt/cfs".into(),
+            flock_calls: vec![
+                (FlockKind::Exclusive, FlockMode::Blocking, c),
+                (FlockKind::Shared, FlockMode::NonBlocking, nb),
+            ],
+            ..Default::default()
+        };
+        let text = String::from_utf8(encode(&daemon_families(&v))).unwrap();
+        let l = "mount=\"/mnt/cfs\",kind=\"exclusive\",mode=\"blocking\"";
+        for w in [
+            format!("claudefs_fuse_flock_requests_total{{{l}}} 2"),
+            format!("claudefs_fuse_flock_refused_total{{{l}}} 0"),
+            format!("claudefs_fuse_flock_wait_seconds_count{{{l}}} 2"),
+            format!("claudefs_fuse_flock_wait_seconds_sum{{{l}}} 0.300002"),
+            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.000004096\"}} 1"),
+            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.536870912\"}} 2"),
+            "claudefs_fuse_flock_refused_total{mount=\"/mnt/cfs\",kind=\"shared\",mode=\"nonblocking\"} 2".to_string(),
+        ] {
+            assert!(text.contains(&w), "missing {w} in\n{text}");
+        }
+        // No flock request served yet: no flock series at all.
+        let empty = String::from_utf8(encode(&daemon_families(&DaemonView::default()))).unwrap();
+        assert!(
+            !empty.contains("claudefs_fuse_flock_requests_total"),
+            "{empty}"
+        );
     }
 }

@@ -239,10 +239,9 @@ fn poll_probes(p: &SharedProbes, cfg: &ExporterConfig) -> Vec<OtelSpan> {
 
 /// Loads the probes for one connection (or all) with an event filter.
 pub fn load_probes(
-    events: crate::probes::EventFilter,
-    only_conn: Option<u32>,
+    opts: &crate::probes::ProbeOptions,
 ) -> Result<SharedProbes, crate::probes::ProbeError> {
-    let p = Probes::load(&crate::probes::ProbeOptions { events, only_conn })?;
+    let p = Probes::load(opts)?;
     for w in p.warnings() {
         tracing::warn!("probes: {w}");
     }

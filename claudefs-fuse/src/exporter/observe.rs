@@ -57,7 +57,11 @@ pub fn run(args: &ObserveArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let filter = event_filter(target.is_some(), args.sample_rate, args.slow_threshold);
     let listener = http::bind(args.metrics_addr)?;
-    let probes = load_probes(filter, None).context("cannot load the probes")?;
+    let probes = load_probes(&crate::probes::ProbeOptions {
+        events: filter,
+        ..Default::default()
+    })
+    .context("cannot load the probes")?;
     let metrics = Arc::new(Metrics::new());
     metrics.register(Box::new(ProbeCollector::new(probes.clone(), None)))?;
     let spans = Arc::new(Spans::new(0.0, MAX_EXPORT_BUFFER_CAPACITY));

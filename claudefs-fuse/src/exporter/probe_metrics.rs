@@ -52,7 +52,7 @@ fn mount_of(mounts: &MountTable, dev: u32) -> (String, String) {
     }
 }
 
-fn kind_label(k: FlockKind) -> &'static str {
+pub(crate) fn kind_label(k: FlockKind) -> &'static str {
     match k {
         FlockKind::Shared => "shared",
         FlockKind::Exclusive => "exclusive",
@@ -60,7 +60,7 @@ fn kind_label(k: FlockKind) -> &'static str {
     }
 }
 
-fn mode_label(m: FlockMode) -> &'static str {
+pub(crate) fn mode_label(m: FlockMode) -> &'static str {
     match m {
         FlockMode::Blocking => "blocking",
         FlockMode::NonBlocking => "nonblocking",
@@ -129,7 +129,16 @@ pub struct ProbeCollector {
     only_conn: Option<u32>,
     mounts: Mutex<MountTable>,
     descs: Vec<Desc>,
+    /// Leave out the flock families (someone else reports them).
+    no_flock: bool,
 }
+
+/// The flock families of this module.
+const FLOCK_FAMILIES: [Family; 3] = [
+    names::FLOCK_REQUESTS,
+    names::FLOCK_REFUSED,
+    names::FLOCK_WAIT,
+];
 
 impl std::fmt::Debug for ProbeCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,7 +155,21 @@ impl ProbeCollector {
             only_conn,
             mounts: Mutex::new(MountTable::read_self().unwrap_or_default()),
             descs: descs(FAMILIES),
+            no_flock: false,
         }
+    }
+
+    /// Without the `claudefs_fuse_flock_*` families: the mount daemon
+    /// reports its own flock requests itself (and loads no flock programs).
+    pub fn without_flock(mut self) -> Self {
+        let kept: Vec<Family> = FAMILIES
+            .iter()
+            .filter(|f| !FLOCK_FAMILIES.iter().any(|x| x.name == f.name))
+            .copied()
+            .collect();
+        self.descs = descs(&kept);
+        self.no_flock = true;
+        self
     }
 
     fn readout(&self) -> Option<ProbeReadout> {
@@ -200,7 +223,11 @@ impl Collector for ProbeCollector {
                 now.with_departed(&earlier)
             };
         }
-        probe_families(&r, &mounts)
+        let mut families = probe_families(&r, &mounts);
+        if self.no_flock {
+            families.retain(|f| !FLOCK_FAMILIES.iter().any(|x| x.name == f.name()));
+        }
+        families
     }
 }
 

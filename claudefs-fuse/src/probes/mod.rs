@@ -65,6 +65,11 @@ pub struct ProbeOptions {
     /// [`dev::kernel_dev_of_path`]); `None` for all. Statistics always
     /// cover every connection.
     pub only_conn: Option<u32>,
+    /// Attach only the FUSE request programs, not the flock ones. The
+    /// mount daemon, which serves flock itself and measures its waits,
+    /// sets this: the flock syscall tracepoints would put every task on
+    /// the host on the slower traced-syscall path.
+    pub fuse_only: bool,
 }
 
 /// Counters the probes keep about themselves (summed over CPUs).
@@ -170,16 +175,22 @@ impl Probes {
         set_event_config(&mut ebpf, opts.events.to_config(opts.only_conn))?;
 
         let mut attached = Vec::new();
+        // (wanted, tracepoints present, programs); programs not wanted are
+        // not listed as attached or missing.
         let groups = [
-            (layout.fuse, &loader::FUSE_PROGRAMS[..]),
-            (layout.flock, &loader::FLOCK_PROGRAMS[..]),
+            (true, layout.fuse, &loader::FUSE_PROGRAMS[..]),
+            (!opts.fuse_only, layout.flock, &loader::FLOCK_PROGRAMS[..]),
             (
+                !opts.fuse_only,
                 layout.flock && layout.lock_inode,
                 std::slice::from_ref(&loader::LOCK_INODE_PROGRAM),
             ),
         ];
         let mut group_ok = [false; 3];
-        for (i, (enabled, specs)) in groups.iter().enumerate() {
+        for (i, (wanted, enabled, specs)) in groups.iter().enumerate() {
+            if !wanted {
+                continue;
+            }
             let mut all = *enabled;
             for spec in specs.iter() {
                 let ok = *enabled && loader::attach(&mut ebpf, spec, &mut warnings)?;

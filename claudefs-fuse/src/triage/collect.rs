@@ -48,6 +48,7 @@ async fn collect(args: &TriageArgs) -> Result<()> {
     let mut probes = Probes::load(&ProbeOptions {
         events: EventFilter::Off,
         only_conn,
+        fuse_only: false,
     })?;
     for warning in probes.warnings() {
         eprintln!("triage: {warning}");

@@ -266,6 +266,7 @@ fn attach(setup: Setup) -> Result<Attached, String> {
             let opts = ProbeOptions {
                 events,
                 only_conn: None,
+                fuse_only: false,
             };
             Probes::load(&opts)
                 .map(|p| Attached::Ours(Box::new(p)))
@@ -488,6 +489,7 @@ fn drain_benchmark(fs: &BenchFs, fill_secs: f64) -> Result<(usize, Duration, u64
     let opts = ProbeOptions {
         events: EventFilter::All,
         only_conn: Some(fs.conn()),
+        fuse_only: false,
     };
     let mut probes = Probes::load(&opts).map_err(|e| e.to_string())?;
     let mut nothing = Attached::Nothing;
