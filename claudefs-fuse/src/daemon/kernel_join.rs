@@ -1,8 +1,11 @@
 //! Joining the daemon's finished requests with the kernel's view of them
 //! (`--ebpf`), by the request's `unique` id.
 //!
-//! A FUSE worker records each finished request that used a storage path
-//! or became a span ([`Joiner::record`], one short lock of one of 16
+//! A FUSE worker records each finished request that became a span, and
+//! at most one request per storage path per [`EMA_INTERVAL`] among the
+//! others that used a path ([`Joiner::ema_due`]), so the join work stays
+//! bounded however busy the mount is, while a quiet mount still has every
+//! request counted ([`Joiner::record`], one short lock of one of 16
 //! shards). The exporter thread takes the probes' events about every
 //! 100 ms and [`join_events`] meets them:
 //! - the kernel latency (send to end, which includes the time the request
@@ -23,7 +26,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::router::Router;
 use super::spans::{errno_name, mix, now_ns, Spans, SERVICE};
@@ -37,6 +40,11 @@ const SHARDS: usize = 16;
 pub const SHARD_LIMIT: usize = 8192;
 /// How long an entry waits for its kernel event.
 pub const EXPIRY: Duration = Duration::from_secs(2);
+/// A path's EMA takes a kernel latency at most this often.
+pub const EMA_INTERVAL: Duration = Duration::from_millis(1);
+/// Paths the EMA sampling tells apart (more share slots, which only makes
+/// their sampling sparser).
+const EMA_SLOTS: usize = 64;
 
 /// What the daemon knows about one finished request.
 #[derive(Debug, Clone)]
@@ -62,6 +70,9 @@ pub struct Joiner {
     pub expired: AtomicU64,
     /// Set once the probes are attached; until then nothing is recorded.
     active: AtomicBool,
+    /// Per path (slot), when its EMA last took a request (ns after `epoch`).
+    ema_last_ns: Vec<AtomicU64>,
+    epoch: Instant,
 }
 
 impl Default for Joiner {
@@ -72,6 +83,8 @@ impl Default for Joiner {
             joined: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             active: AtomicBool::new(false),
+            ema_last_ns: (0..EMA_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
         }
     }
 }
@@ -89,6 +102,22 @@ impl Joiner {
     /// Whether requests are being joined.
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request of `path` finishing now should feed the path's
+    /// EMA: true at most once per [`EMA_INTERVAL`] per path (monotonic
+    /// clock, so a wall-clock step does not stall it).
+    pub fn ema_due(&self, path: u64) -> bool {
+        // Nanoseconds since the joiner was made, never 0.
+        let now_ns = u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(EMA_INTERVAL.as_nanos() as u64);
+        let last = &self.ema_last_ns[path as usize % EMA_SLOTS];
+        let prev = last.load(Ordering::Relaxed);
+        now_ns.saturating_sub(prev) >= EMA_INTERVAL.as_nanos() as u64
+            && last
+                .compare_exchange(prev, now_ns, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Records a finished request; gives it back if the table is full.
@@ -118,14 +147,7 @@ impl Joiner {
             if m.is_empty() {
                 continue;
             }
-            m.retain(|_, f| {
-                if f.end_ns < before_ns {
-                    out.push(f.clone());
-                    false
-                } else {
-                    true
-                }
-            });
+            out.extend(m.extract_if(|_, f| f.end_ns < before_ns).map(|(_, f)| f));
         }
         self.expired.fetch_add(out.len() as u64, Ordering::Relaxed);
         out
@@ -288,6 +310,39 @@ mod tests {
         assert!(ema > 1000, "ema {ema}");
         let _ = PathId(0);
         assert!(joiner.is_empty());
+    }
+
+    #[test]
+    fn ema_takes_one_request_per_path_per_interval() {
+        let joiner = Joiner::default();
+        assert!(joiner.ema_due(0), "the first request of a path counts");
+        assert!(
+            !joiner.ema_due(0),
+            "the next one within the interval does not"
+        );
+        assert!(joiner.ema_due(1), "paths are sampled apart");
+        std::thread::sleep(EMA_INTERVAL * 2);
+        assert!(joiner.ema_due(0));
+    }
+
+    #[test]
+    fn busy_path_records_sampled_requests_only() {
+        let (_d, r) = router();
+        r.set_kernel_latency(true);
+        let joiner = Arc::new(Joiner::default());
+        joiner.set_active(true);
+        // Rate 0: no span is kept, so only the EMA sampling records.
+        let spans = Spans::new(0.0, 100).with_joiner(joiner.clone());
+        for unique in 0..1000u64 {
+            let sp = spans.begin("getattr", unique * 2, 1, 0, 42);
+            crate::daemon::router::set_last_path(0);
+            spans.end(sp, None, None, None);
+        }
+        let n = joiner.len();
+        assert!(
+            (1..1000).contains(&n),
+            "{n} of 1000 back-to-back requests recorded"
+        );
     }
 
     #[test]

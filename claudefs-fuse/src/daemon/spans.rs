@@ -244,7 +244,7 @@ impl Spans {
         let path = super::router::last_path();
         let built = keep.then(|| self.build(&s, end_ns, path, fh, bytes, errno));
         if let Some(j) = self.joiner.as_ref().filter(|j| j.is_active()) {
-            if path.is_some() || built.is_some() {
+            if built.is_some() || path.is_some_and(|p| j.ema_due(p)) {
                 let f = Finished {
                     path,
                     daemon_elapsed_ns: elapsed,
