@@ -312,7 +312,7 @@ fn flock(f: &fs::File, op: libc::c_int) -> std::io::Result<()> {
 }
 
 #[test]
-fn daemon_reports_its_flock_contention_without_probes() {
+fn daemon_reports_flock_contention_and_waiting_requests_without_probes() {
     if fuse_unavailable().is_some() {
         return;
     }
@@ -344,13 +344,29 @@ fn daemon_reports_its_flock_contention_without_probes() {
         .arg("true")
         .spawn()
         .unwrap();
-    std::thread::sleep(hold);
+    let mount = m.mnt.canonicalize().unwrap().display().to_string();
+    // The parked SETLKW is a request the kernel counts as waiting on the
+    // daemon (fusectl), until the lock is granted.
+    let waiting = format!("claudefs_fuse_requests_waiting{{mount=\"{mount}\",fstype=\"fuse\"}}");
+    let mut text = String::new();
+    let seen = wait_until(hold, || {
+        text = scrape(port);
+        sample(&text, &waiting).is_some_and(|n| n >= 1.0)
+    });
+    assert!(seen, "no waiting request during a blocked flock:\n{text}");
+    std::thread::sleep(hold.saturating_sub(t0.elapsed()));
     flock(&a, libc::LOCK_UN).unwrap();
     assert!(waiter.wait().unwrap().success());
     assert!(t0.elapsed() >= hold);
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            text = scrape(port);
+            sample(&text, &waiting) == Some(0.0)
+        }),
+        "requests still waiting after the grant:\n{text}"
+    );
 
     let text = scrape(port);
-    let mount = m.mnt.canonicalize().unwrap().display().to_string();
     let series = |name: &str, kind: &str, mode: &str| {
         let s = format!("{name}{{mount=\"{mount}\",kind=\"{kind}\",mode=\"{mode}\"}}");
         sample(&text, &s).unwrap_or_else(|| panic!("no {s}:\n{text}"))
@@ -424,6 +440,8 @@ fn observe_counts_requests_of_a_bindfs_mount() {
         text.contains("claudefs_fuse_probe_attached{program=\"fuse_request_send\"} 1"),
         "{text}"
     );
+    let waiting = format!("claudefs_fuse_requests_waiting{{mount=\"{mount}\",fstype=\"fuse\"}} 0");
+    assert!(text.contains(&waiting), "no {waiting}:\n{text}");
     let (ok, msg) = promtool_check(&text).unwrap();
     assert!(ok && msg.trim().is_empty(), "promtool: {msg}\n{text}");
     assert_eq!(http_get(obs.port, "/healthz").unwrap().trim(), "ok");

@@ -338,16 +338,29 @@ fn start_exporter(
     }
     let metrics = Arc::new(ex::Metrics::new());
     let stats = Arc::new(ex::otlp::ExportStats::default());
+    let conn = crate::probes::mountinfo::MountTable::read_self()
+        .ok()
+        .and_then(|t| {
+            t.entries()
+                .iter()
+                .rev()
+                .find(|e| e.mount_point == mountpoint)
+                .map(|e| e.dev)
+        });
+    if let Some(conn) = conn.filter(|_| listener.is_some()) {
+        match ex::fusectl::Fusectl::find_or_mount() {
+            Ok(fc) => {
+                let c = ex::fusectl::WaitingCollector::new(fc, Some(conn));
+                if let Err(e) = metrics.register(Box::new(c)) {
+                    tracing::warn!("{e}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!("fusectl unavailable ({e}): no claudefs_fuse_requests_waiting")
+            }
+        }
+    }
     let probes = if s.ebpf {
-        let conn = crate::probes::mountinfo::MountTable::read_self()
-            .ok()
-            .and_then(|t| {
-                t.entries()
-                    .iter()
-                    .rev()
-                    .find(|e| e.mount_point == mountpoint)
-                    .map(|e| e.dev)
-            });
         // Only the FUSE request programs: the daemon measures the flock
         // requests it serves itself (see `locks`).
         let opts = crate::probes::ProbeOptions {

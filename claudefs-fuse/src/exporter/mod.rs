@@ -15,6 +15,7 @@
 //! into bounded buffers.
 
 pub mod daemon_metrics;
+pub mod fusectl;
 pub mod http;
 pub mod model;
 pub mod names;

@@ -35,6 +35,9 @@ families! {
     /// Histogram, seconds: kernel send to end (includes queueing in /dev/fuse).
     REQUEST_DURATION = "claudefs_fuse_request_duration_seconds", ["mount", "fstype", "opcode"],
         "FUSE request latency from the kernel sending it to the end of the reply (queueing in /dev/fuse included); buckets at powers of two nanoseconds.";
+    /// Gauge, requests: queued for or being served by the daemon (fusectl).
+    REQUESTS_WAITING = "claudefs_fuse_requests_waiting", ["mount", "fstype"],
+        "FUSE requests queued for the daemon or being served by it (the kernel's fusectl `waiting` count); above zero while no request finishes means a stuck daemon.";
     /// Counter, calls: flock(2) calls.
     FLOCK_REQUESTS = "claudefs_fuse_flock_requests_total", ["mount", "kind", "mode"],
         "flock(2) calls, by kind (shared, exclusive, unlock) and mode (blocking, nonblocking).";

@@ -64,6 +64,12 @@ pub fn run(args: &ObserveArgs) -> anyhow::Result<()> {
     .context("cannot load the probes")?;
     let metrics = Arc::new(Metrics::new());
     metrics.register(Box::new(ProbeCollector::new(probes.clone(), None)))?;
+    match super::fusectl::Fusectl::find_or_mount() {
+        Ok(fc) => metrics.register(Box::new(super::fusectl::WaitingCollector::new(fc, None)))?,
+        Err(e) => {
+            eprintln!("observe: fusectl unavailable ({e}): no claudefs_fuse_requests_waiting")
+        }
+    }
     let spans = Arc::new(Spans::new(0.0, MAX_EXPORT_BUFFER_CAPACITY));
     let stats = Arc::new(ExportStats::default());
     let exporter = Exporter::start(ExporterConfig {

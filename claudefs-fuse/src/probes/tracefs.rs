@@ -149,15 +149,19 @@ pub fn unescape_mountinfo(s: &str) -> String {
 }
 
 fn mount_tracefs(target: &Path) -> Result<(), ProbeError> {
-    let err = |source| ProbeError::TracefsUnavailable {
+    mount_pseudo_fs(c"tracefs", target).map_err(|source| ProbeError::TracefsUnavailable {
         path: target.to_path_buf(),
         source,
-    };
+    })
+}
+
+/// Mounts a kernel pseudo file system (`tracefs`, `fusectl`) of type
+/// `fstype` at `target` (nosuid, nodev, noexec).
+pub(crate) fn mount_pseudo_fs(fstype: &std::ffi::CStr, target: &Path) -> std::io::Result<()> {
     let c_target = CString::new(target.as_os_str().as_encoded_bytes())
-        .map_err(|_| err(std::io::Error::other("path contains NUL")))?;
-    let fstype = c"tracefs";
+        .map_err(|_| std::io::Error::other("path contains NUL"))?;
     // SAFETY: all pointers are valid NUL-terminated strings that outlive
-    // the call; `data` may be NULL for tracefs.
+    // the call; `data` may be NULL for these file systems.
     let rc = unsafe {
         libc::mount(
             fstype.as_ptr(),
@@ -168,7 +172,7 @@ fn mount_tracefs(target: &Path) -> Result<(), ProbeError> {
         )
     };
     if rc != 0 {
-        return Err(err(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

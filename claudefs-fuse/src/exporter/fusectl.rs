@@ -1,0 +1,218 @@
+//! Requests waiting on each FUSE connection, from the kernel's FUSE control
+//! file system (fusectl, normally at `/sys/fs/fuse/connections`): its
+//! `<conn>/waiting` file counts the requests queued for the daemon or
+//! being served by it. A count that stays above zero while no request
+//! finishes is what a hung daemon looks like, and reading it needs no
+//! probes. [`WaitingCollector`] publishes it as
+//! `claudefs_fuse_requests_waiting{mount,fstype}`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+
+use super::model::{descs, FamilyBuilder};
+use super::names;
+use crate::probes::mountinfo::MountTable;
+
+/// Where fusectl is normally mounted, and where it is mounted if missing.
+pub const DEFAULT_FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// A fusectl mount.
+#[derive(Debug, Clone)]
+pub struct Fusectl {
+    root: PathBuf,
+}
+
+impl Fusectl {
+    /// A fusectl rooted at `root` (tests, or a caller that knows better).
+    pub fn at(root: impl Into<PathBuf>) -> Fusectl {
+        Fusectl { root: root.into() }
+    }
+
+    /// The mounted fusectl, or one mounted at [`DEFAULT_FUSECTL`] (needs
+    /// CAP_SYS_ADMIN; most distributions mount it at boot).
+    pub fn find_or_mount() -> std::io::Result<Fusectl> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if let Some(e) = MountTable::parse(&text)
+            .entries()
+            .iter()
+            .find(|e| e.fstype == "fusectl")
+        {
+            return Ok(Fusectl::at(e.mount_point.clone()));
+        }
+        let target = Path::new(DEFAULT_FUSECTL);
+        crate::probes::tracefs::mount_pseudo_fs(c"fusectl", target)?;
+        tracing::info!("fusectl was not mounted; mounted it at {DEFAULT_FUSECTL}");
+        Ok(Fusectl::at(target))
+    }
+
+    /// Requests waiting on connection `conn` (the kernel `dev_t` of the
+    /// mount); `None` if the connection is gone or unreadable.
+    pub fn waiting(&self, conn: u32) -> Option<u64> {
+        std::fs::read_to_string(self.root.join(conn.to_string()).join("waiting"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+/// The waiting requests of every FUSE connection mounted in `mounts` (or
+/// only of `only_conn`), one series per connection, named like the probe
+/// metrics name it (see [`MountTable::by_dev`]).
+pub fn waiting_family(
+    fusectl: &Fusectl,
+    mounts: &MountTable,
+    only_conn: Option<u32>,
+) -> Option<MetricFamily> {
+    let mut conns: Vec<u32> = mounts.fuse_mounts().map(|e| e.dev).collect();
+    conns.sort_unstable();
+    conns.dedup();
+    let mut family = FamilyBuilder::gauge(names::REQUESTS_WAITING);
+    for conn in conns
+        .into_iter()
+        .filter(|c| only_conn.is_none_or(|o| o == *c))
+    {
+        let (Some(entry), Some(n)) = (mounts.by_dev(conn), fusectl.waiting(conn)) else {
+            continue;
+        };
+        family.add(
+            vec![
+                entry.mount_point.display().to_string(),
+                entry.fstype.clone(),
+            ],
+            n as f64,
+        );
+    }
+    family.build()
+}
+
+/// A `Collector` of [`waiting_family`] at each scrape.
+pub struct WaitingCollector {
+    fusectl: Fusectl,
+    only_conn: Option<u32>,
+    descs: Vec<Desc>,
+    warned: Mutex<bool>,
+}
+
+impl std::fmt::Debug for WaitingCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WaitingCollector").finish_non_exhaustive()
+    }
+}
+
+impl WaitingCollector {
+    /// `only_conn`: the daemon's own connection; `None` for every mount.
+    pub fn new(fusectl: Fusectl, only_conn: Option<u32>) -> Self {
+        Self {
+            fusectl,
+            only_conn,
+            descs: descs(&[names::REQUESTS_WAITING]),
+            warned: Mutex::new(false),
+        }
+    }
+}
+
+impl Collector for WaitingCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mounts = match MountTable::read_self() {
+            Ok(m) => m,
+            Err(e) => {
+                let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+                if !*warned {
+                    tracing::warn!("cannot read the mount table: {e}");
+                    *warned = true;
+                }
+                return Vec::new();
+            }
+        };
+        waiting_family(&self.fusectl, &mounts, self.only_conn)
+            .into_iter()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exporter::model::encode;
+
+    const MOUNTINFO: &str = "\
+36 1 0:55 / /mnt/cfs rw,nosuid - fuse.claudefs claudefs rw,user_id=0
+37 1 0:56 / /mnt/ssh rw,nosuid - fuse.sshfs host: rw,user_id=0
+38 1 0:56 / /mnt/ssh-again rw,nosuid - fuse.sshfs host: rw,user_id=0
+39 1 0:57 / /mnt/gone rw,nosuid - fuse.x x rw,user_id=0
+40 1 8:1 / /data rw - ext4 /dev/sda1 rw
+";
+
+    fn fake_fusectl(waiting: &[(u32, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (conn, text) in waiting {
+            let dir = d.path().join(conn.to_string());
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("waiting"), text).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn one_series_per_connection_with_its_mount_name() {
+        let d = fake_fusectl(&[(55, "3\n"), (56, "0\n"), (8 << 20 | 1, "9\n")]);
+        let fc = Fusectl::at(d.path());
+        let mounts = MountTable::parse(MOUNTINFO);
+        let text =
+            String::from_utf8(encode(&[waiting_family(&fc, &mounts, None).unwrap()])).unwrap();
+        assert!(
+            text.contains("# TYPE claudefs_fuse_requests_waiting gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "claudefs_fuse_requests_waiting{mount=\"/mnt/cfs\",fstype=\"fuse.claudefs\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "claudefs_fuse_requests_waiting{mount=\"/mnt/ssh\",fstype=\"fuse.sshfs\"} 0"
+            ),
+            "{text}"
+        );
+        // A bind mount of the same connection is not a second series; a
+        // connection without a fusectl entry and a block device are skipped.
+        assert_eq!(
+            text.matches("claudefs_fuse_requests_waiting{").count(),
+            2,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn only_the_own_connection() {
+        let d = fake_fusectl(&[(55, "3\n"), (56, "1\n")]);
+        let fc = Fusectl::at(d.path());
+        let mounts = MountTable::parse(MOUNTINFO);
+        let fam = waiting_family(&fc, &mounts, Some(56)).unwrap();
+        let text = String::from_utf8(encode(&[fam])).unwrap();
+        assert_eq!(
+            text.matches("claudefs_fuse_requests_waiting{").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("mount=\"/mnt/ssh\""), "{text}");
+        assert!(waiting_family(&fc, &mounts, Some(99)).is_none());
+    }
+
+    #[test]
+    fn unreadable_counts_are_skipped() {
+        let d = fake_fusectl(&[(55, "not a number")]);
+        assert_eq!(Fusectl::at(d.path()).waiting(55), None);
+        assert_eq!(Fusectl::at(d.path()).waiting(56), None);
+    }
+}
