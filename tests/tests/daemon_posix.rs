@@ -70,6 +70,15 @@ fn posix_suite() {
     let (src, m) = MountGuard::single_path(tmp.path(), &[]).unwrap();
     let mnt = m.mnt.clone();
 
+    // The mount table names the file system.
+    let canon = mnt.canonicalize().unwrap().display().to_string();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(canon.as_str()))
+        .unwrap_or_else(|| panic!("{canon} not in mountinfo:\n{info}"));
+    assert!(line.contains(" - fuse.claudefs claudefs "), "{line}");
+
     // Files: create, write, read, append, seek, and the data lands in storage.
     let f = mnt.join("file");
     fs::write(&f, b"hello world").unwrap();

@@ -347,7 +347,8 @@ fn daemon_reports_flock_contention_and_waiting_requests_without_probes() {
     let mount = m.mnt.canonicalize().unwrap().display().to_string();
     // The parked SETLKW is a request the kernel counts as waiting on the
     // daemon (fusectl), until the lock is granted.
-    let waiting = format!("claudefs_fuse_requests_waiting{{mount=\"{mount}\",fstype=\"fuse\"}}");
+    let waiting =
+        format!("claudefs_fuse_requests_waiting{{mount=\"{mount}\",fstype=\"fuse.claudefs\"}}");
     let mut text = String::new();
     let seen = wait_until(hold, || {
         text = scrape(port);

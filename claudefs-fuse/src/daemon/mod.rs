@@ -18,6 +18,7 @@ pub mod inodes;
 pub mod journal;
 pub mod kernel_join;
 pub mod locks;
+pub mod mount;
 pub mod ops;
 pub mod router;
 pub mod spans;
@@ -278,8 +279,15 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     config.acl = SessionACL::All;
     config.n_threads = Some(s.threads);
     config.clone_fd = true;
-    let session = fuser::Session::new(fs, &mountpoint, &config)
-        .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
+    let session = match mount::mount_fuse(&mountpoint) {
+        Ok(fd) => fuser::Session::from_fd(fs, fd, SessionACL::All, config),
+        // Not allowed to mount: fuser's mount goes through fusermount.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            fuser::Session::new(fs, &mountpoint, &config)
+        }
+        Err(e) => Err(e),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
     spawn_signal_handler(mountpoint.clone(), stop.clone())?;
     let exporter = start_exporter(
         &s,
