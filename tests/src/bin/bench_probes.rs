@@ -3,6 +3,7 @@
 //! 1. FUSE metadata ops/s: a `stat(2)` loop on a file of the in-process
 //!    test file system (entry and attribute TTL 0, so every stat is a
 //!    LOOKUP and a GETATTR request), with no probes, with our probes, with
+//!    our FUSE programs only (what the mount daemon's `--ebpf` loads), with
 //!    our probes and every request sent to the ring buffer, and with an
 //!    equivalent bpftrace script (the same five tracepoints: FUSE latency
 //!    into a per-(conn, opcode) histogram, flock waits into a histogram).
@@ -198,15 +199,17 @@ enum Setup {
     None,
     Floor,
     Ours,
+    OursFuseOnly,
     OursEvents,
     Bpftrace,
 }
 
 impl Setup {
-    const ALL: [Setup; 5] = [
+    const ALL: [Setup; 6] = [
         Setup::None,
         Setup::Floor,
         Setup::Ours,
+        Setup::OursFuseOnly,
         Setup::OursEvents,
         Setup::Bpftrace,
     ];
@@ -216,6 +219,7 @@ impl Setup {
             Setup::None => "no probes",
             Setup::Floor => "empty programs, same tracepoints",
             Setup::Ours => "claudefs probes",
+            Setup::OursFuseOnly => "claudefs probes, FUSE only (daemon)",
             Setup::OursEvents => "claudefs probes + events(all)",
             Setup::Bpftrace => "bpftrace (same tracepoints, hist)",
         }
@@ -257,7 +261,7 @@ impl Drop for Attached {
 fn attach(setup: Setup) -> Result<Attached, String> {
     match setup {
         Setup::None => Ok(Attached::Nothing),
-        Setup::Ours | Setup::OursEvents => {
+        Setup::Ours | Setup::OursFuseOnly | Setup::OursEvents => {
             let events = if setup == Setup::OursEvents {
                 EventFilter::All
             } else {
@@ -266,7 +270,7 @@ fn attach(setup: Setup) -> Result<Attached, String> {
             let opts = ProbeOptions {
                 events,
                 only_conn: None,
-                fuse_only: false,
+                fuse_only: setup == Setup::OursFuseOnly,
             };
             Probes::load(&opts)
                 .map(|p| Attached::Ours(Box::new(p)))
