@@ -1,7 +1,7 @@
 //! Multipath failover, idmap modes and crash recovery of the daemon.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -230,6 +230,36 @@ fn passthrough_reads_and_writes() {
     fs::write(m.mnt.join("p"), &data).unwrap();
     assert_eq!(fs::read(m.mnt.join("p")).unwrap(), data);
     assert_eq!(fs::read(src.join("p")).unwrap(), data);
+
+    // Registrations are cached after close, per access mode: one made for
+    // read-only opens never serves a writer, and reads through it see what
+    // the writer wrote.
+    let f = m.mnt.join("modes");
+    fs::write(&f, b"0123456789").unwrap();
+    for _ in 0..3 {
+        assert_eq!(fs::read(&f).unwrap(), b"0123456789");
+    }
+    let mut w = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
+    w.seek(SeekFrom::Start(2)).unwrap();
+    w.write_all(b"ab").unwrap();
+    w.sync_all().unwrap();
+    drop(w);
+    assert_eq!(fs::read(src.join("modes")).unwrap(), b"01ab456789");
+    assert_eq!(fs::read(&f).unwrap(), b"01ab456789");
+    let mut a = fs::OpenOptions::new().append(true).open(&f).unwrap();
+    a.write_all(b"!").unwrap();
+    drop(a);
+    assert_eq!(fs::read(&f).unwrap(), b"01ab456789!");
+    // A removed file with a cached registration can be made again.
+    fs::remove_file(&f).unwrap();
+    fs::write(&f, b"new").unwrap();
+    assert_eq!(fs::read(&f).unwrap(), b"new");
+    assert_eq!(fs::read(src.join("modes")).unwrap(), b"new");
+
     // Either the kernel took passthrough, or the daemon fell back (and said so).
     let st = m.status().unwrap();
     if st["passthrough"] != true {

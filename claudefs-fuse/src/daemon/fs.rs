@@ -3,12 +3,11 @@
 //! the errno. Every request gets exactly one reply; a panic in a handler is
 //! caught (the dropped reply answers `EIO`) and never takes a worker down.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use super::backing::BackingCache;
 use super::locks::Locks;
 use super::ops::{Core, OpenFile};
 use super::spans::{ReqSpan, Spans};
@@ -26,13 +26,6 @@ use super::storage::SysResult;
 
 /// Attribute and entry cache time.
 const TTL: Duration = Duration::from_secs(1);
-
-/// Passthrough backing files, one per inode while it has open handles.
-#[derive(Debug, Default)]
-struct Backing {
-    by_ino: HashMap<u64, (Arc<BackingId>, usize)>,
-    by_fh: HashMap<u64, u64>,
-}
 
 /// The `fuser::Filesystem` of the daemon.
 #[derive(Debug)]
@@ -44,7 +37,10 @@ pub struct Fs {
     pub passthrough: Arc<AtomicBool>,
     /// Set when the kernel took FUSE_FLOCK_LOCKS.
     pub flock: Arc<AtomicBool>,
-    backing: Mutex<Backing>,
+    /// Passthrough registrations (see `backing`).
+    backing: Mutex<BackingCache<BackingId>>,
+    /// When idle registrations were last checked for failed paths (s).
+    backing_swept: AtomicU64,
 }
 
 fn err(e: i32) -> Errno {
@@ -65,7 +61,8 @@ impl Fs {
             spans,
             passthrough: Arc::new(AtomicBool::new(passthrough)),
             flock: Arc::new(AtomicBool::new(false)),
-            backing: Mutex::new(Backing::default()),
+            backing: Mutex::new(BackingCache::default()),
+            backing_swept: AtomicU64::new(0),
         }
     }
 
@@ -95,7 +92,12 @@ impl Fs {
         }
     }
 
-    /// Registers a passthrough backing file for `of` (per inode, shared).
+    fn backings(&self) -> std::sync::MutexGuard<'_, BackingCache<BackingId>> {
+        self.backing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The passthrough registration for handle `fh` of `of` (shared per
+    /// inode and access mode, cached when idle: see `backing`).
     fn backing_for(
         &self,
         fh: u64,
@@ -105,41 +107,39 @@ impl Fs {
         if !self.passthrough.load(Ordering::Relaxed) {
             return None;
         }
-        let mut b = self.backing.lock().unwrap_or_else(|p| p.into_inner());
-        let id = match b.by_ino.get_mut(&of.ino) {
-            Some((id, n)) => {
-                *n += 1;
-                id.clone()
+        let (path, fd) = of.current();
+        let router = &self.core.router;
+        let r = self.backings().acquire(
+            fh,
+            of.ino,
+            of.flags,
+            path,
+            |p| router.usable(p),
+            || open(&fd.as_fd()),
+        );
+        match r {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(
+                    "kernel refused FUSE passthrough ({e}); serving reads and writes in the daemon"
+                );
+                self.passthrough.store(false, Ordering::Relaxed);
+                None
             }
-            None => {
-                let (_, fd) = of.current();
-                match open(&fd.as_fd()) {
-                    Ok(id) => {
-                        let id = Arc::new(id);
-                        b.by_ino.insert(of.ino, (id.clone(), 1));
-                        id
-                    }
-                    Err(e) => {
-                        tracing::warn!("kernel refused FUSE passthrough ({e}); serving reads and writes in the daemon");
-                        self.passthrough.store(false, Ordering::Relaxed);
-                        return None;
-                    }
-                }
-            }
-        };
-        b.by_fh.insert(fh, of.ino);
-        Some(id)
+        }
     }
 
+    /// Handle `fh` closed; about once a second, idle registrations on
+    /// paths that failed are dropped (they hold files open there).
     fn drop_backing(&self, fh: u64) {
-        let mut b = self.backing.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ino) = b.by_fh.remove(&fh) {
-            if let Some((_, n)) = b.by_ino.get_mut(&ino) {
-                *n -= 1;
-                if *n == 0 {
-                    b.by_ino.remove(&ino);
-                }
-            }
+        let mut b = self.backings();
+        b.release(fh);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.backing_swept.swap(now, Ordering::Relaxed) != now {
+            let router = &self.core.router;
+            b.drop_unusable(|p| router.usable(p));
         }
     }
 }
@@ -166,6 +166,7 @@ impl Filesystem for Fs {
 
     fn destroy(&mut self) {
         self.locks.shutdown();
+        self.backings().clear();
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -180,6 +181,8 @@ impl Filesystem for Fs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.core.forget(ino.0, nlookup);
+        // The kernel evicted the inode (FORGET comes once, at eviction).
+        self.backings().forget(ino.0);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {

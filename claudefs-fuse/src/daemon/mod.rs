@@ -11,6 +11,7 @@
 //! (live state over a unix socket). Metrics and OTLP export live in
 //! `crate::exporter`.
 
+pub mod backing;
 pub mod config;
 pub mod fs;
 pub mod idmap;
