@@ -380,6 +380,20 @@ fn daemon_reports_flock_contention_and_waiting_requests_without_probes() {
     assert_eq!(series(calls, "exclusive", "blocking"), 2.0);
     assert_eq!(series(refused, "exclusive", "blocking"), 0.0);
     assert_eq!(series(calls, "unlock", "blocking"), 1.0);
+    // The same four SETLK/SETLKW requests in the daemon's own request
+    // counter, the refusal among its errors.
+    let setlk = sample(&text, "claudefs_fuse_daemon_requests_total{op=\"setlk\"}");
+    assert_eq!(setlk, Some(4.0), "{text}");
+    let failed = sample(
+        &text,
+        "claudefs_fuse_daemon_request_errors_total{op=\"setlk\"}",
+    );
+    assert_eq!(failed, Some(1.0), "{text}");
+    assert!(
+        sample(&text, "claudefs_fuse_daemon_requests_total{op=\"lookup\"}")
+            .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
     assert_eq!(
         series(&format!("{wait}_count"), "exclusive", "blocking"),
         2.0

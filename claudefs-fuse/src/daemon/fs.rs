@@ -19,7 +19,7 @@ use fuser::{
 };
 
 use super::backing::BackingCache;
-use super::locks::Locks;
+use super::locks::{Locks, Outcome};
 use super::ops::{Core, OpenFile};
 use super::spans::{ReqSpan, Spans};
 use super::storage::SysResult;
@@ -741,9 +741,16 @@ impl Filesystem for Fs {
     ) {
         guard("setlk", || {
             let sp = self.begin("setlk", req, ino.0);
-            self.spans.end(sp, None, None, None);
-            self.locks
+            // A parked request counts as answered here: its span is the
+            // daemon's part (queueing it), its wait is in the flock metrics.
+            let outcome = self
+                .locks
                 .setlk(ino.0, lock_owner.0, pid, req.pid(), typ, sleep, reply);
+            let errno = match outcome {
+                Outcome::Error(e) => Some(e),
+                Outcome::Granted | Outcome::Parked => None,
+            };
+            self.spans.end(sp, None, None, errno);
         })
     }
 

@@ -119,7 +119,7 @@ pub struct Locks {
     stop: AtomicBool,
 }
 
-/// Answer to a request that can be given now.
+/// What [`Locks::setlk`] answered (or that it parked the request).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Granted,
@@ -137,7 +137,8 @@ impl Locks {
     }
 
     /// SETLK/SETLKW of a flock: `typ` is `F_RDLCK`/`F_WRLCK`/`F_UNLCK`.
-    /// Replies now, or parks `reply` until the lock can be granted.
+    /// Replies now, or parks `reply` until the lock can be granted; says
+    /// which.
     #[allow(clippy::too_many_arguments)]
     pub fn setlk(
         &self,
@@ -148,13 +149,16 @@ impl Locks {
         typ: i32,
         sleep: bool,
         reply: ReplyEmpty,
-    ) {
+    ) -> Outcome {
         let since = Instant::now();
         let ft = match typ {
             libc::F_RDLCK => FlockType::Shared,
             libc::F_WRLCK => FlockType::Exclusive,
             libc::F_UNLCK => FlockType::Unlock,
-            _ => return reply.error(Errno::EINVAL),
+            _ => {
+                reply.error(Errno::EINVAL);
+                return Outcome::Error(libc::EINVAL);
+            }
         };
         let mut inner = self.lock();
         if ft == FlockType::Unlock {
@@ -163,7 +167,8 @@ impl Locks {
             Self::wake(&mut inner, ino);
             inner.answered(ft, sleep, since, false);
             drop(inner);
-            return reply.ok();
+            reply.ok();
+            return Outcome::Granted;
         }
         inner.inos.insert(ino);
         match inner
@@ -173,17 +178,20 @@ impl Locks {
             FlockConflict::None => {
                 inner.answered(ft, sleep, since, false);
                 drop(inner);
-                reply.ok()
+                reply.ok();
+                Outcome::Granted
             }
             FlockConflict::Deadlock => {
                 inner.answered(ft, sleep, since, false);
                 drop(inner);
-                reply.error(Errno::from_i32(libc::EDEADLK))
+                reply.error(Errno::from_i32(libc::EDEADLK));
+                Outcome::Error(libc::EDEADLK)
             }
             FlockConflict::WouldBlock { .. } if !sleep => {
                 inner.answered(ft, sleep, since, true);
                 drop(inner);
-                reply.error(Errno::from_i32(libc::EWOULDBLOCK))
+                reply.error(Errno::from_i32(libc::EWOULDBLOCK));
+                Outcome::Error(libc::EWOULDBLOCK)
             }
             FlockConflict::WouldBlock { .. } => {
                 if inner.reg.has_lock(owner, ino) {
@@ -197,7 +205,8 @@ impl Locks {
                     {
                         inner.answered(ft, sleep, since, false);
                         drop(inner);
-                        return reply.ok();
+                        reply.ok();
+                        return Outcome::Granted;
                     }
                 }
                 inner.queues.entry(ino).or_default().push_back(Waiter {
@@ -208,6 +217,7 @@ impl Locks {
                     reply,
                     since,
                 });
+                Outcome::Parked
             }
         }
     }

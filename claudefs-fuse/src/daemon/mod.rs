@@ -435,6 +435,7 @@ fn start_exporter(
                 flock_waiting,
                 flock_calls: locks.calls(),
                 open_files: core.open_count(),
+                requests: spans.op_counts(),
                 spans_dropped: spans.counts().1 + stats.lost(),
                 spans_exported: stats.exported.load(Ordering::Relaxed),
             }

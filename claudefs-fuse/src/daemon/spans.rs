@@ -28,6 +28,7 @@
 //! | `process.pid`      | caller pid                                |
 //! | `error.errno`      | errno replied, on failure only            |
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -119,10 +120,59 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A request being traced.
+/// The operations the daemon counts (`claudefs_fuse_daemon_requests_total`
+/// `op` label); anything else counts as `other`.
+pub const OPS: [&str; 29] = [
+    "access",
+    "create",
+    "fallocate",
+    "fsync",
+    "getattr",
+    "getxattr",
+    "link",
+    "listxattr",
+    "lookup",
+    "lseek",
+    "mkdir",
+    "mknod",
+    "open",
+    "opendir",
+    "read",
+    "readdir",
+    "readdirplus",
+    "readlink",
+    "release",
+    "removexattr",
+    "rename",
+    "rmdir",
+    "setattr",
+    "setlk",
+    "setxattr",
+    "statfs",
+    "symlink",
+    "unlink",
+    "write",
+];
+
+/// Requests answered and answered with an error, per operation
+/// ([`OPS`], then `other`).
+#[derive(Debug, Default)]
+struct OpCounters {
+    answered: [AtomicU64; OPS.len() + 1],
+    errors: [AtomicU64; OPS.len() + 1],
+}
+
+fn op_index(op: &str) -> usize {
+    OPS.iter().position(|o| *o == op).unwrap_or(OPS.len())
+}
+
+/// A request being answered (and maybe traced).
 #[derive(Debug)]
 pub struct ReqSpan {
     op: &'static str,
+    op_index: usize,
+    /// Timed: it may become a span or be joined with the kernel.
+    timed: bool,
     trace: TraceId,
     start_ns: u64,
     ino: u64,
@@ -141,6 +191,7 @@ pub struct Spans {
     /// Requests at least this slow always become spans (0: off).
     slow_ns: u64,
     joiner: Option<Arc<Joiner>>,
+    ops: OpCounters,
 }
 
 impl Spans {
@@ -152,6 +203,7 @@ impl Spans {
             seed: mix(now_ns() ^ u64::from(std::process::id())),
             slow_ns: 0,
             joiner: None,
+            ops: OpCounters::default(),
         }
     }
 
@@ -197,8 +249,26 @@ impl Spans {
         (b.len(), b.dropped())
     }
 
-    /// Starts tracing request `unique` if the sampler keeps it (or if it
-    /// may still become a slow-request span or be joined with the kernel).
+    /// Requests answered so far: (op, answered, errors), nonzero ones.
+    pub fn op_counts(&self) -> Vec<(&'static str, u64, u64)> {
+        OPS.iter()
+            .copied()
+            .chain(["other"])
+            .enumerate()
+            .map(|(i, op)| {
+                (
+                    op,
+                    self.ops.answered[i].load(Ordering::Relaxed),
+                    self.ops.errors[i].load(Ordering::Relaxed),
+                )
+            })
+            .filter(|(_, n, _)| *n > 0)
+            .collect()
+    }
+
+    /// Starts request `unique`: it is counted when it ends, and timed if
+    /// the sampler keeps it (or if it may still become a slow-request span
+    /// or be joined with the kernel).
     pub fn begin(
         &self,
         op: &'static str,
@@ -213,14 +283,16 @@ impl Spans {
             SamplingDecision::RecordAndSample
         );
         let joining = self.joiner.as_ref().is_some_and(|j| j.is_active());
-        if !sampled && self.slow_ns == 0 && !joining {
-            return None;
+        let timed = sampled || self.slow_ns > 0 || joining;
+        if timed {
+            super::router::clear_last_path();
         }
-        super::router::clear_last_path();
         Some(ReqSpan {
             op,
+            op_index: op_index(op),
+            timed,
             trace,
-            start_ns: now_ns(),
+            start_ns: if timed { now_ns() } else { 0 },
             ino,
             uid,
             pid,
@@ -229,7 +301,7 @@ impl Spans {
         })
     }
 
-    /// Finishes a span (no-op for unsampled requests).
+    /// Counts a finished request; finishes its span if it is traced.
     pub fn end(
         &self,
         span: Option<ReqSpan>,
@@ -238,6 +310,13 @@ impl Spans {
         errno: Option<i32>,
     ) {
         let Some(s) = span else { return };
+        self.ops.answered[s.op_index].fetch_add(1, Ordering::Relaxed);
+        if errno.is_some() {
+            self.ops.errors[s.op_index].fetch_add(1, Ordering::Relaxed);
+        }
+        if !s.timed {
+            return;
+        }
         let end_ns = now_ns();
         let elapsed = end_ns.saturating_sub(s.start_ns);
         let keep = s.sampled || (self.slow_ns > 0 && elapsed >= self.slow_ns);
@@ -342,8 +421,17 @@ mod tests {
         s.end(r, None, None, Some(2));
         let spans = s.buffer().lock().unwrap().drain();
         assert_eq!(spans[0].status, SpanStatus::Error("ENOENT".into()));
+        // Not sampled: no span, but counted.
         let none = Spans::new(0.0, 10);
-        assert!(none.begin("read", 5, 1, 0, 1).is_none());
+        for unique in 0..3 {
+            let r = none.begin("read", unique, 1, 0, 1);
+            none.end(r, None, None, (unique == 0).then_some(libc::EIO));
+        }
+        let r = none.begin("some_new_op", 9, 1, 0, 1);
+        none.end(r, None, None, None);
+        assert!(none.buffer().lock().unwrap().is_empty());
+        assert_eq!(none.op_counts(), vec![("read", 3, 1), ("other", 1, 0)]);
+        assert_eq!(s.op_counts(), vec![("lookup", 1, 1)]);
     }
 
     #[test]

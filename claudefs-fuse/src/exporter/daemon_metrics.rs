@@ -51,6 +51,8 @@ pub const FAMILIES: &[Family] = &[
     names::FLOCK_REFUSED,
     names::FLOCK_WAIT,
     names::OPEN_FILES,
+    names::DAEMON_REQUESTS,
+    names::DAEMON_REQUEST_ERRORS,
     names::SPANS_DROPPED,
     names::SPANS_EXPORTED,
 ];
@@ -92,6 +94,8 @@ pub struct DaemonView {
     /// The flock requests served, per (kind, mode).
     pub flock_calls: Vec<(FlockKind, FlockMode, FlockCalls)>,
     pub open_files: usize,
+    /// Requests answered: (op, answered, errors).
+    pub requests: Vec<(&'static str, u64, u64)>,
     pub spans_dropped: u64,
     pub spans_exported: u64,
 }
@@ -168,6 +172,12 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
         refused.add(labels.clone(), c.refused as f64);
         wait.add_hist(labels, &c.hist, c.total_ns);
     }
+    let mut answered = FamilyBuilder::counter(names::DAEMON_REQUESTS);
+    let mut failed = FamilyBuilder::counter(names::DAEMON_REQUEST_ERRORS);
+    for (op, n, errors) in &v.requests {
+        answered.add(vec![op.to_string()], *n as f64);
+        failed.add(vec![op.to_string()], *errors as f64);
+    }
     let f = &v.flock;
     [
         state,
@@ -199,6 +209,8 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
         refused,
         wait,
         one(names::OPEN_FILES, false, v.open_files as f64),
+        answered,
+        failed,
         one(names::SPANS_DROPPED, true, v.spans_dropped as f64),
         one(names::SPANS_EXPORTED, true, v.spans_exported as f64),
     ]
@@ -357,5 +369,21 @@ mod tests {
             !empty.contains("claudefs_fuse_flock_requests_total"),
             "{empty}"
         );
+    }
+
+    #[test]
+    fn requests_answered_per_operation() {
+        let v = DaemonView {
+            requests: vec![("getattr", 10, 2), ("other", 1, 0)],
+            ..Default::default()
+        };
+        let text = String::from_utf8(encode(&daemon_families(&v))).unwrap();
+        for w in [
+            "claudefs_fuse_daemon_requests_total{op=\"getattr\"} 10",
+            "claudefs_fuse_daemon_request_errors_total{op=\"getattr\"} 2",
+            "claudefs_fuse_daemon_requests_total{op=\"other\"} 1",
+        ] {
+            assert!(text.contains(w), "missing {w} in\n{text}");
+        }
     }
 }

@@ -35,6 +35,12 @@ families! {
     /// Histogram, seconds: kernel send to end (includes queueing in /dev/fuse).
     REQUEST_DURATION = "claudefs_fuse_request_duration_seconds", ["mount", "fstype", "opcode"],
         "FUSE request latency from the kernel sending it to the end of the reply (queueing in /dev/fuse included); buckets at powers of two nanoseconds.";
+    /// Counter, requests: answered by the mount daemon, per operation.
+    DAEMON_REQUESTS = "claudefs_fuse_daemon_requests_total", ["op"],
+        "FUSE requests the mount daemon answered, by operation (counted by the daemon itself; no probes needed).";
+    /// Counter, requests: answered by the mount daemon with an error.
+    DAEMON_REQUEST_ERRORS = "claudefs_fuse_daemon_request_errors_total", ["op"],
+        "FUSE requests the mount daemon answered with an error, by operation.";
     /// Gauge, requests: queued for or being served by the daemon (fusectl).
     REQUESTS_WAITING = "claudefs_fuse_requests_waiting", ["mount", "fstype"],
         "FUSE requests queued for the daemon or being served by it (the kernel's fusectl `waiting` count); above zero while no request finishes means a stuck daemon.";
