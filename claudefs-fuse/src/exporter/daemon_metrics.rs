@@ -16,7 +16,7 @@ use prometheus::proto::MetricFamily;
 
 use super::model::{descs, FamilyBuilder};
 use super::names::{self, Family};
-use super::probe_metrics::{kind_label, mode_label};
+use super::probe_metrics::FlockFamilies;
 use crate::daemon::journal::RecoverySummary;
 use crate::daemon::locks::FlockCalls;
 use crate::flock::FlockStats;
@@ -159,19 +159,12 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
     let mut hits = FamilyBuilder::counter(names::IDMAP_HITS);
     hits.add(vec!["uid".into()], v.idmap.uid_hits as f64);
     hits.add(vec!["gid".into()], v.idmap.gid_hits as f64);
-    let mut flocks = FamilyBuilder::counter(names::FLOCK_REQUESTS);
-    let mut refused = FamilyBuilder::counter(names::FLOCK_REFUSED);
-    let mut wait = FamilyBuilder::histogram(names::FLOCK_WAIT);
+    let mut flock = FlockFamilies::new();
     for (kind, mode, c) in &v.flock_calls {
-        let labels = vec![
-            v.mount.clone(),
-            kind_label(*kind).to_string(),
-            mode_label(*mode).to_string(),
-        ];
-        flocks.add(labels.clone(), c.calls as f64);
-        refused.add(labels.clone(), c.refused as f64);
-        wait.add_hist(labels, &c.hist, c.total_ns);
+        let wait = (&c.hist, c.total_ns);
+        flock.add(v.mount.clone(), *kind, *mode, c.calls, c.refused, wait);
     }
+    let [flocks, refused, wait] = flock.into_builders();
     let mut answered = FamilyBuilder::counter(names::DAEMON_REQUESTS);
     let mut failed = FamilyBuilder::counter(names::DAEMON_REQUEST_ERRORS);
     for (op, n, errors) in &v.requests {

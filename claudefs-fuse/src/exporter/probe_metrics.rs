@@ -15,6 +15,7 @@ use prometheus::proto::MetricFamily;
 use super::model::{descs, FamilyBuilder};
 use super::names::{self, Family};
 use crate::probes::dev::format_dev;
+use crate::probes::hist::Log2Histogram;
 use crate::probes::mountinfo::MountTable;
 use crate::probes::opcodes::opcode_label;
 use crate::probes::snapshot::{FlockKind, FlockMode, FlockTarget, ProbeSnapshot};
@@ -52,7 +53,7 @@ fn mount_of(mounts: &MountTable, dev: u32) -> (String, String) {
     }
 }
 
-pub(crate) fn kind_label(k: FlockKind) -> &'static str {
+fn kind_label(k: FlockKind) -> &'static str {
     match k {
         FlockKind::Shared => "shared",
         FlockKind::Exclusive => "exclusive",
@@ -60,10 +61,55 @@ pub(crate) fn kind_label(k: FlockKind) -> &'static str {
     }
 }
 
-pub(crate) fn mode_label(m: FlockMode) -> &'static str {
+fn mode_label(m: FlockMode) -> &'static str {
     match m {
         FlockMode::Blocking => "blocking",
         FlockMode::NonBlocking => "nonblocking",
+    }
+}
+
+/// The `claudefs_fuse_flock_*` families, labelled alike whether the
+/// probes (flock syscalls) or the mount daemon (the requests its lock
+/// service answered) fill them.
+pub(crate) struct FlockFamilies {
+    calls: FamilyBuilder,
+    refused: FamilyBuilder,
+    wait: FamilyBuilder,
+}
+
+impl FlockFamilies {
+    pub(crate) fn new() -> Self {
+        Self {
+            calls: FamilyBuilder::counter(names::FLOCK_REQUESTS),
+            refused: FamilyBuilder::counter(names::FLOCK_REFUSED),
+            wait: FamilyBuilder::histogram(names::FLOCK_WAIT),
+        }
+    }
+
+    /// The series of (`mount`, `kind`, `mode`): calls, refusals and the
+    /// wait histogram with its sum (ns).
+    pub(crate) fn add(
+        &mut self,
+        mount: String,
+        kind: FlockKind,
+        mode: FlockMode,
+        calls: u64,
+        refused: u64,
+        (hist, total_ns): (&Log2Histogram, u64),
+    ) {
+        let labels = vec![
+            mount,
+            kind_label(kind).to_string(),
+            mode_label(mode).to_string(),
+        ];
+        self.calls.add(labels.clone(), calls as f64);
+        self.refused.add(labels.clone(), refused as f64);
+        self.wait.add_hist(labels, hist, total_ns);
+    }
+
+    /// (requests, refused, wait).
+    pub(crate) fn into_builders(self) -> [FamilyBuilder; 3] {
+        [self.calls, self.refused, self.wait]
     }
 }
 
@@ -79,24 +125,17 @@ pub fn probe_families(r: &ProbeReadout, mounts: &MountTable) -> Vec<MetricFamily
         errors.add(labels.clone(), op.stats.errors as f64);
         duration.add_hist(labels, &op.stats.hist, op.stats.total_ns);
     }
-    let mut flocks = FamilyBuilder::counter(names::FLOCK_REQUESTS);
-    let mut refused = FamilyBuilder::counter(names::FLOCK_REFUSED);
-    let mut wait = FamilyBuilder::histogram(names::FLOCK_WAIT);
+    let mut flock = FlockFamilies::new();
     for f in &r.snapshot.flocks {
         let mount = match f.target {
             FlockTarget::Fuse { conn } => mount_of(mounts, conn).0,
             FlockTarget::Device { dev } => mount_of(mounts, dev).0,
             FlockTarget::Local => "local".to_string(),
         };
-        let labels = vec![
-            mount,
-            kind_label(f.kind).to_string(),
-            mode_label(f.mode).to_string(),
-        ];
-        flocks.add(labels.clone(), f.calls as f64);
-        refused.add(labels.clone(), f.refused as f64);
-        wait.add_hist(labels, &f.wait.hist, f.wait.total_ns);
+        let wait = (&f.wait.hist, f.wait.total_ns);
+        flock.add(mount, f.kind, f.mode, f.calls, f.refused, wait);
     }
+    let [flocks, refused, wait] = flock.into_builders();
     let c = &r.counters;
     let mut dropped = FamilyBuilder::counter(names::PROBE_EVENTS_DROPPED);
     dropped.add(
@@ -235,7 +274,6 @@ impl Collector for ProbeCollector {
 mod tests {
     use super::*;
     use crate::exporter::model::encode;
-    use crate::probes::hist::Log2Histogram;
     use crate::probes::snapshot::{FlockSample, LatencyStats, OpSample};
 
     fn stats(values: &[u64], errors: u64) -> LatencyStats {
