@@ -7,7 +7,7 @@
 //! `claudefs_fuse_requests_waiting{mount,fstype}`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -34,8 +34,8 @@ impl Fusectl {
     /// The mounted fusectl, or one mounted at [`DEFAULT_FUSECTL`] (needs
     /// CAP_SYS_ADMIN; most distributions mount it at boot).
     pub fn find_or_mount() -> std::io::Result<Fusectl> {
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        if let Some(e) = MountTable::parse(&text)
+        if let Some(e) = MountTable::read_self()
+            .unwrap_or_default()
             .entries()
             .iter()
             .find(|e| e.fstype == "fusectl")
@@ -94,7 +94,7 @@ pub struct WaitingCollector {
     fusectl: Fusectl,
     only_conn: Option<u32>,
     descs: Vec<Desc>,
-    warned: Mutex<bool>,
+    warned: AtomicBool,
 }
 
 impl std::fmt::Debug for WaitingCollector {
@@ -110,7 +110,7 @@ impl WaitingCollector {
             fusectl,
             only_conn,
             descs: descs(&[names::REQUESTS_WAITING]),
-            warned: Mutex::new(false),
+            warned: AtomicBool::new(false),
         }
     }
 }
@@ -124,10 +124,8 @@ impl Collector for WaitingCollector {
         let mounts = match MountTable::read_self() {
             Ok(m) => m,
             Err(e) => {
-                let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
-                if !*warned {
+                if !self.warned.swap(true, Ordering::Relaxed) {
                     tracing::warn!("cannot read the mount table: {e}");
-                    *warned = true;
                 }
                 return Vec::new();
             }
