@@ -13,7 +13,7 @@
 //! also what follows an unlink), when its storage path is no longer usable
 //! (it is never handed out then), and at unmount.
 
-use std::collections::HashMap;
+use super::nummap::NumMap;
 use std::sync::Arc;
 
 /// Idle registrations kept at most.
@@ -37,8 +37,8 @@ struct Entry<T> {
 /// `BackingId`, which unregisters on drop) so the bookkeeping is testable.
 #[derive(Debug)]
 pub struct BackingCache<T> {
-    entries: HashMap<Key, Entry<T>>,
-    by_fh: HashMap<u64, Key>,
+    entries: NumMap<Key, Entry<T>>,
+    by_fh: NumMap<u64, Key>,
     idle: usize,
     tick: u64,
     limit: usize,
@@ -54,8 +54,8 @@ impl<T> BackingCache<T> {
     /// A cache keeping at most `limit` idle registrations.
     pub fn with_limit(limit: usize) -> Self {
         Self {
-            entries: HashMap::new(),
-            by_fh: HashMap::new(),
+            entries: NumMap::default(),
+            by_fh: NumMap::default(),
             idle: 0,
             tick: 0,
             limit,

@@ -21,7 +21,7 @@ use fuser::{
 use super::backing::BackingCache;
 use super::locks::{Locks, Outcome};
 use super::ops::{Core, OpenFile};
-use super::spans::{ReqSpan, Spans};
+use super::spans::{Op, ReqSpan, Spans};
 use super::storage::SysResult;
 
 /// Attribute and entry cache time.
@@ -66,7 +66,7 @@ impl Fs {
         }
     }
 
-    fn begin(&self, op: &'static str, req: &Request, ino: u64) -> Option<ReqSpan> {
+    fn begin(&self, op: Op, req: &Request, ino: u64) -> Option<ReqSpan> {
         self.spans
             .begin(op, req.unique().0, ino, req.uid(), req.pid())
     }
@@ -171,7 +171,7 @@ impl Filesystem for Fs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guard("lookup", || {
-            let sp = self.begin("lookup", req, parent.0);
+            let sp = self.begin(const { Op::new("lookup") }, req, parent.0);
             match self.fin(sp, self.core.lookup(parent.0, name), None, |_| 0) {
                 Ok(a) => reply.entry(&TTL, &a, Generation(0)),
                 Err(e) => reply.error(e),
@@ -187,7 +187,7 @@ impl Filesystem for Fs {
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         guard("getattr", || {
-            let sp = self.begin("getattr", req, ino.0);
+            let sp = self.begin(const { Op::new("getattr") }, req, ino.0);
             let fh = fh.map(|f| f.0);
             match self.fin(sp, self.core.getattr(ino.0, fh), fh, |_| 0) {
                 Ok(a) => reply.attr(&TTL, &a),
@@ -215,7 +215,7 @@ impl Filesystem for Fs {
         reply: ReplyAttr,
     ) {
         guard("setattr", || {
-            let sp = self.begin("setattr", req, ino.0);
+            let sp = self.begin(const { Op::new("setattr") }, req, ino.0);
             let fh = fh.map(|f| f.0);
             let r = self
                 .core
@@ -229,7 +229,7 @@ impl Filesystem for Fs {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         guard("readlink", || {
-            let sp = self.begin("readlink", req, ino.0);
+            let sp = self.begin(const { Op::new("readlink") }, req, ino.0);
             match self.fin(sp, self.core.readlink(ino.0), None, |v| v.len() as u64) {
                 Ok(v) => reply.data(&v),
                 Err(e) => reply.error(e),
@@ -248,7 +248,7 @@ impl Filesystem for Fs {
         reply: ReplyEntry,
     ) {
         guard("mknod", || {
-            let sp = self.begin("mknod", req, parent.0);
+            let sp = self.begin(const { Op::new("mknod") }, req, parent.0);
             let r = self
                 .core
                 .mknod(parent.0, name, mode, rdev, req.uid(), req.gid());
@@ -269,7 +269,7 @@ impl Filesystem for Fs {
         reply: ReplyEntry,
     ) {
         guard("mkdir", || {
-            let sp = self.begin("mkdir", req, parent.0);
+            let sp = self.begin(const { Op::new("mkdir") }, req, parent.0);
             let r = self.core.mkdir(parent.0, name, mode, req.uid(), req.gid());
             match self.fin(sp, r, None, |_| 0) {
                 Ok(a) => reply.entry(&TTL, &a, Generation(0)),
@@ -280,7 +280,7 @@ impl Filesystem for Fs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("unlink", || {
-            let sp = self.begin("unlink", req, parent.0);
+            let sp = self.begin(const { Op::new("unlink") }, req, parent.0);
             match self.fin(sp, self.core.unlink(parent.0, name, false), None, |_| 0) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -290,7 +290,7 @@ impl Filesystem for Fs {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("rmdir", || {
-            let sp = self.begin("rmdir", req, parent.0);
+            let sp = self.begin(const { Op::new("rmdir") }, req, parent.0);
             match self.fin(sp, self.core.unlink(parent.0, name, true), None, |_| 0) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -307,7 +307,7 @@ impl Filesystem for Fs {
         reply: ReplyEntry,
     ) {
         guard("symlink", || {
-            let sp = self.begin("symlink", req, parent.0);
+            let sp = self.begin(const { Op::new("symlink") }, req, parent.0);
             let r = self
                 .core
                 .symlink(parent.0, link_name, target, req.uid(), req.gid());
@@ -329,7 +329,7 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         guard("rename", || {
-            let sp = self.begin("rename", req, parent.0);
+            let sp = self.begin(const { Op::new("rename") }, req, parent.0);
             let r = self
                 .core
                 .rename(parent.0, name, newparent.0, newname, flags.bits());
@@ -349,7 +349,7 @@ impl Filesystem for Fs {
         reply: ReplyEntry,
     ) {
         guard("link", || {
-            let sp = self.begin("link", req, ino.0);
+            let sp = self.begin(const { Op::new("link") }, req, ino.0);
             match self.fin(sp, self.core.link(ino.0, newparent.0, newname), None, |_| 0) {
                 Ok(a) => reply.entry(&TTL, &a, Generation(0)),
                 Err(e) => reply.error(e),
@@ -359,7 +359,7 @@ impl Filesystem for Fs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guard("open", || {
-            let sp = self.begin("open", req, ino.0);
+            let sp = self.begin(const { Op::new("open") }, req, ino.0);
             match self.core.open(ino.0, flags.0, req.pid()) {
                 Ok((fh, of)) => {
                     self.spans.end(sp, Some(fh), None, None);
@@ -390,7 +390,7 @@ impl Filesystem for Fs {
         reply: ReplyData,
     ) {
         guard("read", || {
-            let sp = self.begin("read", req, ino.0);
+            let sp = self.begin(const { Op::new("read") }, req, ino.0);
             self.core.read_with(fh.0, offset, size, |r| {
                 match self.fin(sp, r, Some(fh.0), |v| v.len() as u64) {
                     Ok(v) => reply.data(v),
@@ -413,7 +413,7 @@ impl Filesystem for Fs {
         reply: ReplyWrite,
     ) {
         guard("write", || {
-            let sp = self.begin("write", req, ino.0);
+            let sp = self.begin(const { Op::new("write") }, req, ino.0);
             match self.fin(sp, self.core.write(fh.0, offset, data), Some(fh.0), |n| {
                 *n as u64
             }) {
@@ -448,7 +448,7 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         guard("release", || {
-            let sp = self.begin("release", req, ino.0);
+            let sp = self.begin(const { Op::new("release") }, req, ino.0);
             if let Some(owner) = lock_owner {
                 self.locks.release_owner(ino.0, owner.0);
             }
@@ -468,7 +468,7 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         guard("fsync", || {
-            let sp = self.begin("fsync", req, ino.0);
+            let sp = self.begin(const { Op::new("fsync") }, req, ino.0);
             match self.fin(sp, self.core.fsync(fh.0, datasync), Some(fh.0), |_| 0) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -478,7 +478,7 @@ impl Filesystem for Fs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         guard("opendir", || {
-            let sp = self.begin("opendir", req, ino.0);
+            let sp = self.begin(const { Op::new("opendir") }, req, ino.0);
             match self.fin(sp, self.core.opendir(ino.0), None, |_| 0) {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(e),
@@ -495,7 +495,7 @@ impl Filesystem for Fs {
         mut reply: ReplyDirectory,
     ) {
         guard("readdir", || {
-            let sp = self.begin("readdir", req, ino.0);
+            let sp = self.begin(const { Op::new("readdir") }, req, ino.0);
             match self.fin(
                 sp,
                 self.core.readdir(ino.0, fh.0, offset),
@@ -524,7 +524,7 @@ impl Filesystem for Fs {
         mut reply: ReplyDirectoryPlus,
     ) {
         guard("readdirplus", || {
-            let sp = self.begin("readdirplus", req, ino.0);
+            let sp = self.begin(const { Op::new("readdirplus") }, req, ino.0);
             match self.fin(
                 sp,
                 self.core.readdir(ino.0, fh.0, offset),
@@ -576,7 +576,7 @@ impl Filesystem for Fs {
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         guard("statfs", || {
-            let sp = self.begin("statfs", req, ino.0);
+            let sp = self.begin(const { Op::new("statfs") }, req, ino.0);
             match self.fin(sp, self.core.statfs(), None, |_| 0) {
                 Ok(s) => reply.statfs(
                     s.f_blocks,
@@ -604,7 +604,7 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         guard("setxattr", || {
-            let sp = self.begin("setxattr", req, ino.0);
+            let sp = self.begin(const { Op::new("setxattr") }, req, ino.0);
             match self.fin(
                 sp,
                 self.core.setxattr(ino.0, name, value, flags),
@@ -619,7 +619,7 @@ impl Filesystem for Fs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         guard("getxattr", || {
-            let sp = self.begin("getxattr", req, ino.0);
+            let sp = self.begin(const { Op::new("getxattr") }, req, ino.0);
             match self.fin(sp, self.core.getxattr(ino.0, name, size), None, |v| {
                 v.0 as u64
             }) {
@@ -632,7 +632,7 @@ impl Filesystem for Fs {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         guard("listxattr", || {
-            let sp = self.begin("listxattr", req, ino.0);
+            let sp = self.begin(const { Op::new("listxattr") }, req, ino.0);
             match self.fin(sp, self.core.listxattr(ino.0, size), None, |v| v.0 as u64) {
                 Ok((n, _)) if size == 0 => reply.size(n as u32),
                 Ok((_, v)) => reply.data(&v),
@@ -643,7 +643,7 @@ impl Filesystem for Fs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("removexattr", || {
-            let sp = self.begin("removexattr", req, ino.0);
+            let sp = self.begin(const { Op::new("removexattr") }, req, ino.0);
             match self.fin(sp, self.core.removexattr(ino.0, name), None, |_| 0) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -653,7 +653,7 @@ impl Filesystem for Fs {
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         guard("access", || {
-            let sp = self.begin("access", req, ino.0);
+            let sp = self.begin(const { Op::new("access") }, req, ino.0);
             match self.fin(
                 sp,
                 self.core.access(ino.0, mask.bits(), req.uid(), req.gid()),
@@ -677,7 +677,7 @@ impl Filesystem for Fs {
         reply: ReplyCreate,
     ) {
         guard("create", || {
-            let sp = self.begin("create", req, parent.0);
+            let sp = self.begin(const { Op::new("create") }, req, parent.0);
             match self
                 .core
                 .create(parent.0, name, mode, flags, req.uid(), req.gid(), req.pid())
@@ -740,7 +740,7 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         guard("setlk", || {
-            let sp = self.begin("setlk", req, ino.0);
+            let sp = self.begin(const { Op::new("setlk") }, req, ino.0);
             // A parked request counts as answered here: its span is the
             // daemon's part (queueing it), its wait is in the flock metrics.
             let outcome = self
@@ -765,7 +765,7 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         guard("fallocate", || {
-            let sp = self.begin("fallocate", req, ino.0);
+            let sp = self.begin(const { Op::new("fallocate") }, req, ino.0);
             match self.fin(
                 sp,
                 self.core.fallocate(fh.0, offset, length, mode),
@@ -788,7 +788,7 @@ impl Filesystem for Fs {
         reply: ReplyLseek,
     ) {
         guard("lseek", || {
-            let sp = self.begin("lseek", req, ino.0);
+            let sp = self.begin(const { Op::new("lseek") }, req, ino.0);
             match self.fin(sp, self.core.lseek(fh.0, offset, whence), Some(fh.0), |_| 0) {
                 Ok(o) => reply.offset(o),
                 Err(e) => reply.error(e),

@@ -11,7 +11,7 @@
 //! drops it at zero. Renames rewrite the paths of the moved entry and of
 //! everything below it.
 
-use std::collections::HashMap;
+use super::nummap::NumMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -37,7 +37,7 @@ struct Node {
 
 #[derive(Debug)]
 struct Inner {
-    nodes: HashMap<u64, Node>,
+    nodes: NumMap<u64, Node>,
 }
 
 /// Inode number <-> path table.
@@ -50,7 +50,7 @@ pub struct InodeTable {
 impl InodeTable {
     /// A table whose root directory has backing `st_ino` `root_backing`.
     pub fn new(root_backing: u64) -> Self {
-        let mut nodes = HashMap::new();
+        let mut nodes = NumMap::default();
         nodes.insert(
             ROOT_INO,
             Node {

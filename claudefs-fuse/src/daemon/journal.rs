@@ -51,6 +51,7 @@ use crate::crash_recovery::{
     CrashRecovery, OpenFileRecord, PendingWrite, RecoveryConfig, RecoveryState,
 };
 
+use super::nummap::NumMap;
 use super::router::{Retry, Router};
 
 /// How often the flusher makes the log durable.
@@ -177,7 +178,9 @@ struct State {
     pos: usize,
     /// Handles with an `open` record and no `close` yet.
     open: usize,
-    dirty: HashMap<u64, (u64, u64)>,
+    dirty: NumMap<u64, (u64, u64)>,
+    /// Reused to format a record.
+    line: Vec<u8>,
     changed: bool,
     /// Set by `finish`: the file is truncated and the map gone.
     closed: bool,
@@ -246,7 +249,8 @@ impl Journal {
             map,
             pos: 0,
             open: 0,
-            dirty: HashMap::new(),
+            dirty: NumMap::default(),
+            line: Vec::new(),
             changed: false,
             closed: false,
         }));
@@ -277,10 +281,16 @@ impl Journal {
         if s.closed {
             return;
         }
-        let Ok(mut line) = serde_json::to_vec(r) else {
-            return;
-        };
-        line.push(b'\n');
+        let mut line = std::mem::take(&mut s.line);
+        line.clear();
+        if serde_json::to_writer(&mut line, r).is_ok() {
+            line.push(b'\n');
+            Self::put(s, &line);
+        }
+        s.line = line;
+    }
+
+    fn put(s: &mut State, line: &[u8]) {
         let need = s.pos + line.len();
         if need > s.map.cap {
             let State { map, file, .. } = s;
@@ -289,7 +299,7 @@ impl Journal {
                 return;
             }
         }
-        s.map.put(s.pos, &line);
+        s.map.put(s.pos, line);
         s.pos = need;
         s.changed = true;
     }

@@ -278,7 +278,7 @@ mod tests {
         joiner.set_active(true);
         let spans = Spans::new(1.0, 100).with_joiner(joiner.clone());
         let t0 = now_ns();
-        let sp = spans.begin("getattr", 77, 1, 0, 42);
+        let sp = spans.begin(crate::daemon::spans::Op::new("getattr"), 77, 1, 0, 42);
         crate::daemon::router::set_last_path(0);
         spans.end(sp, None, None, Some(libc::ENOENT));
         assert_eq!(joiner.len(), 1);
@@ -334,7 +334,13 @@ mod tests {
         // Rate 0: no span is kept, so only the EMA sampling records.
         let spans = Spans::new(0.0, 100).with_joiner(joiner.clone());
         for unique in 0..1000u64 {
-            let sp = spans.begin("getattr", unique * 2, 1, 0, 42);
+            let sp = spans.begin(
+                crate::daemon::spans::Op::new("getattr"),
+                unique * 2,
+                1,
+                0,
+                42,
+            );
             crate::daemon::router::set_last_path(0);
             spans.end(sp, None, None, None);
         }

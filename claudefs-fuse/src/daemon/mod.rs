@@ -8,7 +8,8 @@
 //! boundary), `locks` (flock), `idmap` (uid/gid mapping), `journal` (open
 //! files, pending writes, crash recovery), `spans` (per-request spans),
 //! `kernel_join` (kernel events met with requests, `--ebpf`), `status`
-//! (live state over a unix socket). Metrics and OTLP export live in
+//! (live state over a unix socket), `nummap` (the hasher of the maps keyed
+//! by handle or inode number). Metrics and OTLP export live in
 //! `crate::exporter`.
 
 pub mod backing;
@@ -20,6 +21,7 @@ pub mod journal;
 pub mod kernel_join;
 pub mod locks;
 pub mod mount;
+pub mod nummap;
 pub mod ops;
 pub mod router;
 pub mod spans;

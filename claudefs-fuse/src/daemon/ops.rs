@@ -8,7 +8,6 @@
 //! are re-opened by path on another one (reads at once, writes only before
 //! the write is issued — a write that may have happened is not replayed).
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -21,6 +20,7 @@ use fuser::{FileAttr, FileType, INodeNo, TimeOrNow};
 use super::idmap::IdMap;
 use super::inodes::InodeTable;
 use super::journal::Journal;
+use super::nummap::NumMap;
 use super::router::{is_path_error, Retry, Router};
 use super::storage::{self, DirEntry, StorageRoot, SysResult};
 
@@ -70,8 +70,8 @@ pub struct Core {
     pub inodes: InodeTable,
     pub idmap: IdMap,
     pub journal: Option<Journal>,
-    files: RwLock<HashMap<u64, Arc<OpenFile>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    files: RwLock<NumMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<NumMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
 }
 
@@ -143,8 +143,8 @@ impl Core {
             inodes: InodeTable::new(root_backing),
             idmap,
             journal,
-            files: RwLock::new(HashMap::new()),
-            dirs: Mutex::new(HashMap::new()),
+            files: RwLock::new(NumMap::default()),
+            dirs: Mutex::new(NumMap::default()),
             next_fh: AtomicU64::new(1),
         }
     }

@@ -162,8 +162,44 @@ struct OpCounters {
     errors: [AtomicU64; OPS.len() + 1],
 }
 
-fn op_index(op: &str) -> usize {
-    OPS.iter().position(|o| *o == op).unwrap_or(OPS.len())
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// An operation name and its counter slot (its index in [`OPS`], or
+/// `other`). `const { Op::new("read") }` finds the slot at compile time,
+/// so a request does not search for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Op {
+    name: &'static str,
+    index: usize,
+}
+
+impl Op {
+    pub const fn new(name: &'static str) -> Self {
+        let mut i = 0;
+        while i < OPS.len() {
+            if str_eq(OPS[i], name) {
+                return Self { name, index: i };
+            }
+            i += 1;
+        }
+        Self {
+            name,
+            index: OPS.len(),
+        }
+    }
 }
 
 /// A request being answered (and maybe traced).
@@ -269,14 +305,7 @@ impl Spans {
     /// Starts request `unique`: it is counted when it ends, and timed if
     /// the sampler keeps it (or if it may still become a slow-request span
     /// or be joined with the kernel).
-    pub fn begin(
-        &self,
-        op: &'static str,
-        unique: u64,
-        ino: u64,
-        uid: u32,
-        pid: u32,
-    ) -> Option<ReqSpan> {
+    pub fn begin(&self, op: Op, unique: u64, ino: u64, uid: u32, pid: u32) -> Option<ReqSpan> {
         let trace = self.trace_of(unique);
         let sampled = matches!(
             self.sampler.should_sample(trace),
@@ -288,8 +317,8 @@ impl Spans {
             super::router::clear_last_path();
         }
         Some(ReqSpan {
-            op,
-            op_index: op_index(op),
+            op: op.name,
+            op_index: op.index,
             timed,
             trace,
             start_ns: if timed { now_ns() } else { 0 },
@@ -394,7 +423,7 @@ mod tests {
     #[test]
     fn sampled_request_becomes_server_span() {
         let s = Spans::new(1.0, 10);
-        let r = s.begin("read", 42, 7, 1000, 55);
+        let r = s.begin(Op::new("read"), 42, 7, 1000, 55);
         assert!(r.is_some());
         s.end(r, Some(3), Some(4096), None);
         let spans = s.buffer().lock().unwrap().drain();
@@ -417,17 +446,17 @@ mod tests {
     #[test]
     fn errors_and_dropping() {
         let s = Spans::new(1.0, 10);
-        let r = s.begin("lookup", 1, 1, 0, 1);
+        let r = s.begin(Op::new("lookup"), 1, 1, 0, 1);
         s.end(r, None, None, Some(2));
         let spans = s.buffer().lock().unwrap().drain();
         assert_eq!(spans[0].status, SpanStatus::Error("ENOENT".into()));
         // Not sampled: no span, but counted.
         let none = Spans::new(0.0, 10);
         for unique in 0..3 {
-            let r = none.begin("read", unique, 1, 0, 1);
+            let r = none.begin(Op::new("read"), unique, 1, 0, 1);
             none.end(r, None, None, (unique == 0).then_some(libc::EIO));
         }
-        let r = none.begin("some_new_op", 9, 1, 0, 1);
+        let r = none.begin(Op::new("some_new_op"), 9, 1, 0, 1);
         none.end(r, None, None, None);
         assert!(none.buffer().lock().unwrap().is_empty());
         assert_eq!(none.op_counts(), vec![("read", 3, 1), ("other", 1, 0)]);
@@ -437,13 +466,24 @@ mod tests {
     #[test]
     fn slow_requests_always_become_spans() {
         let s = Spans::new(0.0, 10).with_slow_threshold(Some(Duration::from_millis(5)));
-        let fast = s.begin("read", 1, 1, 0, 1);
+        let fast = s.begin(Op::new("read"), 1, 1, 0, 1);
         s.end(fast, None, None, None);
         assert!(s.buffer().lock().unwrap().is_empty());
-        let slow = s.begin("read", 2, 1, 0, 1);
+        let slow = s.begin(Op::new("read"), 2, 1, 0, 1);
         std::thread::sleep(Duration::from_millis(6));
         s.end(slow, None, None, None);
         assert_eq!(s.buffer().lock().unwrap().drain().len(), 1);
+    }
+
+    #[test]
+    fn op_slots() {
+        for (i, o) in OPS.iter().enumerate() {
+            assert_eq!(Op::new(o).index, i);
+        }
+        const OPEN: Op = Op::new("open");
+        assert_eq!(OPS[OPEN.index], "open");
+        assert_eq!(Op::new("ope").index, OPS.len());
+        assert_eq!(Op::new("opened").index, OPS.len());
     }
 
     #[test]
