@@ -2,6 +2,7 @@
 //! the core (`ops.rs`), locks (`locks.rs`), and replies with the value or
 //! the errno. Every request gets exactly one reply; a panic in a handler is
 //! caught (the dropped reply answers `EIO`) and never takes a worker down.
+//! Each storage request passes the reader hand-off (`readers`).
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
@@ -21,6 +22,7 @@ use fuser::{
 use super::backing::BackingCache;
 use super::locks::{Locks, Outcome};
 use super::ops::{Core, OpenFile};
+use super::readers::Readers;
 use super::spans::{Op, ReqSpan, Spans};
 use super::storage::SysResult;
 
@@ -41,20 +43,22 @@ pub struct Fs {
     backing: Mutex<BackingCache<BackingId>>,
     /// When idle registrations were last checked for failed paths (s).
     backing_swept: AtomicU64,
+    /// Which worker reads the device (see `readers`).
+    pub readers: Arc<Readers>,
 }
 
 fn err(e: i32) -> Errno {
     Errno::from_i32(e)
 }
 
-fn guard(op: &str, f: impl FnOnce()) {
-    if catch_unwind(AssertUnwindSafe(f)).is_err() {
-        tracing::error!(op, "request handler panicked; replied EIO");
-    }
-}
-
 impl Fs {
-    pub fn new(core: Arc<Core>, locks: Arc<Locks>, spans: Arc<Spans>, passthrough: bool) -> Self {
+    pub fn new(
+        core: Arc<Core>,
+        locks: Arc<Locks>,
+        spans: Arc<Spans>,
+        readers: Arc<Readers>,
+        passthrough: bool,
+    ) -> Self {
         Self {
             core,
             locks,
@@ -63,6 +67,17 @@ impl Fs {
             flock: Arc::new(AtomicBool::new(false)),
             backing: Mutex::new(BackingCache::default()),
             backing_swept: AtomicU64::new(0),
+            readers,
+        }
+    }
+
+    /// Serves one request with `f` (which replies): the reader hand-off
+    /// around it (see `readers`; `may_block` for fsync-like requests, and
+    /// every request while a storage path is slow) and a panic guard.
+    fn serve(&self, op: &str, may_block: bool, f: impl FnOnce()) {
+        let _serving = self.readers.enter(may_block || self.core.router.slow());
+        if catch_unwind(AssertUnwindSafe(f)).is_err() {
+            tracing::error!(op, "request handler panicked; replied EIO");
         }
     }
 
@@ -170,7 +185,7 @@ impl Filesystem for Fs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        guard("lookup", || {
+        self.serve("lookup", false, || {
             let sp = self.begin(const { Op::new("lookup") }, req, parent.0);
             match self.fin(sp, self.core.lookup(parent.0, name), None, |_| 0) {
                 Ok(a) => reply.entry(&TTL, &a, Generation(0)),
@@ -186,7 +201,7 @@ impl Filesystem for Fs {
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        guard("getattr", || {
+        self.serve("getattr", false, || {
             let sp = self.begin(const { Op::new("getattr") }, req, ino.0);
             let fh = fh.map(|f| f.0);
             match self.fin(sp, self.core.getattr(ino.0, fh), fh, |_| 0) {
@@ -214,7 +229,7 @@ impl Filesystem for Fs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        guard("setattr", || {
+        self.serve("setattr", false, || {
             let sp = self.begin(const { Op::new("setattr") }, req, ino.0);
             let fh = fh.map(|f| f.0);
             let r = self
@@ -228,7 +243,7 @@ impl Filesystem for Fs {
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        guard("readlink", || {
+        self.serve("readlink", false, || {
             let sp = self.begin(const { Op::new("readlink") }, req, ino.0);
             match self.fin(sp, self.core.readlink(ino.0), None, |v| v.len() as u64) {
                 Ok(v) => reply.data(&v),
@@ -247,7 +262,7 @@ impl Filesystem for Fs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        guard("mknod", || {
+        self.serve("mknod", false, || {
             let sp = self.begin(const { Op::new("mknod") }, req, parent.0);
             let r = self
                 .core
@@ -268,7 +283,7 @@ impl Filesystem for Fs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        guard("mkdir", || {
+        self.serve("mkdir", false, || {
             let sp = self.begin(const { Op::new("mkdir") }, req, parent.0);
             let r = self.core.mkdir(parent.0, name, mode, req.uid(), req.gid());
             match self.fin(sp, r, None, |_| 0) {
@@ -279,7 +294,7 @@ impl Filesystem for Fs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guard("unlink", || {
+        self.serve("unlink", false, || {
             let sp = self.begin(const { Op::new("unlink") }, req, parent.0);
             match self.fin(sp, self.core.unlink(parent.0, name, false), None, |_| 0) {
                 Ok(()) => reply.ok(),
@@ -289,7 +304,7 @@ impl Filesystem for Fs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guard("rmdir", || {
+        self.serve("rmdir", false, || {
             let sp = self.begin(const { Op::new("rmdir") }, req, parent.0);
             match self.fin(sp, self.core.unlink(parent.0, name, true), None, |_| 0) {
                 Ok(()) => reply.ok(),
@@ -306,7 +321,7 @@ impl Filesystem for Fs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        guard("symlink", || {
+        self.serve("symlink", false, || {
             let sp = self.begin(const { Op::new("symlink") }, req, parent.0);
             let r = self
                 .core
@@ -328,7 +343,7 @@ impl Filesystem for Fs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        guard("rename", || {
+        self.serve("rename", false, || {
             let sp = self.begin(const { Op::new("rename") }, req, parent.0);
             let r = self
                 .core
@@ -348,7 +363,7 @@ impl Filesystem for Fs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        guard("link", || {
+        self.serve("link", false, || {
             let sp = self.begin(const { Op::new("link") }, req, ino.0);
             match self.fin(sp, self.core.link(ino.0, newparent.0, newname), None, |_| 0) {
                 Ok(a) => reply.entry(&TTL, &a, Generation(0)),
@@ -358,7 +373,7 @@ impl Filesystem for Fs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        guard("open", || {
+        self.serve("open", false, || {
             let sp = self.begin(const { Op::new("open") }, req, ino.0);
             match self.core.open(ino.0, flags.0, req.pid()) {
                 Ok((fh, of)) => {
@@ -389,7 +404,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        guard("read", || {
+        self.serve("read", false, || {
             let sp = self.begin(const { Op::new("read") }, req, ino.0);
             self.core.read_with(fh.0, offset, size, |r| {
                 match self.fin(sp, r, Some(fh.0), |v| v.len() as u64) {
@@ -412,7 +427,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        guard("write", || {
+        self.serve("write", false, || {
             let sp = self.begin(const { Op::new("write") }, req, ino.0);
             match self.fin(sp, self.core.write(fh.0, offset, data), Some(fh.0), |n| {
                 *n as u64
@@ -447,7 +462,7 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        guard("release", || {
+        self.serve("release", false, || {
             let sp = self.begin(const { Op::new("release") }, req, ino.0);
             if let Some(owner) = lock_owner {
                 self.locks.release_owner(ino.0, owner.0);
@@ -467,7 +482,7 @@ impl Filesystem for Fs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        guard("fsync", || {
+        self.serve("fsync", true, || {
             let sp = self.begin(const { Op::new("fsync") }, req, ino.0);
             match self.fin(sp, self.core.fsync(fh.0, datasync), Some(fh.0), |_| 0) {
                 Ok(()) => reply.ok(),
@@ -477,7 +492,7 @@ impl Filesystem for Fs {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        guard("opendir", || {
+        self.serve("opendir", false, || {
             let sp = self.begin(const { Op::new("opendir") }, req, ino.0);
             match self.fin(sp, self.core.opendir(ino.0), None, |_| 0) {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -494,7 +509,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        guard("readdir", || {
+        self.serve("readdir", false, || {
             let sp = self.begin(const { Op::new("readdir") }, req, ino.0);
             match self.fin(
                 sp,
@@ -523,7 +538,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        guard("readdirplus", || {
+        self.serve("readdirplus", false, || {
             let sp = self.begin(const { Op::new("readdirplus") }, req, ino.0);
             match self.fin(
                 sp,
@@ -575,7 +590,7 @@ impl Filesystem for Fs {
     }
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        guard("statfs", || {
+        self.serve("statfs", false, || {
             let sp = self.begin(const { Op::new("statfs") }, req, ino.0);
             match self.fin(sp, self.core.statfs(), None, |_| 0) {
                 Ok(s) => reply.statfs(
@@ -603,7 +618,7 @@ impl Filesystem for Fs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        guard("setxattr", || {
+        self.serve("setxattr", false, || {
             let sp = self.begin(const { Op::new("setxattr") }, req, ino.0);
             match self.fin(
                 sp,
@@ -618,7 +633,7 @@ impl Filesystem for Fs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        guard("getxattr", || {
+        self.serve("getxattr", false, || {
             let sp = self.begin(const { Op::new("getxattr") }, req, ino.0);
             match self.fin(sp, self.core.getxattr(ino.0, name, size), None, |v| {
                 v.0 as u64
@@ -631,7 +646,7 @@ impl Filesystem for Fs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        guard("listxattr", || {
+        self.serve("listxattr", false, || {
             let sp = self.begin(const { Op::new("listxattr") }, req, ino.0);
             match self.fin(sp, self.core.listxattr(ino.0, size), None, |v| v.0 as u64) {
                 Ok((n, _)) if size == 0 => reply.size(n as u32),
@@ -642,7 +657,7 @@ impl Filesystem for Fs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guard("removexattr", || {
+        self.serve("removexattr", false, || {
             let sp = self.begin(const { Op::new("removexattr") }, req, ino.0);
             match self.fin(sp, self.core.removexattr(ino.0, name), None, |_| 0) {
                 Ok(()) => reply.ok(),
@@ -652,7 +667,7 @@ impl Filesystem for Fs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        guard("access", || {
+        self.serve("access", false, || {
             let sp = self.begin(const { Op::new("access") }, req, ino.0);
             match self.fin(
                 sp,
@@ -676,7 +691,7 @@ impl Filesystem for Fs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        guard("create", || {
+        self.serve("create", false, || {
             let sp = self.begin(const { Op::new("create") }, req, parent.0);
             match self
                 .core
@@ -739,7 +754,7 @@ impl Filesystem for Fs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        guard("setlk", || {
+        self.serve("setlk", false, || {
             let sp = self.begin(const { Op::new("setlk") }, req, ino.0);
             // A parked request counts as answered here: its span is the
             // daemon's part (queueing it), its wait is in the flock metrics.
@@ -764,7 +779,7 @@ impl Filesystem for Fs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        guard("fallocate", || {
+        self.serve("fallocate", true, || {
             let sp = self.begin(const { Op::new("fallocate") }, req, ino.0);
             match self.fin(
                 sp,
@@ -787,7 +802,7 @@ impl Filesystem for Fs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        guard("lseek", || {
+        self.serve("lseek", false, || {
             let sp = self.begin(const { Op::new("lseek") }, req, ino.0);
             match self.fin(sp, self.core.lseek(fh.0, offset, whence), Some(fh.0), |_| 0) {
                 Ok(o) => reply.offset(o),

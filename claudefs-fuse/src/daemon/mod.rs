@@ -23,6 +23,7 @@ pub mod locks;
 pub mod mount;
 pub mod nummap;
 pub mod ops;
+pub mod readers;
 pub mod router;
 pub mod spans;
 pub mod status;
@@ -248,7 +249,14 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         spans = spans.with_joiner(joiner.clone());
     }
     let spans = Arc::new(spans);
-    let fs = fs::Fs::new(core.clone(), locks.clone(), spans.clone(), s.passthrough);
+    let readers = Arc::new(readers::Readers::new(s.threads));
+    let fs = fs::Fs::new(
+        core.clone(),
+        locks.clone(),
+        spans.clone(),
+        readers.clone(),
+        s.passthrough,
+    );
     let passthrough = fs.passthrough.clone();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -291,6 +299,7 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         Err(e) => Err(e),
     }
     .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
+    readers.spawn_watch(std::os::fd::AsFd::as_fd(&session).try_clone_to_owned()?)?;
     spawn_signal_handler(mountpoint.clone(), stop.clone())?;
     let exporter = start_exporter(
         &s,

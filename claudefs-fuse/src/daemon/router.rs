@@ -111,7 +111,13 @@ pub struct Router {
     /// Latency comes from the kernel (`--ebpf`): successful requests do
     /// not report the daemon-measured time (see `kernel_join`).
     kernel_latency: AtomicBool,
+    /// A usable path's latency EMA is above [`SLOW_EMA_US`] (see `slow`).
+    slow: AtomicBool,
 }
+
+/// Above this latency EMA (microseconds) a path's requests may block a
+/// worker for long; they are not served by the lone reader (`readers`).
+pub const SLOW_EMA_US: u64 = 1000;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -147,11 +153,29 @@ impl Router {
             router: Mutex::new(router),
             root_ino,
             kernel_latency: AtomicBool::new(false),
+            slow: AtomicBool::new(false),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, MultipathRouter> {
         self.router.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether requests may take long: a usable path's latency EMA is
+    /// above [`SLOW_EMA_US`]. Kept up to date on every latency, error and
+    /// state change.
+    pub fn slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+
+    fn refresh_slow(&self, r: &MultipathRouter) {
+        let slow = r
+            .paths()
+            .iter()
+            .any(|p| p.is_usable() && p.metrics.latency_us > SLOW_EMA_US);
+        if self.slow.load(Ordering::Relaxed) != slow {
+            self.slow.store(slow, Ordering::Relaxed);
+        }
     }
 
     /// Root of path `id`.
@@ -215,9 +239,9 @@ impl Router {
 
     /// Folds a latency measured elsewhere (the kernel's) into path `id`'s EMA.
     pub fn record_latency(&self, id: u64, latency: Duration) {
-        let _ = self
-            .lock()
-            .record_success(PathId(id), latency.as_micros() as u64);
+        let mut r = self.lock();
+        let _ = r.record_success(PathId(id), latency.as_micros() as u64);
+        self.refresh_slow(&r);
     }
 
     /// Reports the outcome of one request on path `id` that took `elapsed`.
@@ -248,6 +272,7 @@ impl Router {
             }
             let _ = r.mark_failed(PathId(id));
         }
+        self.refresh_slow(&r);
     }
 
     /// Runs `f` on a selected path; retries on the next usable path when
@@ -316,10 +341,13 @@ impl Router {
                         *good = 0;
                         tracing::info!(path = i, "storage path active again");
                     }
+                    self.refresh_slow(&r);
                 }
                 None => {
                     *good = 0;
-                    let _ = self.lock().mark_failed(id);
+                    let mut r = self.lock();
+                    let _ = r.mark_failed(id);
+                    self.refresh_slow(&r);
                 }
             }
         }
@@ -421,5 +449,24 @@ mod tests {
         let _ = r.lock().mark_failed(PathId(0));
         let _ = r.lock().mark_failed(PathId(1));
         assert_eq!(r.run(Retry::Idempotent, |_| Ok(())), Err(libc::EIO));
+    }
+
+    #[test]
+    fn slow_follows_the_usable_paths_latency() {
+        let (_d, r) = two_paths();
+        assert!(!r.slow(), "a fresh path's 1 ms baseline is not slow");
+        for _ in 0..30 {
+            r.record_latency(1, Duration::from_millis(20));
+        }
+        assert!(r.slow());
+        // A slow path that fails is no longer picked: not slow any more.
+        let _ = r.lock().mark_failed(PathId(1));
+        r.path_failed(0); // a sick answer on path 0 whose root still answers
+        assert!(r.usable(0));
+        assert!(!r.slow());
+        for _ in 0..40 {
+            r.record_latency(0, Duration::from_micros(10));
+        }
+        assert!(!r.slow());
     }
 }

@@ -1,0 +1,317 @@
+//! Which worker reads `/dev/fuse`: one at a time while requests are fast.
+//!
+//! fuser runs `--threads N` workers, each looping read-request / call the
+//! file system. The kernel gives a request to the worker that has slept
+//! longest (an exclusive FIFO wait queue), so N idle workers mean every
+//! request wakes a different, cache-cold thread, often on another CPU.
+//! On fast storage that wakeup is most of what a request costs.
+//!
+//! `Readers` keeps a single worker reading while requests are fast: a
+//! worker that finishes a request while another worker is already reading
+//! parks (after its reply is sent) instead of going back to the device. A
+//! parked worker is woken to read again when
+//! - a request starts that may block (the caller says: fsync, fallocate,
+//!   or any request while a usable storage path's latency EMA is above
+//!   1 ms) and no other worker is reading, or
+//! - the watch thread finds requests queued on the device and no worker
+//!   reading (a request thought fast is taking long): checked every
+//!   [`WATCH_INTERVAL`].
+//!
+//! So at most N requests are still served at once; what changes is that
+//! fast requests on fast storage are served by one warm thread. The watch
+//! thread also releases every parked worker when the connection ends
+//! (`POLLERR` on the device), so the session's workers can all exit.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How often the watch thread looks for requests queued with no reader.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// `state`'s idle-worker half.
+const IDLE: u64 = u32::MAX as u64;
+/// One request entered, in `state`.
+const ENTERED: u64 = 1 << 32;
+
+#[derive(Debug, Default)]
+struct Parked {
+    /// Workers waiting in `leave`.
+    waiting: usize,
+    /// Wakeups granted and not yet taken.
+    tickets: usize,
+    /// The connection ended: nobody parks any more.
+    closed: bool,
+}
+
+/// Why a parked worker was woken (counted for status).
+#[derive(Debug, Default)]
+pub struct Wakeups {
+    /// A request that may block started with no other reader.
+    pub may_block: AtomicU64,
+    /// Requests were queued with no reader.
+    pub queued: AtomicU64,
+}
+
+/// The reader hand-off between fuser's workers (see the module doc).
+#[derive(Debug)]
+pub struct Readers {
+    /// Low 32 bits: workers in fuser's loop (reading the device or about
+    /// to). High 32 bits: requests entered so far (wrapping), so the watch
+    /// can tell a stuck reader from a busy one with one load.
+    state: AtomicU64,
+    /// Requests entered at the watch's previous look.
+    watched: AtomicU64,
+    parked: Mutex<Parked>,
+    cv: Condvar,
+    pub wakeups: Wakeups,
+}
+
+/// A worker serving one request; it leaves (and may park) on drop.
+#[must_use]
+pub struct Serving<'a>(&'a Readers);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+impl Readers {
+    /// `workers` workers, all reading at first.
+    pub fn new(workers: usize) -> Self {
+        Self {
+            state: AtomicU64::new(workers as u64 & IDLE),
+            watched: AtomicU64::new(u64::MAX),
+            parked: Mutex::new(Parked::default()),
+            cv: Condvar::new(),
+            wakeups: Wakeups::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Parked> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A worker took a request; `may_block` if it may take long (another
+    /// worker is then woken to read, if none is).
+    pub fn enter(&self, may_block: bool) -> Serving<'_> {
+        // One more request entered, one reader fewer (a worker entering
+        // was counted idle, so the low half does not borrow).
+        let before = self.state.fetch_add(ENTERED - 1, Ordering::AcqRel);
+        debug_assert!(before & IDLE > 0, "a worker entered that was not counted");
+        if may_block && before & IDLE <= 1 && self.wake_one() {
+            self.wakeups.may_block.fetch_add(1, Ordering::Relaxed);
+        }
+        Serving(self)
+    }
+
+    /// The worker's request is answered: it goes back to reading if no
+    /// other worker reads, else it parks until woken.
+    fn leave(&self) {
+        if self.reading() == 0 {
+            self.state.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+        let mut p = self.lock();
+        // Decided under the lock, so a wake_one after the check sees us.
+        if self.reading() > 0 && !p.closed {
+            p.waiting += 1;
+            while p.tickets == 0 && !p.closed {
+                p = self.cv.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            if p.tickets > 0 {
+                p.tickets -= 1;
+            }
+            p.waiting -= 1;
+        }
+        drop(p);
+        self.state.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Wakes one parked worker to read; false if none is parked.
+    fn wake_one(&self) -> bool {
+        let mut p = self.lock();
+        if p.waiting > p.tickets {
+            p.tickets += 1;
+            self.cv.notify_one();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Workers reading (or about to) right now.
+    pub fn reading(&self) -> usize {
+        (self.state.load(Ordering::Acquire) & IDLE) as usize
+    }
+
+    /// Workers parked right now.
+    pub fn parked(&self) -> usize {
+        let p = self.lock();
+        p.waiting - p.tickets.min(p.waiting)
+    }
+
+    /// The connection ended: releases every parked worker for good.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.cv.notify_all();
+    }
+
+    /// One look at the device `dev`: requests queued while no worker reads
+    /// and none has entered since the previous look (the reader is stuck in
+    /// one request) wake a parked worker; a dead connection closes. Returns
+    /// false once closed.
+    pub fn watch_once(&self, dev: &OwnedFd) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: dev.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if n < 0 {
+            return std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
+        }
+        if pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            self.close();
+            return false;
+        }
+        let state = self.state.load(Ordering::Acquire);
+        let entered = state >> 32;
+        let stuck = state & IDLE == 0 && self.watched.swap(entered, Ordering::Relaxed) == entered;
+        if stuck && pfd.revents & libc::POLLIN != 0 && self.wake_one() {
+            self.wakeups.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Starts the watch thread over `dev` (a duplicate of the session's
+    /// device descriptor); it ends with the connection.
+    pub fn spawn_watch(self: &Arc<Self>, dev: OwnedFd) -> std::io::Result<()> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("cfs-readers".into())
+            .spawn(move || {
+                while me.watch_once(&dev) {
+                    std::thread::sleep(WATCH_INTERVAL);
+                }
+            })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_lone_reader_goes_straight_back() {
+        let r = Readers::new(1);
+        drop(r.enter(false));
+        assert_eq!(r.reading(), 1);
+        assert_eq!(r.parked(), 0);
+    }
+
+    #[test]
+    fn finishing_while_another_reads_parks_until_a_blocking_request() {
+        let r = Arc::new(Readers::new(2));
+        // Worker A takes a request; B is still reading.
+        let a = {
+            let r = r.clone();
+            let (tx, rx) = mpsc::channel();
+            let h = std::thread::spawn(move || {
+                drop(r.enter(false));
+                tx.send(()).unwrap();
+            });
+            (h, rx)
+        };
+        wait_for("A parks", || r.parked() == 1);
+        assert_eq!(r.reading(), 1);
+        assert!(a.1.try_recv().is_err(), "A must stay parked");
+        // B takes a fast request: A stays parked.
+        let s = r.enter(false);
+        assert_eq!(r.reading(), 0);
+        assert_eq!(r.parked(), 1);
+        drop(s);
+        assert_eq!(r.reading(), 1);
+        // B takes a request that may block: A is woken to read.
+        let s = r.enter(true);
+        a.1.recv_timeout(Duration::from_secs(5)).expect("A woken");
+        a.0.join().unwrap();
+        assert_eq!(r.reading(), 1);
+        assert_eq!(r.wakeups.may_block.load(Ordering::Relaxed), 1);
+        // B finishes while A reads: B would park (checked without blocking).
+        assert_eq!(r.parked(), 0);
+        r.close();
+        drop(s);
+        assert_eq!(r.reading(), 2);
+    }
+
+    #[test]
+    fn a_blocking_request_with_another_reader_wakes_nobody() {
+        let r = Readers::new(2);
+        let s = r.enter(true);
+        assert_eq!(r.wakeups.may_block.load(Ordering::Relaxed), 0);
+        r.close(); // so that leaving does not park this test's thread
+        drop(s);
+        assert_eq!(r.reading(), 2);
+    }
+
+    #[test]
+    fn watch_wakes_a_parked_worker_when_requests_queue_and_closes_on_hangup() {
+        // A pipe stands in for the device: readable = requests queued,
+        // writer closed = POLLHUP.
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid array of two ints.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created and are owned here.
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let r = Arc::new(Readers::new(2));
+        let parked = {
+            let r = r.clone();
+            std::thread::spawn(move || drop(r.enter(false)))
+        };
+        wait_for("parks", || r.parked() == 1);
+        let busy = r.enter(false); // the reader is now stuck in a request
+        assert!(r.watch_once(&rd), "nothing queued yet");
+        assert_eq!(r.parked(), 1);
+        // SAFETY: writes one byte from a valid buffer.
+        assert_eq!(
+            unsafe { libc::write(wr.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+            1
+        );
+        // Another request entered since the last look: busy, not stuck.
+        drop(busy);
+        let busy = r.enter(false);
+        assert!(r.watch_once(&rd));
+        assert_eq!(
+            r.parked(),
+            1,
+            "the reader made progress since the last look"
+        );
+        assert!(r.watch_once(&rd));
+        parked.join().unwrap();
+        assert_eq!(r.wakeups.queued.load(Ordering::Relaxed), 1);
+        assert_eq!(r.reading(), 1);
+        drop(wr);
+        let mut buf = [0u8; 1];
+        // SAFETY: reads into a valid one-byte buffer.
+        unsafe { libc::read(rd.as_raw_fd(), buf.as_mut_ptr().cast(), 1) };
+        assert!(!r.watch_once(&rd), "hangup closes");
+        drop(busy); // closed: nobody parks
+        assert_eq!(r.reading(), 2);
+    }
+}
