@@ -51,6 +51,7 @@ use crate::crash_recovery::{
     CrashRecovery, OpenFileRecord, PendingWrite, RecoveryConfig, RecoveryState,
 };
 
+use super::journal_line;
 use super::nummap::NumMap;
 use super::router::{Retry, Router};
 
@@ -277,17 +278,20 @@ impl Journal {
         Ok(Self { path, state, stop })
     }
 
-    fn append(s: &mut State, r: &Record) {
+    /// Appends the line that `write` puts in the reused line buffer.
+    fn append_with(s: &mut State, write: impl FnOnce(&mut Vec<u8>)) {
         if s.closed {
             return;
         }
         let mut line = std::mem::take(&mut s.line);
         line.clear();
-        if serde_json::to_writer(&mut line, r).is_ok() {
-            line.push(b'\n');
-            Self::put(s, &line);
-        }
+        write(&mut line);
+        Self::put(s, &line);
         s.line = line;
+    }
+
+    fn append(s: &mut State, r: &Record) {
+        Self::append_with(s, |out| journal_line::record(out, r));
     }
 
     fn put(s: &mut State, line: &[u8]) {
@@ -309,16 +313,12 @@ impl Journal {
     }
 
     pub fn opened(&self, fh: u64, ino: u64, pid: u32, flags: i32, path: &Path) {
-        let r = Record::Open {
-            fh,
-            ino,
-            pid,
-            flags,
-            path: path.to_string_lossy().into_owned(),
-        };
+        let path = path.to_string_lossy();
         let mut s = self.lock();
         s.open += 1;
-        Self::append(&mut s, &r);
+        Self::append_with(&mut s, |out| {
+            journal_line::open(out, fh, ino, pid, flags, &path)
+        });
     }
 
     pub fn wrote(&self, fh: u64, ino: u64, off: u64, len: u64) {

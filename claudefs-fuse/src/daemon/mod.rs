@@ -18,6 +18,7 @@ pub mod fs;
 pub mod idmap;
 pub mod inodes;
 pub mod journal;
+pub mod journal_line;
 pub mod kernel_join;
 pub mod locks;
 pub mod mount;
