@@ -182,6 +182,7 @@ impl Filesystem for Fs {
     fn destroy(&mut self) {
         self.locks.shutdown();
         self.backings().clear();
+        self.core.fds.clear();
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -198,6 +199,7 @@ impl Filesystem for Fs {
         self.core.forget(ino.0, nlookup);
         // The kernel evicted the inode (FORGET comes once, at eviction).
         self.backings().forget(ino.0);
+        self.core.fds.forget(ino.0);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {

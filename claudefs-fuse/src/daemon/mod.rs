@@ -14,6 +14,7 @@
 
 pub mod backing;
 pub mod config;
+pub mod fdcache;
 pub mod fs;
 pub mod idmap;
 pub mod inodes;
@@ -169,6 +170,28 @@ fn spawn_signal_handler(mountpoint: PathBuf, done: Arc<AtomicBool>) -> anyhow::R
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard one: every file open
+/// on the mount holds a backing fd in the daemon, and the usual soft
+/// limit (1024) is far below what applications open.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+                tracing::warn!("cannot raise the open-file limit above {}", lim.rlim_cur);
+            }
+        }
+    }
+}
+
 /// Runs the daemon in the foreground until unmounted or signalled.
 pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     init_logging();
@@ -177,6 +200,7 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     let _lock = lock_state_dir(&s.state_dir)?;
     // SAFETY: umask only affects this process; the kernel already applied the caller's.
     unsafe { libc::umask(0) };
+    raise_fd_limit();
 
     let mut roots = Vec::new();
     let mut root_ino = None;
@@ -262,6 +286,7 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     router.spawn_health_checker(Duration::from_millis(s.health_interval_ms), stop.clone())?;
+    core.spawn_fd_sweeper(stop.clone())?;
 
     let snap = {
         let (core, locks, spans) = (core.clone(), locks.clone(), spans.clone());

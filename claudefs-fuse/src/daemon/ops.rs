@@ -11,12 +11,13 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo, TimeOrNow};
 
+use super::fdcache::{self, FdCache};
 use super::idmap::IdMap;
 use super::inodes::InodeTable;
 use super::journal::Journal;
@@ -71,6 +72,8 @@ pub struct Core {
     pub idmap: IdMap,
     pub journal: Option<Journal>,
     files: RwLock<NumMap<u64, Arc<OpenFile>>>,
+    /// Read-only backing fds shared by plain read-only opens.
+    pub fds: FdCache,
     dirs: Mutex<NumMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
 }
@@ -144,6 +147,7 @@ impl Core {
             idmap,
             journal,
             files: RwLock::new(NumMap::default()),
+            fds: FdCache::default(),
             dirs: Mutex::new(NumMap::default()),
             next_fh: AtomicU64::new(1),
         }
@@ -361,7 +365,7 @@ impl Core {
         flags: i32,
         pid: u32,
         path_id: u64,
-        fd: OwnedFd,
+        fd: Arc<OwnedFd>,
         rel: &Path,
     ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -369,7 +373,7 @@ impl Core {
             ino,
             flags,
             pid,
-            cur: RwLock::new((path_id, Arc::new(fd))),
+            cur: RwLock::new((path_id, fd)),
         });
         self.files
             .write()
@@ -381,10 +385,19 @@ impl Core {
         fh
     }
 
-    /// Opens `ino`; returns the handle and its open file.
+    /// Opens `ino`; returns the handle and its open file. A plain
+    /// read-only open shares a cached read-only fd (see `fdcache`).
     pub fn open(&self, ino: u64, flags: i32, pid: u32) -> SysResult<(u64, Arc<OpenFile>)> {
         let rel = self.path(ino)?;
         let oflags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+        let shareable = fdcache::shareable(oflags);
+        if shareable {
+            if let Some((path_id, fd)) = self.fds.get(ino, |p| self.router.usable(p)) {
+                super::router::set_last_path(path_id);
+                let fh = self.register(ino, oflags, pid, path_id, fd, &rel);
+                return Ok((fh, self.file(fh)?));
+            }
+        }
         let retry = if flags & CREATE_FLAGS != 0 {
             Retry::Once
         } else {
@@ -395,6 +408,10 @@ impl Core {
             path_id = super::router::last_path().unwrap_or(0);
             r.open_at(&rel, oflags, 0)
         })?;
+        let fd = Arc::new(fd);
+        if shareable {
+            self.fds.put(ino, path_id, &fd);
+        }
         let fh = self.register(ino, oflags, pid, path_id, fd, &rel);
         Ok((fh, self.file(fh)?))
     }
@@ -422,7 +439,14 @@ impl Core {
             self.inodes.remember(st.st_ino, &rel);
             Ok((fd, self.attr(&st)))
         })?;
-        let fh = self.register(attr.ino.0, oflags & !CREATE_FLAGS, pid, path_id, fd, &rel);
+        let fh = self.register(
+            attr.ino.0,
+            oflags & !CREATE_FLAGS,
+            pid,
+            path_id,
+            Arc::new(fd),
+            &rel,
+        );
         Ok((attr, fh, self.file(fh)?))
     }
 
@@ -542,6 +566,22 @@ impl Core {
             j.closed(fh);
         }
         of
+    }
+
+    /// Starts the thread that closes idle and unusable cached fds (about
+    /// once a second; see `fdcache`); it stops when `stop` is set.
+    pub fn spawn_fd_sweeper(self: &Arc<Self>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("cfs-fdcache".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_secs(1));
+                    me.fds
+                        .sweep(std::time::Instant::now(), |p| me.router.usable(p));
+                }
+            })?;
+        Ok(())
     }
 
     /// Number of open file handles.
