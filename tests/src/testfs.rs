@@ -1,7 +1,7 @@
 //! A small in-process FUSE file system for the end-to-end tests: a root
 //! directory with a few fixed files, which counts every request it receives
 //! per opcode (an independent cross-check of the probes), can delay
-//! lookup/getattr of one chosen name, and serves flock(2) itself
+//! lookup/getattr or open of one chosen name, and serves flock(2) itself
 //! (negotiating `FUSE_FLOCK_LOCKS`) or leaves it to the kernel.
 //!
 //! [`MountedFs`] mounts it in a temp dir and unmounts on drop.
@@ -59,6 +59,8 @@ pub struct TestFsOptions {
     pub flock_locks: bool,
     /// Sleep this long in lookup and getattr of this name.
     pub delay: Option<(String, Duration)>,
+    /// Sleep this long in open of this name (lookups stay fast).
+    pub open_delay: Option<(String, Duration)>,
 }
 
 /// Requests received, per opcode: (count, replied with an error).
@@ -230,8 +232,13 @@ impl Filesystem for TestFs {
         }
     }
 
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.stats.count(opcode::OPEN);
+        if let Some((name, d)) = &self.opts.open_delay {
+            if name_of(ino.0) == Some(name.as_str()) {
+                std::thread::sleep(*d);
+            }
+        }
         reply.opened(FileHandle(0), FopenFlags::empty());
     }
 

@@ -6,8 +6,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use claudefs_e2e::testfs::{self, MountedFs, TestFsOptions};
 use claudefs_e2e::{fuse_unavailable, wait_until, Bindfs, MountGuard};
 
 fn path_state(m: &MountGuard, id: usize) -> String {
@@ -265,4 +266,54 @@ fn passthrough_reads_and_writes() {
     if st["passthrough"] != true {
         assert!(m.log_text().contains("passthrough"), "{}", m.log_text());
     }
+}
+
+/// A storage request that hangs (an open that the storage path takes
+/// 1.5 s to answer) does not hold up the mount: other requests are
+/// answered meanwhile by another worker (see `daemon::readers`).
+#[test]
+fn a_hanging_storage_request_does_not_hold_up_others() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    const HANG: Duration = Duration::from_millis(1500);
+    let storage = MountedFs::mount(TestFsOptions {
+        open_delay: Some(("slow".to_string(), HANG)),
+        ..Default::default()
+    })
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let m = MountGuard::start(
+        &tmp.path().join("mnt"),
+        &tmp.path().join("state"),
+        &["--path".into(), storage.mountpoint.display().to_string()],
+    )
+    .unwrap();
+    let mnt = m.mnt.clone();
+    assert_eq!(fs::read(mnt.join("a")).unwrap(), testfs::CONTENT);
+    let hung = {
+        let p = mnt.join("slow");
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            fs::File::open(&p).map(|_| t.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!hung.is_finished(), "the open should still hang in storage");
+    let t = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(fs::read(mnt.join("a")).unwrap(), testfs::CONTENT);
+        claudefs_e2e::stat(&mnt.join("b")).unwrap();
+    }
+    let others = t.elapsed();
+    assert!(
+        !hung.is_finished(),
+        "the hanging open ended before the other requests were done"
+    );
+    assert!(
+        others < Duration::from_millis(600),
+        "20 reads and stats took {others:?} while one open hung"
+    );
+    let took = hung.join().unwrap().unwrap();
+    assert!(took >= HANG - Duration::from_millis(100), "{took:?}");
 }

@@ -8,8 +8,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-use claudefs_e2e::{fuse_bin, fuse_unavailable, is_mounted, MountGuard};
+use claudefs_e2e::{fuse_bin, fuse_unavailable, is_mounted, wait_until, MountGuard};
 
 fn errno_of<T>(r: std::io::Result<T>) -> i32 {
     r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
@@ -333,4 +334,68 @@ fn cli_errors_are_one_line() {
     assert_ne!(code, 0);
     assert!(err.contains("in use"), "{err}");
     drop(g);
+}
+
+/// Backing fds the daemon `pid` holds on `file` (links in /proc/PID/fd;
+/// a deleted file's link ends in " (deleted)").
+fn fds_on(pid: u32, file: &Path) -> usize {
+    let want = file.display().to_string();
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| {
+                    let l = l.display().to_string();
+                    l == want || l == format!("{want} (deleted)")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Plain read-only opens share one cached backing fd; a writer gets its
+/// own; the cached fd goes when the file is removed through the mount
+/// (FORGET) and, for a file removed on the storage itself, once idle.
+#[test]
+fn read_only_opens_share_a_backing_fd_that_leaves_with_the_file() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, m) = MountGuard::single_path(tmp.path(), &[]).unwrap();
+    let src = src.canonicalize().unwrap();
+    let (mnt, pid) = (m.mnt.clone(), m.pid());
+    fs::write(src.join("r"), b"data").unwrap();
+    for _ in 0..50 {
+        assert_eq!(fs::read(mnt.join("r")).unwrap(), b"data");
+    }
+    assert_eq!(
+        fds_on(pid, &src.join("r")),
+        1,
+        "50 read-only opens share one fd"
+    );
+    let held = fs::File::open(mnt.join("r")).unwrap();
+    let mut w = fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("r"))
+        .unwrap();
+    assert_eq!(fds_on(pid, &src.join("r")), 2, "a writer has its own fd");
+    w.write_all(b"DATA").unwrap();
+    drop(w);
+    assert_eq!(fs::read(mnt.join("r")).unwrap(), b"DATA");
+    drop(held);
+    fs::remove_file(mnt.join("r")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || fds_on(pid, &src.join("r")) == 0),
+        "the daemon still holds a removed file"
+    );
+    assert!(!src.join("r").exists());
+
+    fs::write(src.join("s"), b"gone soon").unwrap();
+    assert_eq!(fs::read(mnt.join("s")).unwrap(), b"gone soon");
+    assert_eq!(fds_on(pid, &src.join("s")), 1);
+    fs::remove_file(src.join("s")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || fds_on(pid, &src.join("s")) == 0),
+        "an idle fd on a file removed on the storage stays open"
+    );
 }
