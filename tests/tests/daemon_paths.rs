@@ -316,4 +316,8 @@ fn a_hanging_storage_request_does_not_hold_up_others() {
     );
     let took = hung.join().unwrap().unwrap();
     assert!(took >= HANG - Duration::from_millis(100), "{took:?}");
+    // status counts the wakeup of a parked worker for the stalled requests.
+    let w = &m.status().unwrap()["workers"];
+    assert_eq!(w["threads"], 4, "{w}");
+    assert!(w["woken_stalled"].as_u64().unwrap() >= 1, "{w}");
 }

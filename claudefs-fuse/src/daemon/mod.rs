@@ -290,11 +290,13 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
 
     let snap = {
         let (core, locks, spans) = (core.clone(), locks.clone(), spans.clone());
+        let readers = readers.clone();
+        let threads = s.threads;
         let summary = summary.clone();
         let mp = mountpoint.display().to_string();
         let policy = format!("{:?}", s.policy);
         Arc::new(move || {
-            status_snapshot(
+            let mut st = status_snapshot(
                 &mp,
                 &policy,
                 &core,
@@ -302,7 +304,9 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
                 &spans,
                 &summary,
                 passthrough.load(Ordering::Relaxed),
-            )
+            );
+            st.workers = serde_json::to_value(readers.view(threads)).unwrap_or_default();
+            st
         })
     };
     let sock = status::serve(&s.state_dir, snap)?;
@@ -338,6 +342,8 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
             spans: spans.clone(),
             joiner,
             summary: summary.clone(),
+            readers: readers.clone(),
+            threads: s.threads,
         },
     );
     tracing::info!(
@@ -367,6 +373,8 @@ struct ExportParts {
     spans: Arc<spans::Spans>,
     joiner: Arc<kernel_join::Joiner>,
     summary: journal::RecoverySummary,
+    readers: Arc<readers::Readers>,
+    threads: usize,
 }
 
 /// Starts the exporter thread if anything is to be exported. A failure
@@ -442,6 +450,7 @@ fn start_exporter(
             stats.clone(),
         );
         let summary = parts.summary.clone();
+        let (readers, threads) = (parts.readers.clone(), parts.threads);
         let mount = mountpoint.display().to_string();
         Arc::new(move || {
             let counters = core.router.counters();
@@ -475,6 +484,7 @@ fn start_exporter(
                 requests: spans.op_counts(),
                 spans_dropped: spans.counts().1 + stats.lost(),
                 spans_exported: stats.exported.load(Ordering::Relaxed),
+                workers: readers.view(threads),
             }
         })
     };
@@ -553,6 +563,8 @@ fn status_snapshot(
         inodes: core.inodes.len(),
         spans: serde_json::json!({"sample_rate": spans.rate(), "buffered": buffered, "dropped": dropped}),
         passthrough,
+        workers: serde_json::Value::Null,
+        cached_fds: core.fds.len(),
     }
 }
 

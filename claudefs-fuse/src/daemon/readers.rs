@@ -50,8 +50,9 @@ struct Parked {
 pub struct Wakeups {
     /// A request that may block started with no other reader.
     pub may_block: AtomicU64,
-    /// Requests were queued with no reader.
-    pub queued: AtomicU64,
+    /// Requests waited behind a request that took longer than a look of
+    /// the watch, with no other reader.
+    pub stalled: AtomicU64,
 }
 
 /// The reader hand-off between fuser's workers (see the module doc).
@@ -147,6 +148,17 @@ impl Readers {
         (self.state.load(Ordering::Acquire) & IDLE) as usize
     }
 
+    /// The exporter's view of the workers, `threads` in all.
+    pub fn view(&self, threads: usize) -> crate::exporter::daemon_metrics::WorkersView {
+        crate::exporter::daemon_metrics::WorkersView {
+            threads,
+            reading: self.reading().min(threads),
+            parked: self.parked(),
+            woken_may_block: self.wakeups.may_block.load(Ordering::Relaxed),
+            woken_stalled: self.wakeups.stalled.load(Ordering::Relaxed),
+        }
+    }
+
     /// Workers parked right now.
     pub fn parked(&self) -> usize {
         let p = self.lock();
@@ -182,7 +194,7 @@ impl Readers {
         let entered = state >> 32;
         let stuck = state & IDLE == 0 && self.watched.swap(entered, Ordering::Relaxed) == entered;
         if stuck && pfd.revents & libc::POLLIN != 0 && self.wake_one() {
-            self.wakeups.queued.fetch_add(1, Ordering::Relaxed);
+            self.wakeups.stalled.fetch_add(1, Ordering::Relaxed);
         }
         true
     }
@@ -304,7 +316,7 @@ mod tests {
         );
         assert!(r.watch_once(&rd));
         parked.join().unwrap();
-        assert_eq!(r.wakeups.queued.load(Ordering::Relaxed), 1);
+        assert_eq!(r.wakeups.stalled.load(Ordering::Relaxed), 1);
         assert_eq!(r.reading(), 1);
         drop(wr);
         let mut buf = [0u8; 1];

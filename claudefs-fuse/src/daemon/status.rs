@@ -43,6 +43,12 @@ pub struct Status {
     pub inodes: usize,
     pub spans: serde_json::Value,
     pub passthrough: bool,
+    /// FUSE workers: threads, reading, parked, woken (see `readers`).
+    #[serde(default)]
+    pub workers: serde_json::Value,
+    /// Read-only backing fds kept open for reuse (see `fdcache`).
+    #[serde(default)]
+    pub cached_fds: usize,
 }
 
 /// Serves `snapshot()` on `dir/status.sock` from a background thread.
@@ -80,8 +86,8 @@ pub fn fetch(dir: &Path) -> anyhow::Result<Status> {
 /// Text form of a status.
 pub fn render(s: &Status) -> String {
     let mut o = format!(
-        "mountpoint: {}\npid: {}\npolicy: {}\npassthrough: {}\nopen files: {}  inodes: {}\n",
-        s.mountpoint, s.pid, s.policy, s.passthrough, s.open_files, s.inodes
+        "mountpoint: {}\npid: {}\npolicy: {}\npassthrough: {}\nopen files: {}  inodes: {}  cached read-only fds: {}\nworkers: {}\n",
+        s.mountpoint, s.pid, s.policy, s.passthrough, s.open_files, s.inodes, s.cached_fds, s.workers
     );
     o.push_str("paths:\n");
     for p in &s.paths {

@@ -53,6 +53,8 @@ pub const FAMILIES: &[Family] = &[
     names::OPEN_FILES,
     names::DAEMON_REQUESTS,
     names::DAEMON_REQUEST_ERRORS,
+    names::DAEMON_WORKERS,
+    names::DAEMON_WORKER_WAKEUPS,
     names::SPANS_DROPPED,
     names::SPANS_EXPORTED,
 ];
@@ -81,6 +83,16 @@ pub struct PathView {
     pub selected_total: u64,
 }
 
+/// The daemon's FUSE workers (see `daemon::readers`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct WorkersView {
+    pub threads: usize,
+    pub reading: usize,
+    pub parked: usize,
+    pub woken_may_block: u64,
+    pub woken_stalled: u64,
+}
+
 /// Everything the daemon exposes, as plain values.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DaemonView {
@@ -98,6 +110,7 @@ pub struct DaemonView {
     pub requests: Vec<(&'static str, u64, u64)>,
     pub spans_dropped: u64,
     pub spans_exported: u64,
+    pub workers: WorkersView,
 }
 
 /// The label of a `RecoveryState` in its Debug form (`Complete { .. }`).
@@ -171,6 +184,19 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
         answered.add(vec![op.to_string()], *n as f64);
         failed.add(vec![op.to_string()], *errors as f64);
     }
+    let w = &v.workers;
+    let mut workers = FamilyBuilder::gauge(names::DAEMON_WORKERS);
+    let serving = w.threads.saturating_sub(w.reading + w.parked);
+    for (state, n) in [
+        ("reading", w.reading),
+        ("serving", serving),
+        ("parked", w.parked),
+    ] {
+        workers.add(vec![state.into()], n as f64);
+    }
+    let mut woken = FamilyBuilder::counter(names::DAEMON_WORKER_WAKEUPS);
+    woken.add(vec!["may_block".into()], w.woken_may_block as f64);
+    woken.add(vec!["stalled".into()], w.woken_stalled as f64);
     let f = &v.flock;
     [
         state,
@@ -204,6 +230,8 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
         one(names::OPEN_FILES, false, v.open_files as f64),
         answered,
         failed,
+        workers,
+        woken,
         one(names::SPANS_DROPPED, true, v.spans_dropped as f64),
         one(names::SPANS_EXPORTED, true, v.spans_exported as f64),
     ]
@@ -375,6 +403,30 @@ mod tests {
             "claudefs_fuse_daemon_requests_total{op=\"getattr\"} 10",
             "claudefs_fuse_daemon_request_errors_total{op=\"getattr\"} 2",
             "claudefs_fuse_daemon_requests_total{op=\"other\"} 1",
+        ] {
+            assert!(text.contains(w), "missing {w} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn workers_by_state_and_wakeups_by_reason() {
+        let v = DaemonView {
+            workers: WorkersView {
+                threads: 4,
+                reading: 1,
+                parked: 2,
+                woken_may_block: 5,
+                woken_stalled: 7,
+            },
+            ..Default::default()
+        };
+        let text = String::from_utf8(encode(&daemon_families(&v))).unwrap();
+        for w in [
+            "claudefs_fuse_daemon_workers{state=\"reading\"} 1",
+            "claudefs_fuse_daemon_workers{state=\"serving\"} 1",
+            "claudefs_fuse_daemon_workers{state=\"parked\"} 2",
+            "claudefs_fuse_daemon_worker_wakeups_total{reason=\"may_block\"} 5",
+            "claudefs_fuse_daemon_worker_wakeups_total{reason=\"stalled\"} 7",
         ] {
             assert!(text.contains(w), "missing {w} in\n{text}");
         }

@@ -41,6 +41,12 @@ families! {
     /// Counter, requests: answered by the mount daemon with an error.
     DAEMON_REQUEST_ERRORS = "claudefs_fuse_daemon_request_errors_total", ["op"],
         "FUSE requests the mount daemon answered with an error, by operation.";
+    /// Gauge, threads: the daemon's FUSE workers by state.
+    DAEMON_WORKERS = "claudefs_fuse_daemon_workers", ["state"],
+        "The mount daemon's FUSE worker threads (--threads) by state: reading (waiting on /dev/fuse), serving (in a request), parked (idle and not reading: one reader serves fast requests alone).";
+    /// Counter, wakeups: parked workers woken to read /dev/fuse.
+    DAEMON_WORKER_WAKEUPS = "claudefs_fuse_daemon_worker_wakeups_total", ["reason"],
+        "Parked FUSE workers woken to read /dev/fuse: reason=may_block (a request that may take long started while no other worker read), reason=stalled (requests waited behind one that took over 10 ms: storage is slow or hangs).";
     /// Gauge, requests: queued for or being served by the daemon (fusectl).
     REQUESTS_WAITING = "claudefs_fuse_requests_waiting", ["mount", "fstype"],
         "FUSE requests queued for the daemon or being served by it (the kernel's fusectl `waiting` count); above zero while no request finishes means a stuck daemon.";
