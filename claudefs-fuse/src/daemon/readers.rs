@@ -13,8 +13,9 @@
 //! - a request starts that may block (the caller says: fsync, fallocate,
 //!   or any request while a usable storage path's latency EMA is above
 //!   1 ms) and no other worker is reading, or
-//! - the watch thread finds requests queued on the device and no worker
-//!   reading (a request thought fast is taking long): checked every
+//! - the watch thread finds requests queued on the device and no request
+//!   started since its previous look (a request thought fast is taking
+//!   long, or the reading worker's thread ended): checked every
 //!   [`WATCH_INTERVAL`].
 //!
 //! So at most N requests are still served at once; what changes is that
@@ -171,10 +172,12 @@ impl Readers {
         self.cv.notify_all();
     }
 
-    /// One look at the device `dev`: requests queued while no worker reads
-    /// and none has entered since the previous look (the reader is stuck in
-    /// one request) wake a parked worker; a dead connection closes. Returns
-    /// false once closed.
+    /// One look at the device `dev`: requests queued now, and no request
+    /// entered since the previous look (the reader is stuck in one request,
+    /// or its thread is gone), wake a parked worker; a dead connection
+    /// closes. Returns false once closed. (A live reader takes a queued
+    /// request within microseconds, so a look interval with requests queued
+    /// and none entered means nobody is reading.)
     pub fn watch_once(&self, dev: &OwnedFd) -> bool {
         let mut pfd = libc::pollfd {
             fd: dev.as_raw_fd(),
@@ -190,9 +193,8 @@ impl Readers {
             self.close();
             return false;
         }
-        let state = self.state.load(Ordering::Acquire);
-        let entered = state >> 32;
-        let stuck = state & IDLE == 0 && self.watched.swap(entered, Ordering::Relaxed) == entered;
+        let entered = self.state.load(Ordering::Acquire) >> 32;
+        let stuck = self.watched.swap(entered, Ordering::Relaxed) == entered;
         if stuck && pfd.revents & libc::POLLIN != 0 && self.wake_one() {
             self.wakeups.stalled.fetch_add(1, Ordering::Relaxed);
         }
@@ -325,5 +327,33 @@ mod tests {
         assert!(!r.watch_once(&rd), "hangup closes");
         drop(busy); // closed: nobody parks
         assert_eq!(r.reading(), 2);
+    }
+
+    #[test]
+    fn watch_wakes_a_parked_worker_when_the_reader_is_gone() {
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid array of two ints.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created and are owned here.
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // Worker A parks; worker B counts as reading but never reads again
+        // (its thread ended), so queued requests stay queued.
+        let r = Arc::new(Readers::new(2));
+        let a = {
+            let r = r.clone();
+            std::thread::spawn(move || drop(r.enter(false)))
+        };
+        wait_for("parks", || r.parked() == 1);
+        // SAFETY: writes one byte from a valid buffer.
+        assert_eq!(
+            unsafe { libc::write(wr.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+            1
+        );
+        assert!(r.watch_once(&rd));
+        assert_eq!(r.parked(), 1, "one look is not enough");
+        assert!(r.watch_once(&rd));
+        a.join().unwrap();
+        assert_eq!(r.wakeups.stalled.load(Ordering::Relaxed), 1);
+        r.close();
     }
 }
