@@ -1,9 +1,11 @@
 //! flock(2) scenarios run with several processes both on the mount and on
 //! a local file (the test's temp dir), outcomes compared.
 //!
-//! The one documented difference: a non-blocking upgrade (LOCK_SH ->
+//! The documented differences: a non-blocking upgrade (LOCK_SH ->
 //! LOCK_EX|LOCK_NB) that conflicts leaves Linux's caller with no lock, while
-//! the daemon's registry keeps its shared lock.
+//! the daemon's registry keeps its shared lock; and a single-threaded
+//! process blocking on its own lock through another open file gets EDEADLK
+//! where Linux blocks it forever.
 
 use std::process::Command;
 
@@ -99,6 +101,15 @@ elif scen == "shared_waiters":
     c = fd(); out.append(t(c, EX|NB))
     for k in kids: os.waitpid(k, 0)
     os.close(w); out.append("".join(sorted(os.read(r, 100).decode())))
+elif scen == "threads":
+    import threading
+    a, b = fd(), fd()
+    out.append(t(a, EX)); res = []
+    th = threading.Thread(target=lambda: res.append((t(b, EX), time.time())))
+    t0 = time.time(); th.start(); time.sleep(0.3)
+    out.append("waiting" if th.is_alive() else "done")
+    out.append(t(a, UN)); th.join()
+    out += [res[0][0], "waited" if res[0][1] - t0 >= 0.25 else "early"]
 print(" ".join(out))
 "#;
 
@@ -136,6 +147,7 @@ fn flock_matches_local_semantics() {
         "interrupt",
         "kill_waiter",
         "shared_waiters",
+        "threads",
     ];
     for scen in scenarios {
         let on_mount = run(&m.mnt.join(format!("{scen}.lock")), scen);
@@ -146,6 +158,11 @@ fn flock_matches_local_semantics() {
     // Expected outcomes, spelled out for the interesting ones.
     assert_eq!(run(&m.mnt.join("f2.lock"), "fifo"), "ok ABCD");
     assert_eq!(run(&m.mnt.join("i2.lock"), "interrupt"), "ok EINTR ok ok");
+    // Another thread of the holder's process waits, as on Linux.
+    assert_eq!(
+        run(&m.mnt.join("t2.lock"), "threads"),
+        "ok waiting ok ok waited"
+    );
     // The documented upgrade difference: Linux drops the shared lock on a
     // refused LOCK_NB upgrade (c then gets EX); the registry keeps it.
     assert_eq!(
@@ -167,8 +184,9 @@ fn flock_self_deadlock_is_edeadlk() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (_src, m) = MountGuard::single_path(tmp.path(), &[]).unwrap();
-    // Linux would block forever here (two open()s of one process); the
-    // registry reports Deadlock -> EDEADLK.
+    // Linux would block this single-threaded process forever (two open()s
+    // of one file); the registry reports Deadlock -> EDEADLK. (With other
+    // threads the request waits: the "threads" scenario above.)
     let script = r#"
 import errno, fcntl, os, sys
 a = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); b = os.open(sys.argv[1], os.O_RDWR)

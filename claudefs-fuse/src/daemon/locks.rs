@@ -5,7 +5,10 @@
 //! with the kernel. The lock owner is the open file description (the
 //! kernel's `lock_owner`), which `dup`/`fork` share, as flock wants.
 //!
-//! * `LOCK_NB` conflict -> `EWOULDBLOCK`; `Deadlock` -> `EDEADLK`.
+//! * `LOCK_NB` conflict -> `EWOULDBLOCK`; `Deadlock` -> `EDEADLK` when the
+//!   caller is single-threaded (Linux would block it forever). A caller
+//!   with other threads waits instead, like on Linux: another thread may
+//!   unlock (two threads flocking separate opens of one file).
 //! * A blocking request that conflicts is parked: its reply object goes to
 //!   a FIFO wait queue of the inode and the worker thread returns at once.
 //!   Whoever removes a lock (unlock, release, an interrupted waiter) scans
@@ -127,8 +130,13 @@ pub enum Outcome {
     Parked,
 }
 
-fn errno(e: i32) -> Errno {
-    Errno::from_i32(e)
+/// Whether process `pid` has a single thread (false if unknown).
+fn single_threaded(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|st| {
+        st.lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .is_some_and(|n| n.trim() == "1")
+    })
 }
 
 impl Locks {
@@ -171,10 +179,19 @@ impl Locks {
             return Outcome::Granted;
         }
         inner.inos.insert(ino);
-        match inner
+        let conflict = inner
             .reg
-            .try_acquire(FlockHandle::new(owner, ino, pid, ft, !sleep))
-        {
+            .try_acquire(FlockHandle::new(owner, ino, pid, ft, !sleep));
+        // Only the caller's own process holds the conflicting locks: with
+        // other threads one of them may release them (Linux waits), so the
+        // request waits; a single-threaded caller would wait forever.
+        let conflict = match conflict {
+            FlockConflict::Deadlock if !single_threaded(pid) => {
+                FlockConflict::WouldBlock { holder_pid: pid }
+            }
+            c => c,
+        };
+        match conflict {
             FlockConflict::None => {
                 inner.answered(ft, sleep, since, false);
                 drop(inner);
@@ -237,11 +254,9 @@ impl Locks {
                     inner.answered(w.typ, true, w.since, false);
                     w.reply.ok()
                 }
-                FlockConflict::Deadlock => {
-                    inner.answered(w.typ, true, w.since, false);
-                    w.reply.error(errno(libc::EDEADLK))
-                }
-                FlockConflict::WouldBlock { .. } => keep.push_back(w),
+                // Parked with only its own process in the way: it keeps
+                // waiting for another of its threads (see `setlk`).
+                FlockConflict::Deadlock | FlockConflict::WouldBlock { .. } => keep.push_back(w),
             }
         }
         if !keep.is_empty() {
