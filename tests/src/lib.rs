@@ -326,3 +326,24 @@ pub fn stat(path: &std::path::Path) -> Result<(), i32> {
         Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
     }
 }
+
+/// `statx(path, AT_STATX_FORCE_SYNC)`: on FUSE every call asks the file
+/// system (GETATTR), where `stat` may be answered from the kernel's cache.
+pub fn statx_sync(c: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: `c` is a valid C string; `st` is plain data the call fills.
+    let rc = unsafe {
+        let mut st: libc::statx = std::mem::zeroed();
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_BASIC_STATS,
+            &mut st,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

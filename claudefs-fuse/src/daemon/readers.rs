@@ -231,6 +231,23 @@ mod tests {
         }
     }
 
+    /// A pipe stands in for the device: readable = requests queued,
+    /// writer closed = POLLHUP.
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid array of two ints.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created and are owned here.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    /// Queues a "request" on the pipe.
+    fn queue_one(wr: &OwnedFd) {
+        // SAFETY: writes one byte from a valid buffer.
+        let n = unsafe { libc::write(wr.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        assert_eq!(n, 1);
+    }
+
     #[test]
     fn a_lone_reader_goes_straight_back() {
         let r = Readers::new(1);
@@ -286,13 +303,7 @@ mod tests {
 
     #[test]
     fn watch_wakes_a_parked_worker_when_requests_queue_and_closes_on_hangup() {
-        // A pipe stands in for the device: readable = requests queued,
-        // writer closed = POLLHUP.
-        let mut fds = [0; 2];
-        // SAFETY: fds is a valid array of two ints.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: both descriptors were just created and are owned here.
-        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (rd, wr) = pipe();
         let r = Arc::new(Readers::new(2));
         let parked = {
             let r = r.clone();
@@ -302,11 +313,7 @@ mod tests {
         let busy = r.enter(false); // the reader is now stuck in a request
         assert!(r.watch_once(&rd), "nothing queued yet");
         assert_eq!(r.parked(), 1);
-        // SAFETY: writes one byte from a valid buffer.
-        assert_eq!(
-            unsafe { libc::write(wr.as_raw_fd(), b"x".as_ptr().cast(), 1) },
-            1
-        );
+        queue_one(&wr);
         // Another request entered since the last look: busy, not stuck.
         drop(busy);
         let busy = r.enter(false);
@@ -331,11 +338,7 @@ mod tests {
 
     #[test]
     fn watch_wakes_a_parked_worker_when_the_reader_is_gone() {
-        let mut fds = [0; 2];
-        // SAFETY: fds is a valid array of two ints.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: both descriptors were just created and are owned here.
-        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (rd, wr) = pipe();
         // Worker A parks; worker B counts as reading but never reads again
         // (its thread ended), so queued requests stay queued.
         let r = Arc::new(Readers::new(2));
@@ -344,11 +347,7 @@ mod tests {
             std::thread::spawn(move || drop(r.enter(false)))
         };
         wait_for("parks", || r.parked() == 1);
-        // SAFETY: writes one byte from a valid buffer.
-        assert_eq!(
-            unsafe { libc::write(wr.as_raw_fd(), b"x".as_ptr().cast(), 1) },
-            1
-        );
+        queue_one(&wr);
         assert!(r.watch_once(&rd));
         assert_eq!(r.parked(), 1, "one look is not enough");
         assert!(r.watch_once(&rd));

@@ -83,24 +83,7 @@ fn bench(dir: &Path, mb: usize) -> anyhow::Result<[f64; 6]> {
     fs::write(&f, b"x")?;
     let stat = ops_per_sec(|_| fs::metadata(&f).map(drop))?;
     let cf = std::ffi::CString::new(f.as_os_str().as_encoded_bytes())?;
-    let uncached = ops_per_sec(|_| {
-        // SAFETY: a valid C string and a zeroed statx buffer to fill.
-        let rc = unsafe {
-            let mut st: libc::statx = std::mem::zeroed();
-            libc::statx(
-                libc::AT_FDCWD,
-                cf.as_ptr(),
-                libc::AT_STATX_FORCE_SYNC,
-                libc::STATX_BASIC_STATS,
-                &mut st,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    })?;
+    let uncached = ops_per_sec(|_| claudefs_e2e::statx_sync(&cf))?;
     let open = ops_per_sec(|_| fs::File::open(&f).map(drop))?;
     let create = ops_per_sec(|i| {
         let p = dir.join(format!("c{i}"));

@@ -79,25 +79,6 @@ fn env_num<T: std::str::FromStr>(k: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// `statx(path, AT_STATX_FORCE_SYNC)`: FUSE asks the daemon (GETATTR).
-fn statx_sync(c: &std::ffi::CStr) -> anyhow::Result<()> {
-    // SAFETY: `c` is a valid C string; `st` is plain data the call fills.
-    let rc = unsafe {
-        let mut st: libc::statx = std::mem::zeroed();
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_STATX_FORCE_SYNC,
-            libc::STATX_BASIC_STATS,
-            &mut st,
-        )
-    };
-    if rc != 0 {
-        anyhow::bail!("statx: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Runs `op` for `secs` seconds (after a short warm-up): ops/s.
 fn rate(secs: f64, mut op: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     for _ in 0..200 {
@@ -124,7 +105,7 @@ fn fuse_loops(dir: &Path, secs: f64) -> anyhow::Result<[f64; 2]> {
     let f = dir.join("small");
     fs::write(&f, b"x")?;
     let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes())?;
-    let stat = rate(secs, || statx_sync(&c))?;
+    let stat = rate(secs, || Ok(claudefs_e2e::statx_sync(&c)?))?;
     let open = rate(secs, || {
         drop(fs::File::open(&f)?);
         Ok(())
