@@ -3,7 +3,7 @@
 //!
 //! Every mount option can also be given in a TOML file (`--config FILE`)
 //! with the same names (`path = ["/a,priority=10", "/b"]`, `policy`,
-//! `idmap`, `state_dir`, `threads`, `passthrough`, `health_interval_ms`,
+//! `idmap`, `state_dir`, `threads`, `poll_us`, `passthrough`, `health_interval_ms`,
 //! `sample_rate`, `metrics_addr`, `ebpf`, `otlp_endpoint`, `otlp_protocol`,
 //! `slow_threshold`). Flags given on the command line win over the file.
 //!
@@ -140,6 +140,11 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// After answering, the reading worker polls /dev/fuse for up to this
+    /// many microseconds (adaptively; default 20, 0 = never) before it
+    /// sleeps.
+    #[arg(long, value_name = "US")]
+    pub poll_us: Option<u64>,
     /// Kernel FUSE passthrough for open files (needs root; falls back with a warning).
     #[arg(long)]
     pub passthrough: bool,
@@ -196,6 +201,7 @@ struct FileConfig {
     idmap: Option<String>,
     state_dir: Option<PathBuf>,
     threads: Option<usize>,
+    poll_us: Option<u64>,
     passthrough: Option<bool>,
     health_interval_ms: Option<u64>,
     sample_rate: Option<f64>,
@@ -214,6 +220,7 @@ pub struct Settings {
     pub idmap: IdMapSpec,
     pub state_dir: PathBuf,
     pub threads: usize,
+    pub poll_us: u64,
     pub passthrough: bool,
     pub health_interval_ms: u64,
     pub sample_rate: f64,
@@ -274,6 +281,10 @@ impl MountArgs {
         if threads == 0 || threads > 256 {
             bail!("--threads must be in 1..=256");
         }
+        let poll_us = self.poll_us.or(file.poll_us).unwrap_or(20);
+        if poll_us > 1000 {
+            bail!("--poll-us must be in 0..=1000");
+        }
         let sample_rate = self.sample_rate.or(file.sample_rate).unwrap_or(0.01);
         if !(0.0..=1.0).contains(&sample_rate) {
             bail!("--sample-rate must be in 0.0..=1.0");
@@ -301,6 +312,7 @@ impl MountArgs {
             idmap,
             state_dir,
             threads,
+            poll_us,
             passthrough: self.passthrough || file.passthrough.unwrap_or(false),
             health_interval_ms: self
                 .health_interval_ms
@@ -372,7 +384,7 @@ mod tests {
         std::fs::write(
             &cfg,
             format!(
-                "path = [\"{},priority=3\"]\npolicy = \"primary\"\nthreads = 2\nmetrics_addr = \"127.0.0.1:9999\"\nslow_threshold = \"50ms\"\n",
+                "path = [\"{},priority=3\"]\npolicy = \"primary\"\nthreads = 2\npoll_us = 5\nmetrics_addr = \"127.0.0.1:9999\"\nslow_threshold = \"50ms\"\n",
                 dir.path().display()
             ),
         )
@@ -383,6 +395,7 @@ mod tests {
             idmap: None,
             state_dir: Some(dir.path().join("s")),
             threads: None,
+            poll_us: None,
             passthrough: false,
             config: Some(cfg),
             health_interval_ms: None,
@@ -398,6 +411,7 @@ mod tests {
         assert_eq!(s.paths[0].priority, 3);
         assert_eq!(s.policy, PolicyArg::Primary);
         assert_eq!(s.threads, 2);
+        assert_eq!(s.poll_us, 5);
         assert_eq!(s.metrics_addr, Some("127.0.0.1:9999".parse().unwrap()));
         assert_eq!(s.slow_threshold, Some(std::time::Duration::from_millis(50)));
     }

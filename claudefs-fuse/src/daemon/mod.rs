@@ -274,7 +274,10 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         spans = spans.with_joiner(joiner.clone());
     }
     let spans = Arc::new(spans);
-    let readers = Arc::new(readers::Readers::new(s.threads));
+    let readers = Arc::new(readers::Readers::new(
+        s.threads,
+        Duration::from_micros(s.poll_us),
+    ));
     let fs = fs::Fs::new(
         core.clone(),
         locks.clone(),

@@ -93,6 +93,42 @@ struct Slot {
     selected: AtomicU64,
     /// Sick answers since start (the router's own count resets).
     errors: AtomicU64,
+    /// When a latency of this path was last sampled (coarse clock, ns).
+    sampled_ns: AtomicU64,
+}
+
+/// A path's successful requests feed its latency EMA at most once per
+/// this many ns (every request of a quieter path): the EMA smooths anyway,
+/// and a busy mount's requests then mostly skip the router's lock and the
+/// two clock reads of a measurement.
+const SAMPLE_EVERY_NS: u64 = 1_000_000;
+
+/// `CLOCK_MONOTONIC_COARSE` in ns: a clock tick's resolution, and cheaper
+/// to read than the precise clock.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; the clock exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+impl Slot {
+    /// Whether this request's latency is to be measured (see
+    /// [`SAMPLE_EVERY_NS`]).
+    fn sample_due(&self) -> bool {
+        let now = coarse_now_ns();
+        let prev = self.sampled_ns.load(Ordering::Relaxed);
+        now.saturating_sub(prev) >= SAMPLE_EVERY_NS
+            && self
+                .sampled_ns
+                .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 /// Monotonic counters of one path, for the metrics.
@@ -146,6 +182,7 @@ impl Router {
                 good_probes: Mutex::new(0),
                 selected: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
+                sampled_ns: AtomicU64::new(0),
             });
         }
         Ok(Self {
@@ -244,12 +281,23 @@ impl Router {
         self.refresh_slow(&r);
     }
 
-    /// Reports the outcome of one request on path `id` that took `elapsed`.
-    pub fn report(&self, id: u64, elapsed: Duration, result: Option<Errno>) {
+    /// Starts one request on path `id`: the time to measure it from, if
+    /// its latency is to be recorded (daemon-measured latency, and due).
+    fn start(&self, id: u64) -> Option<Instant> {
+        let due = !self.kernel_latency.load(Ordering::Relaxed)
+            && self.slots.get(id as usize).is_some_and(Slot::sample_due);
+        due.then(Instant::now)
+    }
+
+    /// Reports the outcome of one request on path `id` started at `t0`.
+    fn report(&self, id: u64, t0: Option<Instant>, result: Option<Errno>) {
         match result {
             Some(e) if is_path_error(e) => self.path_failed(id),
-            _ if self.kernel_latency.load(Ordering::Relaxed) => {}
-            _ => self.record_latency(id, elapsed),
+            _ => {
+                if let Some(t0) = t0 {
+                    self.record_latency(id, t0.elapsed());
+                }
+            }
         }
     }
 
@@ -288,10 +336,10 @@ impl Router {
             let id = self.select()?;
             let root = self.root(id).ok_or(libc::EIO)?;
             LAST_PATH.with(|c| c.set(Some(id)));
-            let t0 = Instant::now();
+            let t0 = self.start(id);
             let r = f(&root);
             let err = r.as_ref().err().copied();
-            self.report(id, t0.elapsed(), err);
+            self.report(id, t0, err);
             match r {
                 Err(e) if is_path_error(e) && retry == Retry::Idempotent => last = e,
                 other => return other,
@@ -304,9 +352,9 @@ impl Router {
     pub fn run_on<T>(&self, id: u64, f: impl FnOnce(&StorageRoot) -> SysResult<T>) -> SysResult<T> {
         let root = self.root(id).ok_or(libc::EIO)?;
         LAST_PATH.with(|c| c.set(Some(id)));
-        let t0 = Instant::now();
+        let t0 = self.start(id);
         let r = f(&root);
-        self.report(id, t0.elapsed(), r.as_ref().err().copied());
+        self.report(id, t0, r.as_ref().err().copied());
         r
     }
 
@@ -468,5 +516,29 @@ mod tests {
             r.record_latency(0, Duration::from_micros(10));
         }
         assert!(!r.slow());
+    }
+
+    #[test]
+    fn a_busy_path_samples_its_latency_about_once_a_millisecond() {
+        let (_d, r) = two_paths();
+        let ema = |id| r.lock().get_path(PathId(id)).unwrap().metrics.latency_us;
+        let t = Instant::now();
+        for _ in 0..200 {
+            r.run(Retry::Idempotent, |_| Ok(())).unwrap();
+        }
+        // 100 near-instant requests per path: measured every time, each
+        // EMA would fall from its 1000 us baseline to about 0.
+        let ticks = (t.elapsed().as_nanos() as u64 / SAMPLE_EVERY_NS) as i32 + 2;
+        let floor = (1000.0 * (7.0f64 / 8.0).powi(ticks)) as u64;
+        assert!(
+            ema(0) >= floor && ema(1) >= floor,
+            "{} {} < {floor}",
+            ema(0),
+            ema(1)
+        );
+        assert!(
+            ema(0) < 1000 && ema(1) < 1000,
+            "the first request is sampled"
+        );
     }
 }

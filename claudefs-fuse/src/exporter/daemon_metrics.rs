@@ -55,6 +55,7 @@ pub const FAMILIES: &[Family] = &[
     names::DAEMON_REQUEST_ERRORS,
     names::DAEMON_WORKERS,
     names::DAEMON_WORKER_WAKEUPS,
+    names::DAEMON_READER_POLLS,
     names::SPANS_DROPPED,
     names::SPANS_EXPORTED,
 ];
@@ -91,6 +92,9 @@ pub struct WorkersView {
     pub parked: usize,
     pub woken_may_block: u64,
     pub woken_stalled: u64,
+    /// The lone reader's polls that found the next request / ran out.
+    pub poll_hits: u64,
+    pub poll_misses: u64,
 }
 
 /// Everything the daemon exposes, as plain values.
@@ -197,6 +201,9 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
     let mut woken = FamilyBuilder::counter(names::DAEMON_WORKER_WAKEUPS);
     woken.add(vec!["may_block".into()], w.woken_may_block as f64);
     woken.add(vec!["stalled".into()], w.woken_stalled as f64);
+    let mut polls = FamilyBuilder::counter(names::DAEMON_READER_POLLS);
+    polls.add(vec!["hit".into()], w.poll_hits as f64);
+    polls.add(vec!["miss".into()], w.poll_misses as f64);
     let f = &v.flock;
     [
         state,
@@ -232,6 +239,7 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
         failed,
         workers,
         woken,
+        polls,
         one(names::SPANS_DROPPED, true, v.spans_dropped as f64),
         one(names::SPANS_EXPORTED, true, v.spans_exported as f64),
     ]
@@ -417,6 +425,8 @@ mod tests {
                 parked: 2,
                 woken_may_block: 5,
                 woken_stalled: 7,
+                poll_hits: 11,
+                poll_misses: 2,
             },
             ..Default::default()
         };
@@ -427,6 +437,8 @@ mod tests {
             "claudefs_fuse_daemon_workers{state=\"parked\"} 2",
             "claudefs_fuse_daemon_worker_wakeups_total{reason=\"may_block\"} 5",
             "claudefs_fuse_daemon_worker_wakeups_total{reason=\"stalled\"} 7",
+            "claudefs_fuse_daemon_reader_polls_total{result=\"hit\"} 11",
+            "claudefs_fuse_daemon_reader_polls_total{result=\"miss\"} 2",
         ] {
             assert!(text.contains(w), "missing {w} in\n{text}");
         }

@@ -47,6 +47,9 @@ families! {
     /// Counter, wakeups: parked workers woken to read /dev/fuse.
     DAEMON_WORKER_WAKEUPS = "claudefs_fuse_daemon_worker_wakeups_total", ["reason"],
         "Parked FUSE workers woken to read /dev/fuse: reason=may_block (a request that may take long started while no other worker read), reason=stalled (requests waited behind one that took over 10 ms: storage is slow or hangs).";
+    /// Counter, polls: the lone reader's polls for the next request.
+    DAEMON_READER_POLLS = "claudefs_fuse_daemon_reader_polls_total", ["result"],
+        "Polls of /dev/fuse by the reading worker after an answer (--poll-us): result=hit (the next request came within the window, no sleep and wakeup), result=miss (the window ran out).";
     /// Gauge, requests: queued for or being served by the daemon (fusectl).
     REQUESTS_WAITING = "claudefs_fuse_requests_waiting", ["mount", "fstype"],
         "FUSE requests queued for the daemon or being served by it (the kernel's fusectl `waiting` count); above zero while no request finishes means a stuck daemon.";
