@@ -12,9 +12,19 @@
 //! An idle entry is dropped when the kernel forgets its inode (which is
 //! also what follows an unlink), when its storage path is no longer usable
 //! (it is never handed out then), and at unmount.
+//!
+//! [`BackingCache`] is the bookkeeping (generic, tested without a kernel);
+//! [`Passthrough`] is the daemon's use of it with fuser's `BackingId`.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fuser::BackingId;
 
 use super::nummap::NumMap;
-use std::sync::Arc;
+use super::ops::OpenFile;
+use super::router::Router;
 
 /// Idle registrations kept at most.
 pub const IDLE_LIMIT: usize = 256;
@@ -166,6 +176,103 @@ impl<T> BackingCache<T> {
     /// (registrations, idle ones).
     pub fn counts(&self) -> (usize, usize) {
         (self.entries.len(), self.idle)
+    }
+}
+
+/// The daemon's passthrough state: whether it is on (wanted with
+/// `--passthrough` and granted by the kernel) and its registrations.
+#[derive(Debug)]
+pub struct Passthrough {
+    on: Arc<AtomicBool>,
+    cache: Mutex<BackingCache<BackingId>>,
+    /// When idle registrations were last checked for failed paths (s).
+    swept: AtomicU64,
+}
+
+impl Passthrough {
+    /// Passthrough as asked for by `--passthrough`.
+    pub fn new(wanted: bool) -> Self {
+        Self {
+            on: Arc::new(AtomicBool::new(wanted)),
+            cache: Mutex::new(BackingCache::default()),
+            swept: AtomicU64::new(0),
+        }
+    }
+
+    fn cache(&self) -> MutexGuard<'_, BackingCache<BackingId>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether passthrough is (still) on.
+    pub fn wanted(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// The flag, for status.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.on.clone()
+    }
+
+    /// The kernel does not offer it, or refused it: serve I/O in the daemon.
+    pub fn turn_off(&self) {
+        self.on.store(false, Ordering::Relaxed);
+    }
+
+    /// The registration for handle `fh` of `of` (shared per inode and
+    /// access mode, cached when idle), made with `open` when needed; None
+    /// when passthrough is off (or the kernel just refused it).
+    pub fn registration(
+        &self,
+        fh: u64,
+        of: &OpenFile,
+        router: &Router,
+        open: impl FnOnce(&dyn AsFd) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.wanted() {
+            return None;
+        }
+        let (path, fd) = of.current();
+        let r = self.cache().acquire(
+            fh,
+            of.ino,
+            of.flags,
+            path,
+            |p| router.usable(p),
+            || open(&fd.as_fd()),
+        );
+        match r {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(
+                    "kernel refused FUSE passthrough ({e}); serving reads and writes in the daemon"
+                );
+                self.turn_off();
+                None
+            }
+        }
+    }
+
+    /// Handle `fh` closed; about once a second, idle registrations on
+    /// paths that failed are dropped (they hold files open there).
+    pub fn released(&self, fh: u64, router: &Router) {
+        let mut b = self.cache();
+        b.release(fh);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.swept.swap(now, Ordering::Relaxed) != now {
+            b.drop_unusable(|p| router.usable(p));
+        }
+    }
+
+    /// The kernel forgot inode `ino`.
+    pub fn forget(&self, ino: u64) {
+        self.cache().forget(ino);
+    }
+
+    /// Unmount: every registration goes.
+    pub fn clear(&self) {
+        self.cache().clear();
     }
 }
 

@@ -5,23 +5,22 @@
 //! Each storage request passes the reader hand-off (`readers`).
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    AccessFlags, BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::backing::BackingCache;
+use super::backing::Passthrough;
 use super::locks::{Locks, Outcome};
-use super::ops::{Core, OpenFile};
+use super::ops::Core;
 use super::readers::Readers;
 use super::spans::{Op, ReqSpan, Spans};
 use super::storage::SysResult;
@@ -35,14 +34,10 @@ pub struct Fs {
     pub core: Arc<Core>,
     pub locks: Arc<Locks>,
     pub spans: Arc<Spans>,
-    /// Passthrough wanted (flag) and granted by the kernel.
-    pub passthrough: Arc<AtomicBool>,
+    /// Kernel passthrough of open files (see `backing`).
+    pub passthrough: Passthrough,
     /// Set when the kernel took FUSE_FLOCK_LOCKS.
     pub flock: Arc<AtomicBool>,
-    /// Passthrough registrations (see `backing`).
-    backing: Mutex<BackingCache<BackingId>>,
-    /// When idle registrations were last checked for failed paths (s).
-    backing_swept: AtomicU64,
     /// Which worker reads the device (see `readers`).
     pub readers: Arc<Readers>,
 }
@@ -63,10 +58,8 @@ impl Fs {
             core,
             locks,
             spans,
-            passthrough: Arc::new(AtomicBool::new(passthrough)),
+            passthrough: Passthrough::new(passthrough),
             flock: Arc::new(AtomicBool::new(false)),
-            backing: Mutex::new(BackingCache::default()),
-            backing_swept: AtomicU64::new(0),
             readers,
         }
     }
@@ -106,57 +99,6 @@ impl Fs {
             }
         }
     }
-
-    fn backings(&self) -> std::sync::MutexGuard<'_, BackingCache<BackingId>> {
-        self.backing.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The passthrough registration for handle `fh` of `of` (shared per
-    /// inode and access mode, cached when idle: see `backing`).
-    fn backing_for(
-        &self,
-        fh: u64,
-        of: &OpenFile,
-        open: impl FnOnce(&dyn AsFd) -> std::io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
-        if !self.passthrough.load(Ordering::Relaxed) {
-            return None;
-        }
-        let (path, fd) = of.current();
-        let router = &self.core.router;
-        let r = self.backings().acquire(
-            fh,
-            of.ino,
-            of.flags,
-            path,
-            |p| router.usable(p),
-            || open(&fd.as_fd()),
-        );
-        match r {
-            Ok(id) => Some(id),
-            Err(e) => {
-                tracing::warn!(
-                    "kernel refused FUSE passthrough ({e}); serving reads and writes in the daemon"
-                );
-                self.passthrough.store(false, Ordering::Relaxed);
-                None
-            }
-        }
-    }
-
-    /// Handle `fh` closed; about once a second, idle registrations on
-    /// paths that failed are dropped (they hold files open there).
-    fn drop_backing(&self, fh: u64) {
-        let mut b = self.backings();
-        b.release(fh);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if self.backing_swept.swap(now, Ordering::Relaxed) != now {
-            let router = &self.core.router;
-            b.drop_unusable(|p| router.usable(p));
-        }
-    }
 }
 
 impl Filesystem for Fs {
@@ -168,12 +110,12 @@ impl Filesystem for Fs {
             ),
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        if self.passthrough.load(Ordering::Relaxed) {
+        if self.passthrough.wanted() {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(2).is_ok();
             if !ok {
                 tracing::warn!("kernel does not offer FUSE passthrough; --passthrough ignored");
-                self.passthrough.store(false, Ordering::Relaxed);
+                self.passthrough.turn_off();
             }
         }
         Ok(())
@@ -181,7 +123,7 @@ impl Filesystem for Fs {
 
     fn destroy(&mut self) {
         self.locks.shutdown();
-        self.backings().clear();
+        self.passthrough.clear();
         self.core.fds.clear();
     }
 
@@ -198,7 +140,7 @@ impl Filesystem for Fs {
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.core.forget(ino.0, nlookup);
         // The kernel evicted the inode (FORGET comes once, at eviction).
-        self.backings().forget(ino.0);
+        self.passthrough.forget(ino.0);
         self.core.fds.forget(ino.0);
     }
 
@@ -380,7 +322,10 @@ impl Filesystem for Fs {
             match self.core.open(ino.0, flags.0, req.pid()) {
                 Ok((fh, of)) => {
                     self.spans.end(sp, Some(fh), None, None);
-                    match self.backing_for(fh, &of, |fd| reply.open_backing(fd)) {
+                    match self
+                        .passthrough
+                        .registration(fh, &of, &self.core.router, |fd| reply.open_backing(fd))
+                    {
                         Some(id) => {
                             reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
                         }
@@ -470,7 +415,7 @@ impl Filesystem for Fs {
                 self.locks.release_owner(ino.0, owner.0);
             }
             self.core.release(fh.0);
-            self.drop_backing(fh.0);
+            self.passthrough.released(fh.0, &self.core.router);
             self.spans.end(sp, Some(fh.0), None, None);
             reply.ok()
         })
@@ -701,7 +646,10 @@ impl Filesystem for Fs {
             {
                 Ok((attr, fh, of)) => {
                     self.spans.end(sp, Some(fh), None, None);
-                    match self.backing_for(fh, &of, |fd| reply.open_backing(fd)) {
+                    match self
+                        .passthrough
+                        .registration(fh, &of, &self.core.router, |fd| reply.open_backing(fd))
+                    {
                         Some(id) => reply.created_passthrough(
                             &TTL,
                             &attr,

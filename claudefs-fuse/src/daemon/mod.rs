@@ -285,7 +285,7 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         readers.clone(),
         s.passthrough,
     );
-    let passthrough = fs.passthrough.clone();
+    let passthrough = fs.passthrough.flag();
 
     let stop = Arc::new(AtomicBool::new(false));
     router.spawn_health_checker(Duration::from_millis(s.health_interval_ms), stop.clone())?;
