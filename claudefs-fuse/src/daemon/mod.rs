@@ -274,9 +274,13 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         spans = spans.with_joiner(joiner.clone());
     }
     let spans = Arc::new(spans);
+    // With one CPU to run on, the reader's poll only delays the
+    // application that would send the next request.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let poll_us = if cpus > 1 { s.poll_us } else { 0 };
     let readers = Arc::new(readers::Readers::new(
         s.threads,
-        Duration::from_micros(s.poll_us),
+        Duration::from_micros(poll_us),
     ));
     let fs = fs::Fs::new(
         core.clone(),
