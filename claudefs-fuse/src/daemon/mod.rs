@@ -281,6 +281,7 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     let readers = Arc::new(readers::Readers::new(
         s.threads,
         Duration::from_micros(poll_us),
+        cpus > 1,
     ));
     let fs = fs::Fs::new(
         core.clone(),

@@ -13,6 +13,10 @@
 //! - a request starts that may block (the caller says: fsync, fallocate,
 //!   or any request while a usable storage path's latency EMA is above
 //!   1 ms) and no other worker is reading, or
+//! - the lone reader finds a request already queued when it answers, eight
+//!   answers in a row (the load outgrows one worker: several processes
+//!   send at once); a worker that finishes while requests are queued then
+//!   stays a reader instead of parking, or
 //! - the watch thread finds requests queued on the device and no request
 //!   started since its previous look (a request thought fast is taking
 //!   long, or the reading worker's thread ended): checked every
@@ -58,6 +62,14 @@ struct Parked {
     /// The connection ended: nobody parks any more.
     closed: bool,
 }
+
+/// Answers in a row that find a request already queued before the lone
+/// reader brings in another reader.
+const BACKLOG_STREAK: u64 = 8;
+
+/// While requests keep queueing, the lone reader looks at the device only
+/// after every this many answers.
+const RECHECK_EVERY: u64 = 16;
 
 /// The shortest poll window worth starting.
 const MIN_POLL_NS: u64 = 2_000;
@@ -118,6 +130,8 @@ pub struct Wakeups {
     /// Requests waited behind a request that took longer than a look of
     /// the watch, with no other reader.
     pub stalled: AtomicU64,
+    /// Requests kept queueing behind a busy lone reader.
+    pub backlog: AtomicU64,
 }
 
 /// The reader hand-off between fuser's workers (see the module doc).
@@ -133,6 +147,10 @@ pub struct Readers {
     cv: Condvar,
     pub wakeups: Wakeups,
     poll: Poll,
+    /// Add readers when requests queue behind a busy one (see `new`).
+    scale_out: bool,
+    /// The lone reader's answers in a row that found a request queued.
+    backlog: AtomicU64,
     /// The device (a duplicate of the session's descriptor), once known.
     dev: OnceLock<OwnedFd>,
 }
@@ -150,7 +168,9 @@ impl Drop for Serving<'_> {
 impl Readers {
     /// `workers` workers, all reading at first; the lone reader polls for
     /// up to `poll` after an answer (see the module doc; zero: never).
-    pub fn new(workers: usize, poll: Duration) -> Self {
+    /// With `scale_out`, requests that keep queueing behind a busy reader
+    /// bring in more readers (for a daemon that can run on several CPUs).
+    pub fn new(workers: usize, poll: Duration, scale_out: bool) -> Self {
         let max_ns = u64::try_from(poll.as_nanos()).unwrap_or(u64::MAX);
         Self {
             poll: Poll {
@@ -161,6 +181,8 @@ impl Readers {
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
             },
+            scale_out,
+            backlog: AtomicU64::new(0),
             dev: OnceLock::new(),
             state: AtomicU64::new(workers as u64 & IDLE),
             watched: AtomicU64::new(u64::MAX),
@@ -196,6 +218,12 @@ impl Readers {
             self.poll_for_next();
             return;
         }
+        // Requests queued although a worker reads: the load needs more than
+        // one reader, so this one stays.
+        if self.scale_out && self.queued() {
+            self.state.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
         let mut p = self.lock();
         // Decided under the lock, so a wake_one after the check sees us.
         if self.reading() > 0 && !p.closed {
@@ -212,26 +240,57 @@ impl Readers {
         self.state.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// The lone reader's poll for the next request (see the module doc).
-    fn poll_for_next(&self) {
-        let p = &self.poll;
-        if p.max_ns == 0 {
-            return;
-        }
-        let start = p.now_ns();
-        p.left_ns.store(start, Ordering::Relaxed);
-        let window = p.window_ns();
-        let Some(dev) = self.dev.get().filter(|_| window > 0) else {
-            return;
+    /// Whether requests are queued on the device right now (false before
+    /// the device is known).
+    fn queued(&self) -> bool {
+        let Some(dev) = self.dev.get() else {
+            return false;
         };
         let mut pfd = libc::pollfd {
             fd: dev.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut pfd, 1, 0) != 0 }
+    }
+
+    /// The lone reader answered: a request already queued at this moment,
+    /// [`BACKLOG_STREAK`] answers in a row, wakes a second reader (the load
+    /// outgrows one worker), and while that lasts the device is looked at
+    /// only now and then (read(2) finds the next request at once);
+    /// otherwise it polls for the next request (see the module doc).
+    fn poll_for_next(&self) {
+        let p = &self.poll;
+        if !self.scale_out && p.max_ns == 0 {
+            return;
+        }
+        let start = p.now_ns();
+        p.left_ns.store(start, Ordering::Relaxed);
+        let streak = self.backlog.load(Ordering::Relaxed);
+        // Requests keep queueing: read(2) finds the next one at once, so
+        // only every RECHECK_EVERY-th answer looks whether that still holds.
+        if streak >= BACKLOG_STREAK
+            && !(self.backlog.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(RECHECK_EVERY)
+        {
+            return;
+        }
+        if self.queued() {
+            if streak < BACKLOG_STREAK {
+                let streak = self.backlog.fetch_add(1, Ordering::Relaxed) + 1;
+                if self.scale_out && streak == BACKLOG_STREAK && self.wake_one() {
+                    self.wakeups.backlog.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return;
+        }
+        self.backlog.store(0, Ordering::Relaxed);
+        let window = p.window_ns();
+        if window == 0 {
+            return;
+        }
         loop {
-            // SAFETY: one valid pollfd, zero timeout.
-            if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+            if self.queued() {
                 p.hits.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -268,6 +327,7 @@ impl Readers {
             parked: self.parked(),
             woken_may_block: self.wakeups.may_block.load(Ordering::Relaxed),
             woken_stalled: self.wakeups.stalled.load(Ordering::Relaxed),
+            woken_backlog: self.wakeups.backlog.load(Ordering::Relaxed),
             poll_hits: self.poll.hits.load(Ordering::Relaxed),
             poll_misses: self.poll.misses.load(Ordering::Relaxed),
         }
@@ -368,7 +428,7 @@ mod tests {
 
     #[test]
     fn a_lone_reader_goes_straight_back() {
-        let r = Readers::new(1, Duration::ZERO);
+        let r = Readers::new(1, Duration::ZERO, false);
         drop(r.enter(false));
         assert_eq!(r.reading(), 1);
         assert_eq!(r.parked(), 0);
@@ -376,7 +436,7 @@ mod tests {
 
     #[test]
     fn finishing_while_another_reads_parks_until_a_blocking_request() {
-        let r = Arc::new(Readers::new(2, Duration::ZERO));
+        let r = Arc::new(Readers::new(2, Duration::ZERO, false));
         // Worker A takes a request; B is still reading.
         let a = {
             let r = r.clone();
@@ -411,7 +471,7 @@ mod tests {
 
     #[test]
     fn a_blocking_request_with_another_reader_wakes_nobody() {
-        let r = Readers::new(2, Duration::ZERO);
+        let r = Readers::new(2, Duration::ZERO, false);
         let s = r.enter(true);
         assert_eq!(r.wakeups.may_block.load(Ordering::Relaxed), 0);
         r.close(); // so that leaving does not park this test's thread
@@ -422,7 +482,7 @@ mod tests {
     #[test]
     fn watch_wakes_a_parked_worker_when_requests_queue_and_closes_on_hangup() {
         let (rd, wr) = pipe();
-        let r = Arc::new(Readers::new(2, Duration::ZERO));
+        let r = Arc::new(Readers::new(2, Duration::ZERO, false));
         let parked = {
             let r = r.clone();
             std::thread::spawn(move || drop(r.enter(false)))
@@ -459,7 +519,7 @@ mod tests {
         let (rd, wr) = pipe();
         // Worker A parks; worker B counts as reading but never reads again
         // (its thread ended), so queued requests stay queued.
-        let r = Arc::new(Readers::new(2, Duration::ZERO));
+        let r = Arc::new(Readers::new(2, Duration::ZERO, false));
         let a = {
             let r = r.clone();
             std::thread::spawn(move || drop(r.enter(false)))
@@ -474,10 +534,29 @@ mod tests {
         r.close();
     }
 
+    /// Takes every queued "request" off the pipe.
+    fn drain(rd: &OwnedFd) {
+        let mut buf = [0u8; 64];
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: rd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, zero timeout; reads into a valid buffer.
+            let more = unsafe { libc::poll(&mut pfd, 1, 0) } > 0
+                && unsafe { libc::read(rd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0;
+            if !more {
+                return;
+            }
+        }
+    }
+
     #[test]
     fn the_lone_reader_polls_only_while_requests_follow_answers_closely() {
         let (rd, wr) = pipe();
-        let r = Arc::new(Readers::new(1, Duration::from_micros(20)));
+        let rd2 = rd.try_clone().unwrap();
+        let r = Arc::new(Readers::new(1, Duration::from_micros(20), false));
         r.spawn_watch(rd).unwrap();
         let polls = || {
             let v = r.view(1);
@@ -486,9 +565,9 @@ mod tests {
         // A fresh reader does not poll: its gap is not known to be short.
         drop(r.enter(false));
         assert_eq!(polls(), (0, 0));
-        // Requests right after answers: the window opens; nothing comes in
-        // this test, so each poll runs out. (Loops, not fixed counts: a
-        // preempted test thread makes a long gap now and then.)
+        // Requests right after answers: the window opens; nothing comes in,
+        // so each poll runs out. (Loops, not fixed counts: a preempted test
+        // thread makes a long gap now and then.)
         let mut n = 0;
         while polls().1 == 0 {
             drop(r.enter(false));
@@ -496,14 +575,31 @@ mod tests {
             assert!(n < 10_000, "never polled");
         }
         assert_eq!(polls().0, 0);
-        // A request queued: a poll finds it at once.
-        queue_one(&wr);
-        let mut n = 0;
+        // Requests arriving now and then from another thread: some arrive
+        // while the reader polls, and the poll finds them.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sender = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    queue_one(&wr);
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+                wr
+            })
+        };
+        let t = Instant::now();
         while polls().0 == 0 {
             drop(r.enter(false));
-            n += 1;
-            assert!(n < 10_000, "a poll never found the queued request");
+            drain(&rd2);
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "no poll found a request"
+            );
         }
+        stop.store(true, Ordering::Relaxed);
+        let _wr = sender.join().unwrap();
+        drain(&rd2);
         // Long gaps close the window again: no more polls.
         for _ in 0..30 {
             std::thread::sleep(Duration::from_micros(200));
@@ -519,6 +615,32 @@ mod tests {
             before,
             "polled although requests come 200 us apart"
         );
+        r.close();
+    }
+
+    #[test]
+    fn requests_queueing_behind_the_reader_bring_in_another() {
+        let (rd, wr) = pipe();
+        let r = Arc::new(Readers::new(2, Duration::ZERO, true));
+        r.spawn_watch(rd).unwrap();
+        let parked = {
+            let r = r.clone();
+            std::thread::spawn(move || drop(r.enter(false)))
+        };
+        wait_for("parks", || r.parked() == 1);
+        // Every answer of the lone reader finds a request already queued.
+        queue_one(&wr);
+        for _ in 0..BACKLOG_STREAK {
+            drop(r.enter(false));
+        }
+        parked.join().unwrap();
+        assert_eq!(r.wakeups.backlog.load(Ordering::Relaxed), 1);
+        assert_eq!(r.reading(), 2);
+        // With requests queued, a worker that finishes stays a reader
+        // (parking here would hang this test).
+        drop(r.enter(false));
+        assert_eq!(r.reading(), 2);
+        assert_eq!(r.parked(), 0);
         r.close();
     }
 }

@@ -92,6 +92,7 @@ pub struct WorkersView {
     pub parked: usize,
     pub woken_may_block: u64,
     pub woken_stalled: u64,
+    pub woken_backlog: u64,
     /// The lone reader's polls that found the next request / ran out.
     pub poll_hits: u64,
     pub poll_misses: u64,
@@ -201,6 +202,7 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
     let mut woken = FamilyBuilder::counter(names::DAEMON_WORKER_WAKEUPS);
     woken.add(vec!["may_block".into()], w.woken_may_block as f64);
     woken.add(vec!["stalled".into()], w.woken_stalled as f64);
+    woken.add(vec!["backlog".into()], w.woken_backlog as f64);
     let mut polls = FamilyBuilder::counter(names::DAEMON_READER_POLLS);
     polls.add(vec!["hit".into()], w.poll_hits as f64);
     polls.add(vec!["miss".into()], w.poll_misses as f64);
@@ -425,6 +427,7 @@ mod tests {
                 parked: 2,
                 woken_may_block: 5,
                 woken_stalled: 7,
+                woken_backlog: 3,
                 poll_hits: 11,
                 poll_misses: 2,
             },
@@ -437,6 +440,7 @@ mod tests {
             "claudefs_fuse_daemon_workers{state=\"parked\"} 2",
             "claudefs_fuse_daemon_worker_wakeups_total{reason=\"may_block\"} 5",
             "claudefs_fuse_daemon_worker_wakeups_total{reason=\"stalled\"} 7",
+            "claudefs_fuse_daemon_worker_wakeups_total{reason=\"backlog\"} 3",
             "claudefs_fuse_daemon_reader_polls_total{result=\"hit\"} 11",
             "claudefs_fuse_daemon_reader_polls_total{result=\"miss\"} 2",
         ] {

@@ -46,7 +46,7 @@ families! {
         "The mount daemon's FUSE worker threads (--threads) by state: reading (waiting on /dev/fuse), serving (in a request), parked (idle and not reading: one reader serves fast requests alone).";
     /// Counter, wakeups: parked workers woken to read /dev/fuse.
     DAEMON_WORKER_WAKEUPS = "claudefs_fuse_daemon_worker_wakeups_total", ["reason"],
-        "Parked FUSE workers woken to read /dev/fuse: reason=may_block (a request that may take long started while no other worker read), reason=stalled (requests waited behind one that took over 10 ms: storage is slow or hangs).";
+        "Parked FUSE workers woken to read /dev/fuse: reason=may_block (a request that may take long started while no other worker read), reason=stalled (requests waited behind one that took over 10 ms: storage is slow or hangs), reason=backlog (requests kept queueing behind a busy reader: the load needs more workers).";
     /// Counter, polls: the lone reader's polls for the next request.
     DAEMON_READER_POLLS = "claudefs_fuse_daemon_reader_polls_total", ["result"],
         "Polls of /dev/fuse by the reading worker after an answer (--poll-us): result=hit (the next request came within the window, no sleep and wakeup), result=miss (the window ran out).";
