@@ -55,7 +55,8 @@ impl Drop for Background {
 }
 
 /// One round: create and write, stat, read, list, look up missing names,
-/// rename and unlink. Errors are ignored (paths fail on purpose).
+/// rename and unlink, then a burst of back-to-back open/close (what makes
+/// the daemon's reader poll). Errors are ignored (paths fail on purpose).
 fn file_ops(mnt: &Path, round: u64) {
     let dir = mnt.join("work");
     let _ = fs::create_dir_all(&dir);
@@ -82,6 +83,9 @@ fn file_ops(mnt: &Path, round: u64) {
     for i in 0..4 {
         // FUSE errors: ENOENT from LOOKUP.
         let _ = fs::metadata(dir.join(format!("missing-{round}-{i}")));
+    }
+    for _ in 0..128 {
+        let _ = fs::File::open(dir.join("f1"));
     }
     let from = dir.join(format!("tmp-{round}"));
     let to = dir.join(format!("renamed-{round}"));
