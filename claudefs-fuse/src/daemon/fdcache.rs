@@ -7,8 +7,9 @@
 //!
 //! An entry holds its storage path's fd until:
 //! - the kernel forgets the inode (FORGET; also what follows an unlink),
-//! - it has been idle (no handle uses it) for [`IDLE_FOR`] or its path is
-//!   no longer usable (checked by [`FdCache::sweep`], about once a second),
+//! - no handle uses it and none opened it for [`IDLE_FOR`], or its path
+//!   is no longer usable (checked by [`FdCache::sweep`], about once a
+//!   second),
 //! - more than [`MAX_ENTRIES`] are cached (the longest idle goes first),
 //! - the daemon unmounts.
 //!
@@ -23,7 +24,7 @@ use super::nummap::NumMap;
 
 /// Entries kept at most.
 pub const MAX_ENTRIES: usize = 256;
-/// An entry no handle used for this long is closed.
+/// An entry no handle uses and none opened for this long is closed.
 pub const IDLE_FOR: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]

@@ -33,11 +33,11 @@
 //! gap between a reply and the next request (an EMA): twice that gap,
 //! at most `--poll-us` (default 20 us), and no polling while the gap is
 //! longer than that, so a quiet mount, or an application that takes long
-//! between requests, costs no CPU. (When the application runs on the
-//! reader's CPU, polling only delays it; its gaps then grow and polling
-//! stops.) The watch
-//! thread also releases every parked worker when the connection ends
-//! (`POLLERR` on the device), so the session's workers can all exit.
+//! between requests, costs no CPU. A daemon that can run on one CPU only
+//! is made without polling (there it would only delay the application).
+//!
+//! The watch thread also releases every parked worker when the connection
+//! ends (`POLLERR` on the device), so the session's workers can all exit.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
