@@ -103,6 +103,15 @@ impl Inner {
     }
 }
 
+/// The lock service's numbers for the metrics (see [`Locks::metrics`]).
+#[derive(Debug)]
+pub struct LockMetrics {
+    pub stats: crate::flock::FlockStats,
+    /// Blocking requests parked now.
+    pub waiting: usize,
+    pub calls: Vec<(FlockKind, FlockMode, FlockCalls)>,
+}
+
 /// Lock state for status.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct LockStatus {
@@ -327,22 +336,19 @@ impl Locks {
         self.check_waiters(|_| true);
     }
 
-    /// Registry counters and parked waiters (cheap, for the metrics).
-    pub fn counters(&self) -> (crate::flock::FlockStats, usize) {
+    /// For the metrics, from one look under the lock: registry counters,
+    /// parked waiters, and the requests answered so far per (kind, mode).
+    pub fn metrics(&self) -> LockMetrics {
         let inner = self.lock();
-        (
-            inner.reg.stats(),
-            inner.queues.values().map(VecDeque::len).sum(),
-        )
-    }
-
-    /// The requests answered so far, per (kind, mode) (for the metrics).
-    pub fn calls(&self) -> Vec<(FlockKind, FlockMode, FlockCalls)> {
-        self.lock()
-            .calls
-            .iter()
-            .map(|((k, m), c)| (*k, *m, c.clone()))
-            .collect()
+        LockMetrics {
+            stats: inner.reg.stats(),
+            waiting: inner.queues.values().map(VecDeque::len).sum(),
+            calls: inner
+                .calls
+                .iter()
+                .map(|((k, m), c)| (*k, *m, c.clone()))
+                .collect(),
+        }
     }
 
     /// Snapshot for status.

@@ -479,15 +479,15 @@ fn start_exporter(
                     }
                 })
                 .collect();
-            let (flock, flock_waiting) = locks.counters();
+            let lm = locks.metrics();
             dm::DaemonView {
                 mount: mount.clone(),
                 paths,
                 recovery: summary.clone(),
                 idmap: core.idmap.mapper().stats(),
-                flock,
-                flock_waiting,
-                flock_calls: locks.calls(),
+                flock: lm.stats,
+                flock_waiting: lm.waiting,
+                flock_calls: lm.calls,
                 open_files: core.open_count(),
                 requests: spans.op_counts(),
                 spans_dropped: spans.counts().1 + stats.lost(),
