@@ -42,6 +42,11 @@ pub struct Fs {
     pub readers: Arc<Readers>,
 }
 
+const FSYNC: Op = Op::new("fsync");
+const FALLOCATE: Op = Op::new("fallocate");
+/// Requests that may take long whatever the storage's latency.
+const MAY_BLOCK: [Op; 2] = [FSYNC, FALLOCATE];
+
 fn err(e: i32) -> Errno {
     Errno::from_i32(e)
 }
@@ -64,19 +69,20 @@ impl Fs {
         }
     }
 
-    /// Serves one request with `f` (which replies): the reader hand-off
-    /// around it (see `readers`; `may_block` for fsync-like requests, and
-    /// every request while a storage path is slow) and a panic guard.
-    fn serve(&self, op: &str, may_block: bool, f: impl FnOnce()) {
-        let _serving = self.readers.enter(may_block || self.core.router.slow());
-        if catch_unwind(AssertUnwindSafe(f)).is_err() {
-            tracing::error!(op, "request handler panicked; replied EIO");
+    /// Serves request `op` on `ino` with `f` (which replies), given the
+    /// request's span: the reader hand-off around it (see `readers`: fsync
+    /// and fallocate may block, and every request while a storage path is
+    /// slow) and a panic guard.
+    fn serve(&self, op: Op, req: &Request, ino: u64, f: impl FnOnce(Option<ReqSpan>)) {
+        let may_block = MAY_BLOCK.contains(&op) || self.core.router.slow();
+        let _serving = self.readers.enter(may_block);
+        let spans = &self.spans;
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            f(spans.begin(op, req.unique().0, ino, req.uid(), req.pid()));
+        }));
+        if served.is_err() {
+            tracing::error!(op = op.name(), "request handler panicked; replied EIO");
         }
-    }
-
-    fn begin(&self, op: Op, req: &Request, ino: u64) -> Option<ReqSpan> {
-        self.spans
-            .begin(op, req.unique().0, ino, req.uid(), req.pid())
     }
 
     fn fin<T>(
@@ -128,13 +134,15 @@ impl Filesystem for Fs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.serve("lookup", false, || {
-            let sp = self.begin(const { Op::new("lookup") }, req, parent.0);
-            match self.fin(sp, self.core.lookup(parent.0, name), None, |_| 0) {
+        self.serve(
+            const { Op::new("lookup") },
+            req,
+            parent.0,
+            |sp| match self.fin(sp, self.core.lookup(parent.0, name), None, |_| 0) {
                 Ok(a) => reply.entry(&TTL, &a, Generation(0)),
                 Err(e) => reply.error(e),
-            }
-        })
+            },
+        )
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -145,8 +153,7 @@ impl Filesystem for Fs {
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.serve("getattr", false, || {
-            let sp = self.begin(const { Op::new("getattr") }, req, ino.0);
+        self.serve(const { Op::new("getattr") }, req, ino.0, |sp| {
             let fh = fh.map(|f| f.0);
             match self.fin(sp, self.core.getattr(ino.0, fh), fh, |_| 0) {
                 Ok(a) => reply.attr(&TTL, &a),
@@ -173,8 +180,7 @@ impl Filesystem for Fs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.serve("setattr", false, || {
-            let sp = self.begin(const { Op::new("setattr") }, req, ino.0);
+        self.serve(const { Op::new("setattr") }, req, ino.0, |sp| {
             let fh = fh.map(|f| f.0);
             let r = self
                 .core
@@ -187,8 +193,7 @@ impl Filesystem for Fs {
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.serve("readlink", false, || {
-            let sp = self.begin(const { Op::new("readlink") }, req, ino.0);
+        self.serve(const { Op::new("readlink") }, req, ino.0, |sp| {
             match self.fin(sp, self.core.readlink(ino.0), None, |v| v.len() as u64) {
                 Ok(v) => reply.data(&v),
                 Err(e) => reply.error(e),
@@ -206,8 +211,7 @@ impl Filesystem for Fs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.serve("mknod", false, || {
-            let sp = self.begin(const { Op::new("mknod") }, req, parent.0);
+        self.serve(const { Op::new("mknod") }, req, parent.0, |sp| {
             let r = self
                 .core
                 .mknod(parent.0, name, mode, rdev, req.uid(), req.gid());
@@ -227,8 +231,7 @@ impl Filesystem for Fs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.serve("mkdir", false, || {
-            let sp = self.begin(const { Op::new("mkdir") }, req, parent.0);
+        self.serve(const { Op::new("mkdir") }, req, parent.0, |sp| {
             let r = self.core.mkdir(parent.0, name, mode, req.uid(), req.gid());
             match self.fin(sp, r, None, |_| 0) {
                 Ok(a) => reply.entry(&TTL, &a, Generation(0)),
@@ -238,18 +241,19 @@ impl Filesystem for Fs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.serve("unlink", false, || {
-            let sp = self.begin(const { Op::new("unlink") }, req, parent.0);
-            match self.fin(sp, self.core.unlink(parent.0, name, false), None, |_| 0) {
+        self.serve(
+            const { Op::new("unlink") },
+            req,
+            parent.0,
+            |sp| match self.fin(sp, self.core.unlink(parent.0, name, false), None, |_| 0) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
-            }
-        })
+            },
+        )
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.serve("rmdir", false, || {
-            let sp = self.begin(const { Op::new("rmdir") }, req, parent.0);
+        self.serve(const { Op::new("rmdir") }, req, parent.0, |sp| {
             match self.fin(sp, self.core.unlink(parent.0, name, true), None, |_| 0) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -265,8 +269,7 @@ impl Filesystem for Fs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.serve("symlink", false, || {
-            let sp = self.begin(const { Op::new("symlink") }, req, parent.0);
+        self.serve(const { Op::new("symlink") }, req, parent.0, |sp| {
             let r = self
                 .core
                 .symlink(parent.0, link_name, target, req.uid(), req.gid());
@@ -287,8 +290,7 @@ impl Filesystem for Fs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.serve("rename", false, || {
-            let sp = self.begin(const { Op::new("rename") }, req, parent.0);
+        self.serve(const { Op::new("rename") }, req, parent.0, |sp| {
             let r = self
                 .core
                 .rename(parent.0, name, newparent.0, newname, flags.bits());
@@ -307,8 +309,7 @@ impl Filesystem for Fs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.serve("link", false, || {
-            let sp = self.begin(const { Op::new("link") }, req, ino.0);
+        self.serve(const { Op::new("link") }, req, ino.0, |sp| {
             match self.fin(sp, self.core.link(ino.0, newparent.0, newname), None, |_| 0) {
                 Ok(a) => reply.entry(&TTL, &a, Generation(0)),
                 Err(e) => reply.error(e),
@@ -317,8 +318,7 @@ impl Filesystem for Fs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.serve("open", false, || {
-            let sp = self.begin(const { Op::new("open") }, req, ino.0);
+        self.serve(const { Op::new("open") }, req, ino.0, |sp| {
             match self.core.open(ino.0, flags.0, req.pid()) {
                 Ok((fh, of)) => {
                     self.spans.end(sp, Some(fh), None, None);
@@ -351,8 +351,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.serve("read", false, || {
-            let sp = self.begin(const { Op::new("read") }, req, ino.0);
+        self.serve(const { Op::new("read") }, req, ino.0, |sp| {
             self.core.read_with(fh.0, offset, size, |r| {
                 match self.fin(sp, r, Some(fh.0), |v| v.len() as u64) {
                     Ok(v) => reply.data(v),
@@ -374,8 +373,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.serve("write", false, || {
-            let sp = self.begin(const { Op::new("write") }, req, ino.0);
+        self.serve(const { Op::new("write") }, req, ino.0, |sp| {
             match self.fin(sp, self.core.write(fh.0, offset, data), Some(fh.0), |n| {
                 *n as u64
             }) {
@@ -409,8 +407,7 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.serve("release", false, || {
-            let sp = self.begin(const { Op::new("release") }, req, ino.0);
+        self.serve(const { Op::new("release") }, req, ino.0, |sp| {
             if let Some(owner) = lock_owner {
                 self.locks.release_owner(ino.0, owner.0);
             }
@@ -429,8 +426,7 @@ impl Filesystem for Fs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.serve("fsync", true, || {
-            let sp = self.begin(const { Op::new("fsync") }, req, ino.0);
+        self.serve(FSYNC, req, ino.0, |sp| {
             match self.fin(sp, self.core.fsync(fh.0, datasync), Some(fh.0), |_| 0) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -439,8 +435,7 @@ impl Filesystem for Fs {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.serve("opendir", false, || {
-            let sp = self.begin(const { Op::new("opendir") }, req, ino.0);
+        self.serve(const { Op::new("opendir") }, req, ino.0, |sp| {
             match self.fin(sp, self.core.opendir(ino.0), None, |_| 0) {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(e),
@@ -456,8 +451,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.serve("readdir", false, || {
-            let sp = self.begin(const { Op::new("readdir") }, req, ino.0);
+        self.serve(const { Op::new("readdir") }, req, ino.0, |sp| {
             match self.fin(
                 sp,
                 self.core.readdir(ino.0, fh.0, offset),
@@ -485,9 +479,11 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.serve("readdirplus", false, || {
-            let sp = self.begin(const { Op::new("readdirplus") }, req, ino.0);
-            match self.fin(
+        self.serve(
+            const { Op::new("readdirplus") },
+            req,
+            ino.0,
+            |sp| match self.fin(
                 sp,
                 self.core.readdir(ino.0, fh.0, offset),
                 Some(fh.0),
@@ -509,8 +505,8 @@ impl Filesystem for Fs {
                     reply.ok()
                 }
                 Err(e) => reply.error(e),
-            }
-        })
+            },
+        )
     }
 
     fn releasedir(
@@ -537,8 +533,7 @@ impl Filesystem for Fs {
     }
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        self.serve("statfs", false, || {
-            let sp = self.begin(const { Op::new("statfs") }, req, ino.0);
+        self.serve(const { Op::new("statfs") }, req, ino.0, |sp| {
             match self.fin(sp, self.core.statfs(), None, |_| 0) {
                 Ok(s) => reply.statfs(
                     s.f_blocks,
@@ -565,8 +560,7 @@ impl Filesystem for Fs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.serve("setxattr", false, || {
-            let sp = self.begin(const { Op::new("setxattr") }, req, ino.0);
+        self.serve(const { Op::new("setxattr") }, req, ino.0, |sp| {
             match self.fin(
                 sp,
                 self.core.setxattr(ino.0, name, value, flags),
@@ -580,8 +574,7 @@ impl Filesystem for Fs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.serve("getxattr", false, || {
-            let sp = self.begin(const { Op::new("getxattr") }, req, ino.0);
+        self.serve(const { Op::new("getxattr") }, req, ino.0, |sp| {
             match self.fin(sp, self.core.getxattr(ino.0, name, size), None, |v| {
                 v.0 as u64
             }) {
@@ -593,29 +586,32 @@ impl Filesystem for Fs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.serve("listxattr", false, || {
-            let sp = self.begin(const { Op::new("listxattr") }, req, ino.0);
-            match self.fin(sp, self.core.listxattr(ino.0, size), None, |v| v.0 as u64) {
+        self.serve(
+            const { Op::new("listxattr") },
+            req,
+            ino.0,
+            |sp| match self.fin(sp, self.core.listxattr(ino.0, size), None, |v| v.0 as u64) {
                 Ok((n, _)) if size == 0 => reply.size(n as u32),
                 Ok((_, v)) => reply.data(&v),
                 Err(e) => reply.error(e),
-            }
-        })
+            },
+        )
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.serve("removexattr", false, || {
-            let sp = self.begin(const { Op::new("removexattr") }, req, ino.0);
-            match self.fin(sp, self.core.removexattr(ino.0, name), None, |_| 0) {
+        self.serve(
+            const { Op::new("removexattr") },
+            req,
+            ino.0,
+            |sp| match self.fin(sp, self.core.removexattr(ino.0, name), None, |_| 0) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
-            }
-        })
+            },
+        )
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.serve("access", false, || {
-            let sp = self.begin(const { Op::new("access") }, req, ino.0);
+        self.serve(const { Op::new("access") }, req, ino.0, |sp| {
             match self.fin(
                 sp,
                 self.core.access(ino.0, mask.bits(), req.uid(), req.gid()),
@@ -638,12 +634,19 @@ impl Filesystem for Fs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.serve("create", false, || {
-            let sp = self.begin(const { Op::new("create") }, req, parent.0);
-            match self
-                .core
-                .create(parent.0, name, mode, flags, req.uid(), req.gid(), req.pid())
-            {
+        self.serve(
+            const { Op::new("create") },
+            req,
+            parent.0,
+            |sp| match self.core.create(
+                parent.0,
+                name,
+                mode,
+                flags,
+                req.uid(),
+                req.gid(),
+                req.pid(),
+            ) {
                 Ok((attr, fh, of)) => {
                     self.spans.end(sp, Some(fh), None, None);
                     match self
@@ -671,8 +674,8 @@ impl Filesystem for Fs {
                     self.spans.end(sp, None, None, Some(e));
                     reply.error(err(e))
                 }
-            }
-        })
+            },
+        )
     }
 
     fn getlk(
@@ -704,8 +707,7 @@ impl Filesystem for Fs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        self.serve("setlk", false, || {
-            let sp = self.begin(const { Op::new("setlk") }, req, ino.0);
+        self.serve(const { Op::new("setlk") }, req, ino.0, |sp| {
             // A parked request counts as answered here: its span is the
             // daemon's part (queueing it), its wait is in the flock metrics.
             let outcome = self
@@ -729,8 +731,7 @@ impl Filesystem for Fs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.serve("fallocate", true, || {
-            let sp = self.begin(const { Op::new("fallocate") }, req, ino.0);
+        self.serve(FALLOCATE, req, ino.0, |sp| {
             match self.fin(
                 sp,
                 self.core.fallocate(fh.0, offset, length, mode),
@@ -752,8 +753,7 @@ impl Filesystem for Fs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.serve("lseek", false, || {
-            let sp = self.begin(const { Op::new("lseek") }, req, ino.0);
+        self.serve(const { Op::new("lseek") }, req, ino.0, |sp| {
             match self.fin(sp, self.core.lseek(fh.0, offset, whence), Some(fh.0), |_| 0) {
                 Ok(o) => reply.offset(o),
                 Err(e) => reply.error(e),

@@ -187,6 +187,11 @@ pub struct Op {
 }
 
 impl Op {
+    /// The operation's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
     pub const fn new(name: &'static str) -> Self {
         let mut i = 0;
         while i < OPS.len() {
