@@ -11,13 +11,14 @@
 //!
 //! An idle entry is dropped when the kernel forgets its inode (which is
 //! also what follows an unlink), when its storage path is no longer usable
-//! (it is never handed out then), and at unmount.
+//! (it is never handed out then; the daemon's sweeper drops it within
+//! about a second), and at unmount.
 //!
 //! [`BackingCache`] is the bookkeeping (generic, tested without a kernel);
 //! [`Passthrough`] is the daemon's use of it with fuser's `BackingId`.
 
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fuser::BackingId;
@@ -183,19 +184,16 @@ impl<T> BackingCache<T> {
 /// `--passthrough` and granted by the kernel) and its registrations.
 #[derive(Debug)]
 pub struct Passthrough {
-    on: Arc<AtomicBool>,
+    on: AtomicBool,
     cache: Mutex<BackingCache<BackingId>>,
-    /// When idle registrations were last checked for failed paths (s).
-    swept: AtomicU64,
 }
 
 impl Passthrough {
     /// Passthrough as asked for by `--passthrough`.
     pub fn new(wanted: bool) -> Self {
         Self {
-            on: Arc::new(AtomicBool::new(wanted)),
+            on: AtomicBool::new(wanted),
             cache: Mutex::new(BackingCache::default()),
-            swept: AtomicU64::new(0),
         }
     }
 
@@ -206,11 +204,6 @@ impl Passthrough {
     /// Whether passthrough is (still) on.
     pub fn wanted(&self) -> bool {
         self.on.load(Ordering::Relaxed)
-    }
-
-    /// The flag, for status.
-    pub fn flag(&self) -> Arc<AtomicBool> {
-        self.on.clone()
     }
 
     /// The kernel does not offer it, or refused it: serve I/O in the daemon.
@@ -252,17 +245,15 @@ impl Passthrough {
         }
     }
 
-    /// Handle `fh` closed; about once a second, idle registrations on
-    /// paths that failed are dropped (they hold files open there).
-    pub fn released(&self, fh: u64, router: &Router) {
-        let mut b = self.cache();
-        b.release(fh);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if self.swept.swap(now, Ordering::Relaxed) != now {
-            b.drop_unusable(|p| router.usable(p));
-        }
+    /// Handle `fh` closed.
+    pub fn released(&self, fh: u64) {
+        self.cache().release(fh);
+    }
+
+    /// Drops the idle registrations on paths that failed (they hold files
+    /// open there; called by the daemon's sweeper).
+    pub fn sweep(&self, router: &Router) {
+        self.cache().drop_unusable(|p| router.usable(p));
     }
 
     /// The kernel forgot inode `ino`.

@@ -35,7 +35,7 @@ pub struct Fs {
     pub locks: Arc<Locks>,
     pub spans: Arc<Spans>,
     /// Kernel passthrough of open files (see `backing`).
-    pub passthrough: Passthrough,
+    pub passthrough: Arc<Passthrough>,
     /// Set when the kernel took FUSE_FLOCK_LOCKS.
     pub flock: Arc<AtomicBool>,
     /// Which worker reads the device (see `readers`).
@@ -63,7 +63,7 @@ impl Fs {
             core,
             locks,
             spans,
-            passthrough: Passthrough::new(passthrough),
+            passthrough: Arc::new(Passthrough::new(passthrough)),
             flock: Arc::new(AtomicBool::new(false)),
             readers,
         }
@@ -412,7 +412,7 @@ impl Filesystem for Fs {
                 self.locks.release_owner(ino.0, owner.0);
             }
             self.core.release(fh.0);
-            self.passthrough.released(fh.0, &self.core.router);
+            self.passthrough.released(fh.0);
             self.spans.end(sp, Some(fh.0), None, None);
             reply.ok()
         })

@@ -192,6 +192,28 @@ fn raise_fd_limit() {
     }
 }
 
+/// Starts the thread that, about once a second, closes cached read-only
+/// fds that are idle or on failed paths (see `fdcache`) and drops idle
+/// passthrough registrations on failed paths (see `backing`); it stops
+/// when `stop` is set.
+fn spawn_sweeper(
+    core: Arc<ops::Core>,
+    passthrough: Arc<backing::Passthrough>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("cfs-sweeper".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                core.fds
+                    .sweep(std::time::Instant::now(), |p| core.router.usable(p));
+                passthrough.sweep(&core.router);
+            }
+        })?;
+    Ok(())
+}
+
 /// Runs the daemon in the foreground until unmounted or signalled.
 pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     init_logging();
@@ -290,11 +312,11 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         readers.clone(),
         s.passthrough,
     );
-    let passthrough = fs.passthrough.flag();
+    let passthrough = fs.passthrough.clone();
 
     let stop = Arc::new(AtomicBool::new(false));
     router.spawn_health_checker(Duration::from_millis(s.health_interval_ms), stop.clone())?;
-    core.spawn_fd_sweeper(stop.clone())?;
+    spawn_sweeper(core.clone(), passthrough.clone(), stop.clone())?;
 
     let snap = {
         let (core, locks, spans) = (core.clone(), locks.clone(), spans.clone());
@@ -311,7 +333,7 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
                 &locks,
                 &spans,
                 &summary,
-                passthrough.load(Ordering::Relaxed),
+                passthrough.wanted(),
             );
             st.workers = serde_json::to_value(readers.view(threads)).unwrap_or_default();
             st

@@ -11,7 +11,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -566,22 +566,6 @@ impl Core {
             j.closed(fh);
         }
         of
-    }
-
-    /// Starts the thread that closes idle and unusable cached fds (about
-    /// once a second; see `fdcache`); it stops when `stop` is set.
-    pub fn spawn_fd_sweeper(self: &Arc<Self>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name("cfs-fdcache".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_secs(1));
-                    me.fds
-                        .sweep(std::time::Instant::now(), |p| me.router.usable(p));
-                }
-            })?;
-        Ok(())
     }
 
     /// Number of open file handles.
