@@ -299,9 +299,10 @@ fn a_hanging_storage_request_does_not_hold_up_others() {
             .map(|k| w[k].as_u64().unwrap())
             .sum::<u64>()
     };
+    let b = std::ffi::CString::new(mnt.join("b").into_os_string().into_encoded_bytes()).unwrap();
     let t = Instant::now();
     let settled = loop {
-        claudefs_e2e::stat(&mnt.join("b")).unwrap();
+        claudefs_e2e::statx_sync(&b).unwrap(); // a GETATTR each time
         let w = m.status().unwrap()["workers"].clone();
         if w["reading"] == 1 && w["parked"] == 3 {
             break wakeups(&w);
