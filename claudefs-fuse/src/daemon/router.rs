@@ -93,42 +93,6 @@ struct Slot {
     selected: AtomicU64,
     /// Sick answers since start (the router's own count resets).
     errors: AtomicU64,
-    /// When a latency of this path was last sampled (coarse clock, ns).
-    sampled_ns: AtomicU64,
-}
-
-/// A path's successful requests feed its latency EMA at most once per
-/// this many ns (every request of a quieter path): the EMA smooths anyway,
-/// and a busy mount's requests then mostly skip the router's lock and the
-/// two clock reads of a measurement.
-const SAMPLE_EVERY_NS: u64 = 1_000_000;
-
-/// `CLOCK_MONOTONIC_COARSE` in ns: a clock tick's resolution, and cheaper
-/// to read than the precise clock.
-fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill; the clock exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
-
-impl Slot {
-    /// Whether this request's latency is to be measured (see
-    /// [`SAMPLE_EVERY_NS`]).
-    fn sample_due(&self) -> bool {
-        let now = coarse_now_ns();
-        let prev = self.sampled_ns.load(Ordering::Relaxed);
-        now.saturating_sub(prev) >= SAMPLE_EVERY_NS
-            && self
-                .sampled_ns
-                .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
 }
 
 /// Monotonic counters of one path, for the metrics.
@@ -182,7 +146,6 @@ impl Router {
                 good_probes: Mutex::new(0),
                 selected: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
-                sampled_ns: AtomicU64::new(0),
             });
         }
         Ok(Self {
@@ -281,12 +244,10 @@ impl Router {
         self.refresh_slow(&r);
     }
 
-    /// Starts one request on path `id`: the time to measure it from, if
-    /// its latency is to be recorded (daemon-measured latency, and due).
-    fn start(&self, id: u64) -> Option<Instant> {
-        let due = !self.kernel_latency.load(Ordering::Relaxed)
-            && self.slots.get(id as usize).is_some_and(Slot::sample_due);
-        due.then(Instant::now)
+    /// Starts one request: the time to measure it from, unless path
+    /// latency comes from the kernel (`--ebpf`).
+    fn start(&self) -> Option<Instant> {
+        (!self.kernel_latency.load(Ordering::Relaxed)).then(Instant::now)
     }
 
     /// Reports the outcome of one request on path `id` started at `t0`.
@@ -336,7 +297,7 @@ impl Router {
             let id = self.select()?;
             let root = self.root(id).ok_or(libc::EIO)?;
             LAST_PATH.with(|c| c.set(Some(id)));
-            let t0 = self.start(id);
+            let t0 = self.start();
             let r = f(&root);
             let err = r.as_ref().err().copied();
             self.report(id, t0, err);
@@ -352,7 +313,7 @@ impl Router {
     pub fn run_on<T>(&self, id: u64, f: impl FnOnce(&StorageRoot) -> SysResult<T>) -> SysResult<T> {
         let root = self.root(id).ok_or(libc::EIO)?;
         LAST_PATH.with(|c| c.set(Some(id)));
-        let t0 = self.start(id);
+        let t0 = self.start();
         let r = f(&root);
         self.report(id, t0, r.as_ref().err().copied());
         r
@@ -519,26 +480,23 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_path_samples_its_latency_about_once_a_millisecond() {
+    fn every_request_feeds_its_paths_latency_ema() {
         let (_d, r) = two_paths();
         let ema = |id| r.lock().get_path(PathId(id)).unwrap().metrics.latency_us;
-        let t = Instant::now();
         for _ in 0..200 {
             r.run(Retry::Idempotent, |_| Ok(())).unwrap();
         }
-        // 100 near-instant requests per path: measured every time, each
-        // EMA would fall from its 1000 us baseline to about 0.
-        let ticks = (t.elapsed().as_nanos() as u64 / SAMPLE_EVERY_NS) as i32 + 2;
-        let floor = (1000.0 * (7.0f64 / 8.0).powi(ticks)) as u64;
+        // 100 near-instant requests per path: each EMA falls from its
+        // 1000 us baseline by 7/8 per request, to about 0.
+        assert!(ema(0) < 5 && ema(1) < 5, "{} {}", ema(0), ema(1));
+        r.set_kernel_latency(true);
+        let _ = r.run_on(0, |_| {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(())
+        });
         assert!(
-            ema(0) >= floor && ema(1) >= floor,
-            "{} {} < {floor}",
-            ema(0),
-            ema(1)
-        );
-        assert!(
-            ema(0) < 1000 && ema(1) < 1000,
-            "the first request is sampled"
+            ema(0) < 5,
+            "with --ebpf the kernel's latency is recorded instead"
         );
     }
 }
