@@ -33,6 +33,7 @@ pub mod opcode {
     pub const OPENDIR: u32 = 27;
     pub const READDIR: u32 = 28;
     pub const RELEASEDIR: u32 = 29;
+    pub const FSYNCDIR: u32 = 30;
     pub const GETLK: u32 = 31;
     pub const SETLK: u32 = 32;
     pub const SETLKW: u32 = 33;
@@ -61,6 +62,8 @@ pub struct TestFsOptions {
     pub delay: Option<(String, Duration)>,
     /// Sleep this long in open of this name (lookups stay fast).
     pub open_delay: Option<(String, Duration)>,
+    /// Answer FLUSH (a close) of this name with this errno.
+    pub flush_error: Option<(String, i32)>,
 }
 
 /// Requests received, per opcode: (count, replied with an error).
@@ -264,13 +267,19 @@ impl Filesystem for TestFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         self.stats.count(opcode::FLUSH);
-        reply.ok();
+        match &self.opts.flush_error {
+            Some((name, e)) if name_of(ino.0) == Some(name.as_str()) => {
+                self.stats.error(opcode::FLUSH);
+                reply.error(Errno::from_i32(*e));
+            }
+            _ => reply.ok(),
+        }
     }
 
     fn release(
@@ -333,6 +342,18 @@ impl Filesystem for TestFs {
         reply: ReplyEmpty,
     ) {
         self.stats.count(opcode::RELEASEDIR);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.stats.count(opcode::FSYNCDIR);
         reply.ok();
     }
 

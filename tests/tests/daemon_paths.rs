@@ -345,3 +345,77 @@ fn a_hanging_storage_request_does_not_hold_up_others() {
     assert_eq!(w["threads"], 4, "{w}");
     assert!(wakeups(w) > settled, "{w}");
 }
+
+/// close(2) on the mount reports what the storage reports at close (a
+/// write-back error of an NFS-like path), read-only closes cost the storage
+/// nothing, and fsync of a directory reaches the storage.
+#[test]
+fn close_reports_storage_close_errors_and_fsyncdir_reaches_storage() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let storage = MountedFs::mount(TestFsOptions {
+        flush_error: Some(("b".to_string(), libc::EIO)),
+        ..Default::default()
+    })
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let m = MountGuard::start(
+        &tmp.path().join("mnt"),
+        &tmp.path().join("state"),
+        &["--path".into(), storage.mountpoint.display().to_string()],
+    )
+    .unwrap();
+    let flushes = || {
+        storage
+            .stats
+            .snapshot()
+            .get(&testfs::opcode::FLUSH)
+            .copied()
+    };
+    let close = |f: fs::File| {
+        use std::os::fd::IntoRawFd;
+        // SAFETY: the fd was just taken out of the File, closed once here.
+        let r = unsafe { libc::close(f.into_raw_fd()) };
+        (r == 0)
+            .then_some(())
+            .ok_or_else(std::io::Error::last_os_error)
+    };
+
+    // Read-only opens and closes: nothing reaches the storage's flush.
+    for _ in 0..3 {
+        assert_eq!(fs::read(m.mnt.join("b")).unwrap(), testfs::CONTENT);
+    }
+    assert_eq!(flushes(), None);
+
+    // A handle open for writing: its close is a storage close, before
+    // close(2) returns. (The daemon's own close of its backing fd, at the
+    // asynchronous RELEASE, is one more.)
+    let w = fs::OpenOptions::new()
+        .write(true)
+        .open(m.mnt.join("a"))
+        .unwrap();
+    close(w).unwrap();
+    let (n, errors) = flushes().unwrap_or_default();
+    assert!(n >= 1 && errors == 0, "{n} {errors}");
+    let w = fs::OpenOptions::new()
+        .write(true)
+        .open(m.mnt.join("b"))
+        .unwrap();
+    let e = close(w).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    // One EIO at close does not fail the path: the file is still there.
+    assert_eq!(fs::read(m.mnt.join("b")).unwrap(), testfs::CONTENT);
+    assert_eq!(path_state(&m, 0), "Active");
+
+    let fsyncdirs = || {
+        storage
+            .stats
+            .snapshot()
+            .get(&testfs::opcode::FSYNCDIR)
+            .copied()
+    };
+    assert_eq!(fsyncdirs(), None);
+    fs::File::open(&m.mnt).unwrap().sync_all().unwrap();
+    assert_eq!(fsyncdirs(), Some((1, 0)));
+}

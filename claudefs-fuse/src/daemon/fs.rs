@@ -43,9 +43,13 @@ pub struct Fs {
 }
 
 const FSYNC: Op = Op::new("fsync");
+const FSYNCDIR: Op = Op::new("fsyncdir");
 const FALLOCATE: Op = Op::new("fallocate");
-/// Requests that may take long whatever the storage's latency.
-const MAY_BLOCK: [Op; 2] = [FSYNC, FALLOCATE];
+const FLUSH: Op = Op::new("flush");
+/// Requests that may take long whatever the storage's latency. (A flush
+/// is not one: it is instant for most handles, and one that writes back
+/// a storage cache for long is caught by the stalled-reader watch.)
+const MAY_BLOCK: [Op; 3] = [FSYNC, FSYNCDIR, FALLOCATE];
 
 fn err(e: i32) -> Errno {
     Errno::from_i32(e)
@@ -383,18 +387,22 @@ impl Filesystem for Fs {
         })
     }
 
-    /// Nothing to flush: writes go straight to storage and only flock is
-    /// served (flush carries POSIX lock owners). `ENOSYS` makes the kernel
-    /// stop sending FLUSH on every close, saving a round trip.
+    /// A close of one descriptor of the file: the storage's close-time
+    /// errors reach the application's close(2) (see `Core::flush`).
     fn flush(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOSYS);
+        self.serve(FLUSH, req, ino.0, |sp| {
+            match self.fin(sp, self.core.flush(fh.0), Some(fh.0), |_| 0) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn release(
@@ -523,13 +531,18 @@ impl Filesystem for Fs {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         _fh: FileHandle,
-        _datasync: bool,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        self.serve(FSYNCDIR, req, ino.0, |sp| {
+            match self.fin(sp, self.core.fsyncdir(ino.0, datasync), None, |_| 0) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {

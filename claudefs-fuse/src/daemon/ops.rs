@@ -555,6 +555,30 @@ impl Core {
         Ok(())
     }
 
+    /// A close of a descriptor of handle `fh` (FLUSH): the storage's
+    /// close-time errors for a handle open for writing; nothing to do for
+    /// a read-only one. Not replayed on another path.
+    pub fn flush(&self, fh: u64) -> SysResult<()> {
+        let of = self.file(fh)?;
+        if of.flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return Ok(());
+        }
+        self.with_file(&of, Retry::Once, storage::flush)
+    }
+
+    /// `fsync` of directory `ino` (its entries: creates, renames, unlinks).
+    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> SysResult<()> {
+        let rel = self.path(ino)?;
+        self.router.run(Retry::Idempotent, |r| {
+            let fd = r.open_at(
+                &rel,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                0,
+            )?;
+            storage::fsync(fd.as_raw_fd(), datasync)
+        })
+    }
+
     /// Closes handle `fh`; returns the open file it was.
     pub fn release(&self, fh: u64) -> Option<Arc<OpenFile>> {
         let of = self

@@ -122,11 +122,13 @@ pub fn mix(mut z: u64) -> u64 {
 
 /// The operations the daemon counts (`claudefs_fuse_daemon_requests_total`
 /// `op` label); anything else counts as `other`.
-pub const OPS: [&str; 29] = [
+pub const OPS: [&str; 31] = [
     "access",
     "create",
     "fallocate",
+    "flush",
     "fsync",
+    "fsyncdir",
     "getattr",
     "getxattr",
     "link",

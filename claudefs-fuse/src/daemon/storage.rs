@@ -420,6 +420,16 @@ pub fn fsync(fd: RawFd, datasync: bool) -> SysResult<()> {
     .map(drop)
 }
 
+/// What `close` of `fd` would report, without closing it: closes a
+/// duplicate (as libfuse's passthrough does), so a storage file system
+/// that reports write-back errors at close (NFS, FUSE) reports them now.
+pub fn flush(fd: RawFd) -> SysResult<()> {
+    // SAFETY: plain syscall on a caller-owned fd.
+    let dup = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: `dup` is ours alone and closed once, here.
+    cvt(unsafe { libc::close(dup) }).map(drop)
+}
+
 /// `fallocate`.
 pub fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> SysResult<()> {
     // SAFETY: plain syscall on a caller-owned fd.
