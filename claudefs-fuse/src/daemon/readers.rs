@@ -10,17 +10,19 @@
 //! worker that finishes a request while another worker is already reading
 //! parks (after its reply is sent) instead of going back to the device. A
 //! parked worker is woken to read again when
-//! - a request starts that may block (the caller says: fsync, fallocate,
-//!   or any request while a usable storage path's latency EMA is above
-//!   1 ms) and no other worker is reading, or
-//! - the lone reader finds a request already queued when it answers, eight
-//!   answers in a row (the load outgrows one worker: several processes
-//!   send at once); a worker that finishes while requests are queued then
-//!   stays a reader instead of parking, or
-//! - the watch thread finds requests queued on the device and no request
-//!   started since its previous look (a request thought fast is taking
-//!   long, or the reading worker's thread ended): checked every
-//!   [`WATCH_INTERVAL`].
+//! - a request starts that may block (the caller says: fsync, fsyncdir,
+//!   fallocate, or any request while a usable storage path's latency EMA
+//!   is above 1 ms) and no other worker is reading, or
+//! - with `scale_out` (a daemon that can run on several CPUs): the lone
+//!   reader finds a request already queued when it answers, eight answers
+//!   in a row (the load outgrows one worker: several processes send at
+//!   once), and again at every later look while that lasts; a worker that
+//!   finishes while requests are queued then stays a reader instead of
+//!   parking, or
+//! - the watch thread finds requests queued on the device at two looks in
+//!   a row with no request started in between: a request has waited a
+//!   whole [`WATCH_INTERVAL`] (a request thought fast is taking long, or
+//!   the reading worker's thread ended).
 //!
 //! So at most N requests are still served at once; what changes is that
 //! fast requests on fast storage are served by one warm thread.
@@ -40,7 +42,7 @@
 //! ends (`POLLERR` on the device), so the session's workers can all exit.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -143,6 +145,8 @@ pub struct Readers {
     state: AtomicU64,
     /// Requests entered at the watch's previous look.
     watched: AtomicU64,
+    /// The watch's previous look found requests queued.
+    watched_queued: AtomicBool,
     parked: Mutex<Parked>,
     cv: Condvar,
     pub wakeups: Wakeups,
@@ -186,6 +190,7 @@ impl Readers {
             dev: OnceLock::new(),
             state: AtomicU64::new(workers as u64 & IDLE),
             watched: AtomicU64::new(u64::MAX),
+            watched_queued: AtomicBool::new(false),
             parked: Mutex::new(Parked::default()),
             cv: Condvar::new(),
             wakeups: Wakeups::default(),
@@ -256,10 +261,11 @@ impl Readers {
     }
 
     /// The lone reader answered: a request already queued at this moment,
-    /// [`BACKLOG_STREAK`] answers in a row, wakes a second reader (the load
+    /// [`BACKLOG_STREAK`] answers in a row, wakes another reader (the load
     /// outgrows one worker), and while that lasts the device is looked at
-    /// only now and then (read(2) finds the next request at once);
-    /// otherwise it polls for the next request (see the module doc).
+    /// only every [`RECHECK_EVERY`] answers (read(2) finds the next request
+    /// at once), each look that still finds requests queued waking one
+    /// more; otherwise it polls for the next request (see the module doc).
     fn poll_for_next(&self) {
         let p = &self.poll;
         if !self.scale_out && p.max_ns == 0 {
@@ -276,11 +282,13 @@ impl Readers {
             return;
         }
         if self.queued() {
-            if streak < BACKLOG_STREAK {
-                let streak = self.backlog.fetch_add(1, Ordering::Relaxed) + 1;
-                if self.scale_out && streak == BACKLOG_STREAK && self.wake_one() {
-                    self.wakeups.backlog.fetch_add(1, Ordering::Relaxed);
-                }
+            let streak = if streak < BACKLOG_STREAK {
+                self.backlog.fetch_add(1, Ordering::Relaxed) + 1
+            } else {
+                streak
+            };
+            if self.scale_out && streak >= BACKLOG_STREAK && self.wake_one() {
+                self.wakeups.backlog.fetch_add(1, Ordering::Relaxed);
             }
             return;
         }
@@ -345,12 +353,11 @@ impl Readers {
         self.cv.notify_all();
     }
 
-    /// One look at the device `dev`: requests queued now, and no request
-    /// entered since the previous look (the reader is stuck in one request,
-    /// or its thread is gone), wake a parked worker; a dead connection
-    /// closes. Returns false once closed. (A live reader takes a queued
-    /// request within microseconds, so a look interval with requests queued
-    /// and none entered means nobody is reading.)
+    /// One look at the device `dev`: requests queued at this look and at
+    /// the previous one, and none entered in between (one request has
+    /// waited a whole look interval: the reader is stuck in a request, or
+    /// its thread is gone), wake a parked worker; a dead connection (or a
+    /// device that cannot be polled) closes. Returns false once closed.
     pub fn watch_once(&self, dev: &OwnedFd) -> bool {
         let mut pfd = libc::pollfd {
             fd: dev.as_raw_fd(),
@@ -359,16 +366,20 @@ impl Readers {
         };
         // SAFETY: one valid pollfd, zero timeout.
         let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        if n < 0 {
-            return std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
+        let interrupted =
+            || std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
+        if n < 0 && interrupted() {
+            return true;
         }
-        if pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+        if n < 0 || pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
             self.close();
             return false;
         }
+        let queued = pfd.revents & libc::POLLIN != 0;
+        let was_queued = self.watched_queued.swap(queued, Ordering::Relaxed);
         let entered = self.state.load(Ordering::Acquire) >> 32;
-        let stuck = self.watched.swap(entered, Ordering::Relaxed) == entered;
-        if stuck && pfd.revents & libc::POLLIN != 0 && self.wake_one() {
+        let none_entered = self.watched.swap(entered, Ordering::Relaxed) == entered;
+        if queued && was_queued && none_entered && self.wake_one() {
             self.wakeups.stalled.fetch_add(1, Ordering::Relaxed);
         }
         true
@@ -641,6 +652,72 @@ mod tests {
         drop(r.enter(false));
         assert_eq!(r.reading(), 2);
         assert_eq!(r.parked(), 0);
+        r.close();
+    }
+
+    #[test]
+    fn a_backlog_that_lasts_keeps_bringing_in_readers() {
+        let (rd, wr) = pipe();
+        let rd2 = rd.try_clone().unwrap();
+        let r = Arc::new(Readers::new(3, Duration::ZERO, true));
+        r.spawn_watch(rd).unwrap();
+        let park = || {
+            let r = r.clone();
+            std::thread::spawn(move || drop(r.enter(false)))
+        };
+        let a = park();
+        wait_for("A parks", || r.parked() == 1);
+        let b = park();
+        wait_for("B parks", || r.parked() == 2);
+        queue_one(&wr);
+        for _ in 0..BACKLOG_STREAK {
+            drop(r.enter(false));
+        }
+        let woken = r.wakeups.backlog.load(Ordering::Relaxed);
+        assert_eq!(woken, 1);
+        wait_for("the woken worker reads", || r.reading() == 2);
+        // The woken worker answers at a moment with nothing queued and
+        // parks again (its thread here stands in for it), so this test's
+        // thread is the lone reader once more, with the streak still on.
+        drain(&rd2);
+        let c = park();
+        wait_for("the woken worker parks again", || r.parked() == 2);
+        queue_one(&wr);
+        for _ in 0..RECHECK_EVERY {
+            drop(r.enter(false));
+        }
+        assert_eq!(
+            r.wakeups.backlog.load(Ordering::Relaxed),
+            2,
+            "the backlog lasts: the next look brings in another reader"
+        );
+        r.close();
+        for t in [a, b, c] {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_request_that_just_arrived_on_an_idle_mount_is_not_a_stall() {
+        let (rd, wr) = pipe();
+        let r = Arc::new(Readers::new(2, Duration::ZERO, false));
+        let parked = {
+            let r = r.clone();
+            std::thread::spawn(move || drop(r.enter(false)))
+        };
+        wait_for("parks", || r.parked() == 1);
+        // Idle: nothing entered for several looks.
+        assert!(r.watch_once(&rd));
+        assert!(r.watch_once(&rd));
+        // A request arrives just before a look (its reader is waking).
+        queue_one(&wr);
+        assert!(r.watch_once(&rd));
+        assert_eq!(r.parked(), 1, "queued for less than a look interval");
+        assert_eq!(r.wakeups.stalled.load(Ordering::Relaxed), 0);
+        // Still queued a look later, none entered: that is a stall.
+        assert!(r.watch_once(&rd));
+        parked.join().unwrap();
+        assert_eq!(r.wakeups.stalled.load(Ordering::Relaxed), 1);
         r.close();
     }
 }
