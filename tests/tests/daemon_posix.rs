@@ -364,6 +364,12 @@ fn read_only_opens_share_a_backing_fd_that_leaves_with_the_file() {
     let (src, m) = MountGuard::single_path(tmp.path(), &[]).unwrap();
     let src = src.canonicalize().unwrap();
     let (mnt, pid) = (m.mnt.clone(), m.pid());
+    assert_eq!(
+        m.status().unwrap()["close_to_open"],
+        false,
+        "the fd cache serves local storage only; {} is not on a known local file system",
+        src.display()
+    );
     fs::write(src.join("r"), b"data").unwrap();
     for _ in 0..50 {
         assert_eq!(fs::read(mnt.join("r")).unwrap(), b"data");

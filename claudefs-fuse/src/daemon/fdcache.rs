@@ -3,7 +3,7 @@
 //! that is already open read-only for it, instead of a new `openat` and,
 //! at release, a `close`. Reads are positional (`pread`), so handles can
 //! share one fd; an open for writing, or with any other flag, always gets
-//! its own fd (close-to-open flushing and `ETXTBSY` stay as they were).
+//! its own fd (`ETXTBSY` and what a close of a writer does stay as they were).
 //!
 //! An entry holds its storage path's fd until:
 //! - the kernel forgets the inode (FORGET; also what follows an unlink),
@@ -12,6 +12,10 @@
 //!   second),
 //! - more than [`MAX_ENTRIES`] are cached (the longest idle goes first),
 //! - the daemon unmounts.
+//!
+//! Only on storage that does nothing at open and close (`Core::
+//! close_to_open` false: local disks): an NFS-style client revalidates
+//! its cache at open, so there every open goes to the storage.
 //!
 //! Keyed by the FUSE inode, which is the storage's `st_ino`, so an entry
 //! always names the same file, whatever renames happen.
@@ -67,12 +71,16 @@ impl FdCache {
     }
 
     /// The cached read-only fd of `ino` and its path, if that path is
-    /// still `usable`.
+    /// still `usable`. (Entries leave the map under the lock but are
+    /// closed after it: a close on a hung storage path may block, and must
+    /// not hold up the opens of other files.)
     pub fn get(&self, ino: u64, usable: impl Fn(u64) -> bool) -> Option<(u64, Arc<OwnedFd>)> {
         let mut m = self.lock();
         let e = m.get_mut(&ino)?;
         if !usable(e.path) {
-            m.remove(&ino);
+            let gone = m.remove(&ino);
+            drop(m);
+            drop(gone);
             return None;
         }
         e.used = Instant::now();
@@ -83,6 +91,7 @@ impl FdCache {
     /// full, the longest idle entry makes room (none idle: not cached).
     pub fn put(&self, ino: u64, path: u64, fd: &Arc<OwnedFd>) {
         let mut m = self.lock();
+        let mut gone = None;
         if m.len() >= MAX_ENTRIES && !m.contains_key(&ino) {
             let oldest = m
                 .iter()
@@ -90,13 +99,11 @@ impl FdCache {
                 .min_by_key(|(_, e)| e.used)
                 .map(|(k, _)| *k);
             match oldest {
-                Some(k) => {
-                    m.remove(&k);
-                }
+                Some(k) => gone = m.remove(&k),
                 None => return,
             }
         }
-        m.insert(
+        let replaced = m.insert(
             ino,
             Entry {
                 path,
@@ -104,20 +111,28 @@ impl FdCache {
                 used: Instant::now(),
             },
         );
+        drop(m);
+        drop((gone, replaced));
     }
 
     /// The kernel forgot `ino`.
     pub fn forget(&self, ino: u64) {
-        self.lock().remove(&ino);
+        let gone = self.lock().remove(&ino);
+        drop(gone);
     }
 
     /// Closes entries idle for [`IDLE_FOR`] at `now` and entries on paths
     /// that are not `usable` (in use ones stay with their handles).
     pub fn sweep(&self, now: Instant, usable: impl Fn(u64) -> bool) {
-        self.lock().retain(|_, e| {
-            let stale = idle(e) && now.saturating_duration_since(e.used) >= IDLE_FOR;
-            !stale && usable(e.path)
-        });
+        let gone: Vec<Entry> = self
+            .lock()
+            .extract_if(|_, e| {
+                let stale = idle(e) && now.saturating_duration_since(e.used) >= IDLE_FOR;
+                stale || !usable(e.path)
+            })
+            .map(|(_, e)| e)
+            .collect();
+        drop(gone);
     }
 
     /// Number of cached fds.
@@ -132,7 +147,8 @@ impl FdCache {
 
     /// Closes every cached fd (unmount).
     pub fn clear(&self) {
-        self.lock().clear();
+        let gone = std::mem::take(&mut *self.lock());
+        drop(gone);
     }
 }
 

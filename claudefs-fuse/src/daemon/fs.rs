@@ -20,7 +20,7 @@ use fuser::{
 
 use super::backing::Passthrough;
 use super::locks::{Locks, Outcome};
-use super::ops::Core;
+use super::ops::{Core, OpenFile};
 use super::readers::Readers;
 use super::spans::{Op, ReqSpan, Spans};
 use super::storage::SysResult;
@@ -55,6 +55,14 @@ fn err(e: i32) -> Errno {
     Errno::from_i32(e)
 }
 
+/// Runs `f`, the handler of `op`, catching a panic (a dropped reply
+/// answers `EIO`): for the requests that need no storage and no span.
+fn guarded(op: &str, f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!(op, "request handler panicked");
+    }
+}
+
 impl Fs {
     pub fn new(
         core: Arc<Core>,
@@ -73,10 +81,20 @@ impl Fs {
         }
     }
 
+    /// Open flags of a reply for `of`: `FOPEN_NOFLUSH` unless its closes
+    /// are to reach the storage (see `Core::flushes`).
+    fn fopen(&self, of: &OpenFile) -> FopenFlags {
+        if self.core.flushes(of) {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_NOFLUSH
+        }
+    }
+
     /// Serves request `op` on `ino` with `f` (which replies), given the
-    /// request's span: the reader hand-off around it (see `readers`: fsync
-    /// and fallocate may block, and every request while a storage path is
-    /// slow) and a panic guard.
+    /// request's span: the reader hand-off around it (see `readers`: fsync,
+    /// fsyncdir and fallocate may block, and every request while a storage
+    /// path is slow) and a panic guard.
     fn serve(&self, op: Op, req: &Request, ino: u64, f: impl FnOnce(Option<ReqSpan>)) {
         let may_block = MAY_BLOCK.contains(&op) || self.core.router.slow();
         let _serving = self.readers.enter(may_block);
@@ -150,10 +168,12 @@ impl Filesystem for Fs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.core.forget(ino.0, nlookup);
-        // The kernel evicted the inode (FORGET comes once, at eviction).
-        self.passthrough.forget(ino.0);
-        self.core.fds.forget(ino.0);
+        guarded("forget", || {
+            self.core.forget(ino.0, nlookup);
+            // The kernel evicted the inode (FORGET comes once, at eviction).
+            self.passthrough.forget(ino.0);
+            self.core.fds.forget(ino.0);
+        })
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -330,10 +350,8 @@ impl Filesystem for Fs {
                         .passthrough
                         .registration(fh, &of, &self.core.router, |fd| reply.open_backing(fd))
                     {
-                        Some(id) => {
-                            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
-                        }
-                        None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                        Some(id) => reply.opened_passthrough(FileHandle(fh), self.fopen(&of), &id),
+                        None => reply.opened(FileHandle(fh), self.fopen(&of)),
                     }
                 }
                 Err(e) => {
@@ -525,8 +543,10 @@ impl Filesystem for Fs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.core.releasedir(fh.0);
-        reply.ok();
+        guarded("releasedir", || {
+            self.core.releasedir(fh.0);
+            reply.ok();
+        })
     }
 
     fn fsyncdir(
@@ -671,7 +691,7 @@ impl Filesystem for Fs {
                             &attr,
                             Generation(0),
                             FileHandle(fh),
-                            FopenFlags::empty(),
+                            self.fopen(&of),
                             &id,
                         ),
                         None => reply.created(
@@ -679,7 +699,7 @@ impl Filesystem for Fs {
                             &attr,
                             Generation(0),
                             FileHandle(fh),
-                            FopenFlags::empty(),
+                            self.fopen(&of),
                         ),
                     }
                 }

@@ -9,7 +9,10 @@
 //! files, pending writes, crash recovery), `spans` (per-request spans),
 //! `kernel_join` (kernel events met with requests, `--ebpf`), `status`
 //! (live state over a unix socket), `nummap` (the hasher of the maps keyed
-//! by handle or inode number). Metrics and OTLP export live in
+//! by handle or inode number), `readers` (which worker reads /dev/fuse),
+//! `fdcache` (shared read-only backing fds), `backing` (passthrough
+//! registrations), `mount` (the /dev/fuse mount), `journal_line` (the
+//! journal's record format). Metrics and OTLP export live in
 //! `crate::exporter`.
 
 pub mod backing;
@@ -595,6 +598,7 @@ fn status_snapshot(
         passthrough,
         workers: serde_json::Value::Null,
         cached_fds: core.fds.len(),
+        close_to_open: core.close_to_open,
     }
 }
 

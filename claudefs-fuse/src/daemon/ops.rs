@@ -76,6 +76,11 @@ pub struct Core {
     pub fds: FdCache,
     dirs: Mutex<NumMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
+    /// A storage path's file system does work at open and close (NFS-style
+    /// close-to-open consistency, see `StorageRoot::close_to_open`): every
+    /// open reaches the storage (no shared read-only fds), and the closes
+    /// of handles open for writing are passed on (FLUSH).
+    pub close_to_open: bool,
 }
 
 fn kind_of(mode: u32) -> FileType {
@@ -141,7 +146,10 @@ impl Core {
         idmap: IdMap,
         journal: Option<Journal>,
     ) -> Self {
+        let close_to_open =
+            (0..router.len() as u64).any(|i| router.root(i).is_none_or(|r| r.close_to_open()));
         Self {
+            close_to_open,
             router,
             inodes: InodeTable::new(root_backing),
             idmap,
@@ -367,7 +375,7 @@ impl Core {
         path_id: u64,
         fd: Arc<OwnedFd>,
         rel: &Path,
-    ) -> u64 {
+    ) -> (u64, Arc<OpenFile>) {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let of = Arc::new(OpenFile {
             ino,
@@ -378,24 +386,24 @@ impl Core {
         self.files
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, of);
+            .insert(fh, of.clone());
         if let Some(j) = &self.journal {
             j.opened(fh, ino, pid, flags, rel);
         }
-        fh
+        (fh, of)
     }
 
     /// Opens `ino`; returns the handle and its open file. A plain
-    /// read-only open shares a cached read-only fd (see `fdcache`).
+    /// read-only open shares a cached read-only fd (see `fdcache`), unless
+    /// the storage keeps close-to-open consistency (every open reaches it).
     pub fn open(&self, ino: u64, flags: i32, pid: u32) -> SysResult<(u64, Arc<OpenFile>)> {
         let rel = self.path(ino)?;
         let oflags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
-        let shareable = fdcache::shareable(oflags);
+        let shareable = !self.close_to_open && fdcache::shareable(oflags);
         if shareable {
             if let Some((path_id, fd)) = self.fds.get(ino, |p| self.router.usable(p)) {
                 super::router::set_last_path(path_id);
-                let fh = self.register(ino, oflags, pid, path_id, fd, &rel);
-                return Ok((fh, self.file(fh)?));
+                return Ok(self.register(ino, oflags, pid, path_id, fd, &rel));
             }
         }
         let retry = if flags & CREATE_FLAGS != 0 {
@@ -412,8 +420,7 @@ impl Core {
         if shareable {
             self.fds.put(ino, path_id, &fd);
         }
-        let fh = self.register(ino, oflags, pid, path_id, fd, &rel);
-        Ok((fh, self.file(fh)?))
+        Ok(self.register(ino, oflags, pid, path_id, fd, &rel))
     }
 
     /// Creates and opens `name`.
@@ -439,7 +446,7 @@ impl Core {
             self.inodes.remember(st.st_ino, &rel);
             Ok((fd, self.attr(&st)))
         })?;
-        let fh = self.register(
+        let (fh, of) = self.register(
             attr.ino.0,
             oflags & !CREATE_FLAGS,
             pid,
@@ -447,7 +454,7 @@ impl Core {
             Arc::new(fd),
             &rel,
         );
-        Ok((attr, fh, self.file(fh)?))
+        Ok((attr, fh, of))
     }
 
     /// The open file of handle `fh`.
@@ -555,9 +562,18 @@ impl Core {
         Ok(())
     }
 
+    /// Whether the kernel is to pass on the closes of `of`'s descriptors
+    /// (FLUSH): for a handle open for writing on storage that acts on
+    /// close. Otherwise the open says `FOPEN_NOFLUSH`, which spares every
+    /// close(2) a round trip to the daemon.
+    pub fn flushes(&self, of: &OpenFile) -> bool {
+        self.close_to_open && of.flags & libc::O_ACCMODE != libc::O_RDONLY
+    }
+
     /// A close of a descriptor of handle `fh` (FLUSH): the storage's
     /// close-time errors for a handle open for writing; nothing to do for
-    /// a read-only one. Not replayed on another path.
+    /// a read-only one (a kernel without `FOPEN_NOFLUSH` sends those too).
+    /// Not replayed on another path.
     pub fn flush(&self, fh: u64) -> SysResult<()> {
         let of = self.file(fh)?;
         if of.flags & libc::O_ACCMODE == libc::O_RDONLY {

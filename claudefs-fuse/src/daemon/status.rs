@@ -49,6 +49,11 @@ pub struct Status {
     /// Read-only backing fds kept open for reuse (see `fdcache`).
     #[serde(default)]
     pub cached_fds: usize,
+    /// Every open reaches the storage and closes of handles open for
+    /// writing do too (FLUSH): a storage path keeps close-to-open
+    /// consistency (see `Core::close_to_open`).
+    #[serde(default)]
+    pub close_to_open: bool,
 }
 
 /// Serves `snapshot()` on `dir/status.sock` from a background thread.
@@ -86,8 +91,16 @@ pub fn fetch(dir: &Path) -> anyhow::Result<Status> {
 /// Text form of a status.
 pub fn render(s: &Status) -> String {
     let mut o = format!(
-        "mountpoint: {}\npid: {}\npolicy: {}\npassthrough: {}\nopen files: {}  inodes: {}  cached read-only fds: {}\nworkers: {}\n",
-        s.mountpoint, s.pid, s.policy, s.passthrough, s.open_files, s.inodes, s.cached_fds, s.workers
+        "mountpoint: {}\npid: {}\npolicy: {}\npassthrough: {}  close-to-open: {}\nopen files: {}  inodes: {}  cached read-only fds: {}\nworkers: {}\n",
+        s.mountpoint,
+        s.pid,
+        s.policy,
+        s.passthrough,
+        s.close_to_open,
+        s.open_files,
+        s.inodes,
+        s.cached_fds,
+        s.workers
     );
     o.push_str("paths:\n");
     for p in &s.paths {

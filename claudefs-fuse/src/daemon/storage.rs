@@ -122,6 +122,33 @@ impl StorageRoot {
         Ok(st)
     }
 
+    /// Whether open(2) and close(2) of a file here do work of their own
+    /// (close-to-open consistency: an NFS-style client revalidates its
+    /// cache at open, writes back and reports deferred errors at close):
+    /// true unless the root is on a local disk or memory file system known
+    /// to do nothing then (ext4, xfs, btrfs, tmpfs, ramfs, f2fs, zfs,
+    /// bcachefs). NFS, CIFS, Ceph, 9p, FUSE, overlay and anything unknown
+    /// do.
+    pub fn close_to_open(&self) -> bool {
+        const NOTHING_AT_OPEN_OR_CLOSE: [i64; 8] = [
+            0xEF53,      // ext2/3/4
+            0x5846_5342, // xfs
+            0x9123_683E, // btrfs
+            0x0102_1994, // tmpfs
+            0x8584_58F6, // ramfs
+            0xF2F5_2010, // f2fs
+            0x2FC1_2FC1, // zfs
+            0xCA45_1A4E, // bcachefs
+        ];
+        // SAFETY: zeroed statfs is a valid out-buffer.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and out-pointer.
+        if unsafe { libc::fstatfs(self.raw(), &mut st) } != 0 {
+            return true;
+        }
+        !NOTHING_AT_OPEN_OR_CLOSE.contains(&(st.f_type as i64))
+    }
+
     /// `openat(rel, flags, mode)`; symlinks at the last component are refused.
     pub fn open_at(&self, rel: &Path, flags: i32, mode: u32) -> SysResult<OwnedFd> {
         let c = cpath(rel)?;
@@ -459,6 +486,25 @@ pub fn fstat(fd: RawFd) -> SysResult<libc::stat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_to_open_on_all_but_known_local_file_systems() {
+        // /dev/shm is tmpfs on Linux; procfs is not on the local list.
+        assert!(!StorageRoot::open(Path::new("/dev/shm"))
+            .unwrap()
+            .close_to_open());
+        assert!(StorageRoot::open(Path::new("/proc"))
+            .unwrap()
+            .close_to_open());
+        // flush() of an fd leaves the fd open.
+        let d = tempfile::tempdir().unwrap();
+        let r = StorageRoot::open(d.path()).unwrap();
+        let fd = r
+            .open_at(Path::new("f"), libc::O_CREAT | libc::O_RDWR, 0o644)
+            .unwrap();
+        flush(fd.as_raw_fd()).unwrap();
+        assert_eq!(pwrite(fd.as_raw_fd(), 0, b"x"), Ok(1));
+    }
 
     #[test]
     fn basic_ops_relative_to_root() {
