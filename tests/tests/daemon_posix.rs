@@ -405,3 +405,42 @@ fn read_only_opens_share_a_backing_fd_that_leaves_with_the_file() {
         "an idle fd on a file removed on the storage stays open"
     );
 }
+
+/// A file's cached pages stay across opens while its storage file is
+/// unchanged (a re-read sends no READ), and go at the next open once it
+/// changed on the storage, even with the same size (close-to-open).
+#[test]
+fn reopened_files_keep_their_pages_until_the_storage_file_changes() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, m) = MountGuard::single_path(tmp.path(), &[]).unwrap();
+    let k = m.mnt.join("k");
+    fs::write(src.join("k"), b"first version").unwrap();
+    assert_eq!(fs::read(&k).unwrap(), b"first version");
+    let reads = || {
+        m.status().unwrap()["requests"]["read"][0]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = reads();
+    for _ in 0..5 {
+        assert_eq!(fs::read(&k).unwrap(), b"first version");
+    }
+    assert_eq!(
+        reads(),
+        before,
+        "re-reads of an unchanged file come from its pages"
+    );
+    // Changed on the storage (same size): the next open drops the pages.
+    fs::write(src.join("k"), b"second versio").unwrap();
+    assert_eq!(fs::read(&k).unwrap(), b"second versio");
+    assert!(reads() > before);
+    // Written through the mount: its pages hold the write.
+    fs::write(&k, b"third version").unwrap();
+    assert_eq!(fs::read(&k).unwrap(), b"third version");
+    assert_eq!(fs::read(src.join("k")).unwrap(), b"third version");
+    fs::write(src.join("k"), b"fourth versio").unwrap();
+    assert_eq!(fs::read(&k).unwrap(), b"fourth versio");
+}

@@ -82,13 +82,19 @@ impl Fs {
     }
 
     /// Open flags of a reply for `of`: `FOPEN_NOFLUSH` unless its closes
-    /// are to reach the storage (see `Core::flushes`).
-    fn fopen(&self, of: &OpenFile) -> FopenFlags {
-        if self.core.flushes(of) {
-            FopenFlags::empty()
-        } else {
-            FopenFlags::FOPEN_NOFLUSH
+    /// are to reach the storage (see `Core::flushes`), `FOPEN_KEEP_CACHE`
+    /// while the storage file is unchanged (see `pagecache`; not with
+    /// `passthrough`, where the kernel reads the backing file and refuses
+    /// the open's cache mode).
+    fn fopen(&self, of: &OpenFile, passthrough: bool) -> FopenFlags {
+        let mut f = FopenFlags::empty();
+        if !self.core.flushes(of) {
+            f |= FopenFlags::FOPEN_NOFLUSH;
         }
+        if of.keep_cache && !passthrough {
+            f |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        f
     }
 
     /// Serves request `op` on `ino` with `f` (which replies), given the
@@ -173,6 +179,7 @@ impl Filesystem for Fs {
             // The kernel evicted the inode (FORGET comes once, at eviction).
             self.passthrough.forget(ino.0);
             self.core.fds.forget(ino.0);
+            self.core.pages.forget(ino.0);
         })
     }
 
@@ -350,8 +357,10 @@ impl Filesystem for Fs {
                         .passthrough
                         .registration(fh, &of, &self.core.router, |fd| reply.open_backing(fd))
                     {
-                        Some(id) => reply.opened_passthrough(FileHandle(fh), self.fopen(&of), &id),
-                        None => reply.opened(FileHandle(fh), self.fopen(&of)),
+                        Some(id) => {
+                            reply.opened_passthrough(FileHandle(fh), self.fopen(&of, true), &id)
+                        }
+                        None => reply.opened(FileHandle(fh), self.fopen(&of, false)),
                     }
                 }
                 Err(e) => {
@@ -691,7 +700,7 @@ impl Filesystem for Fs {
                             &attr,
                             Generation(0),
                             FileHandle(fh),
-                            self.fopen(&of),
+                            self.fopen(&of, true),
                             &id,
                         ),
                         None => reply.created(
@@ -699,7 +708,7 @@ impl Filesystem for Fs {
                             &attr,
                             Generation(0),
                             FileHandle(fh),
-                            self.fopen(&of),
+                            self.fopen(&of, false),
                         ),
                     }
                 }

@@ -10,7 +10,8 @@
 //! `kernel_join` (kernel events met with requests, `--ebpf`), `status`
 //! (live state over a unix socket), `nummap` (the hasher of the maps keyed
 //! by handle or inode number), `readers` (which worker reads /dev/fuse),
-//! `fdcache` (shared read-only backing fds), `backing` (passthrough
+//! `fdcache` (shared read-only backing fds), `pagecache` (when the kernel
+//! keeps a file's cached pages at open), `backing` (passthrough
 //! registrations), `mount` (the /dev/fuse mount), `journal_line` (the
 //! journal's record format). Metrics and OTLP export live in
 //! `crate::exporter`.
@@ -28,6 +29,7 @@ pub mod locks;
 pub mod mount;
 pub mod nummap;
 pub mod ops;
+pub mod pagecache;
 pub mod readers;
 pub mod router;
 pub mod spans;
@@ -599,6 +601,11 @@ fn status_snapshot(
         workers: serde_json::Value::Null,
         cached_fds: core.fds.len(),
         close_to_open: core.close_to_open,
+        requests: spans
+            .op_counts()
+            .into_iter()
+            .map(|(op, n, e)| (op.to_string(), [n, e]))
+            .collect(),
     }
 }
 

@@ -22,6 +22,7 @@ use super::idmap::IdMap;
 use super::inodes::InodeTable;
 use super::journal::Journal;
 use super::nummap::NumMap;
+use super::pagecache::PageStamps;
 use super::router::{is_path_error, Retry, Router};
 use super::storage::{self, DirEntry, StorageRoot, SysResult};
 
@@ -45,6 +46,8 @@ pub struct OpenFile {
     pub flags: i32,
     /// Opening process.
     pub pid: u32,
+    /// The kernel may keep its cached pages of the file (see `pagecache`).
+    pub keep_cache: bool,
     cur: RwLock<(u64, Arc<OwnedFd>)>,
 }
 
@@ -74,6 +77,8 @@ pub struct Core {
     files: RwLock<NumMap<u64, Arc<OpenFile>>>,
     /// Read-only backing fds shared by plain read-only opens.
     pub fds: FdCache,
+    /// Storage file stamps at the last open (see `pagecache`).
+    pub pages: PageStamps,
     dirs: Mutex<NumMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
     /// A storage path's file system does work at open and close (NFS-style
@@ -156,6 +161,7 @@ impl Core {
             journal,
             files: RwLock::new(NumMap::default()),
             fds: FdCache::default(),
+            pages: PageStamps::default(),
             dirs: Mutex::new(NumMap::default()),
             next_fh: AtomicU64::new(1),
         }
@@ -367,20 +373,23 @@ impl Core {
         })
     }
 
+    /// Makes a handle for `ino` opened with `flags` by `pid`, served by
+    /// `(path id, fd)`, and journals it.
     fn register(
         &self,
         ino: u64,
         flags: i32,
         pid: u32,
-        path_id: u64,
-        fd: Arc<OwnedFd>,
+        (path_id, fd): (u64, Arc<OwnedFd>),
         rel: &Path,
+        keep_cache: bool,
     ) -> (u64, Arc<OpenFile>) {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let of = Arc::new(OpenFile {
             ino,
             flags,
             pid,
+            keep_cache,
             cur: RwLock::new((path_id, fd)),
         });
         self.files
@@ -403,7 +412,8 @@ impl Core {
         if shareable {
             if let Some((path_id, fd)) = self.fds.get(ino, |p| self.router.usable(p)) {
                 super::router::set_last_path(path_id);
-                return Ok(self.register(ino, oflags, pid, path_id, fd, &rel));
+                let keep = self.keep_cache(ino, &fd);
+                return Ok(self.register(ino, oflags, pid, (path_id, fd), &rel, keep));
             }
         }
         let retry = if flags & CREATE_FLAGS != 0 {
@@ -420,7 +430,8 @@ impl Core {
         if shareable {
             self.fds.put(ino, path_id, &fd);
         }
-        Ok(self.register(ino, oflags, pid, path_id, fd, &rel))
+        let keep = self.keep_cache(ino, &fd);
+        Ok(self.register(ino, oflags, pid, (path_id, fd), &rel, keep))
     }
 
     /// Creates and opens `name`.
@@ -444,17 +455,25 @@ impl Core {
             self.own(r, &rel, uid, gid)?;
             let st = storage::fstat(fd.as_raw_fd())?;
             self.inodes.remember(st.st_ino, &rel);
-            Ok((fd, self.attr(&st)))
+            let attr = self.attr(&st);
+            self.pages.opened(attr.ino.0, &st);
+            Ok((fd, attr))
         })?;
         let (fh, of) = self.register(
             attr.ino.0,
             oflags & !CREATE_FLAGS,
             pid,
-            path_id,
-            Arc::new(fd),
+            (path_id, Arc::new(fd)),
             &rel,
+            false,
         );
         Ok((attr, fh, of))
+    }
+
+    /// Whether the kernel may keep its cached pages of `ino`, just opened
+    /// on `fd` (see `pagecache`); not when the file cannot be stat'ed.
+    fn keep_cache(&self, ino: u64, fd: &OwnedFd) -> bool {
+        storage::fstat(fd.as_raw_fd()).is_ok_and(|st| self.pages.opened(ino, &st))
     }
 
     /// The open file of handle `fh`.
@@ -596,6 +615,8 @@ impl Core {
     }
 
     /// Closes handle `fh`; returns the open file it was.
+    /// A writer's close records the file's stamp (its writes are in the
+    /// kernel's pages, see `pagecache`), when its path still answers.
     pub fn release(&self, fh: u64) -> Option<Arc<OpenFile>> {
         let of = self
             .files
@@ -604,6 +625,14 @@ impl Core {
             .remove(&fh);
         if let Some(j) = &self.journal {
             j.closed(fh);
+        }
+        if let Some(of) = &of {
+            let (path, fd) = of.current();
+            if of.flags & libc::O_ACCMODE != libc::O_RDONLY && self.router.usable(path) {
+                if let Ok(st) = storage::fstat(fd.as_raw_fd()) {
+                    self.pages.wrote(of.ino, &st);
+                }
+            }
         }
         of
     }

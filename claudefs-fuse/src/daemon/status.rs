@@ -54,6 +54,9 @@ pub struct Status {
     /// consistency (see `Core::close_to_open`).
     #[serde(default)]
     pub close_to_open: bool,
+    /// Requests answered per operation: `{op: [answered, errors]}`.
+    #[serde(default)]
+    pub requests: std::collections::BTreeMap<String, [u64; 2]>,
 }
 
 /// Serves `snapshot()` on `dir/status.sock` from a background thread.
@@ -121,5 +124,14 @@ pub fn render(s: &Status) -> String {
         s.recovery.stale_pending_writes
     ));
     o.push_str(&format!("idmap: {}\nspans: {}\n", s.idmap, s.spans));
+    let requests: Vec<String> = s
+        .requests
+        .iter()
+        .map(|(op, [n, e])| match e {
+            0 => format!("{op}={n}"),
+            _ => format!("{op}={n} ({e} failed)"),
+        })
+        .collect();
+    o.push_str(&format!("requests: {}\n", requests.join(" ")));
     o
 }
