@@ -1,8 +1,9 @@
 //! Helpers of the exporter tests: free ports, a tiny HTTP GET, promtool,
 //! a real Prometheus server, and an OTLP trace receiver (gRPC with tonic,
-//! HTTP/protobuf by hand) that keeps every span it gets.
+//! HTTP/protobuf on `claudefs_testkit::serve`) that keeps every span it
+//! gets.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -16,44 +17,19 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
-/// A port nobody listens on now.
+pub use claudefs_testkit::urlencode;
+
+/// A port nobody listens on now (0 if none could be found).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    claudefs_testkit::free_port().unwrap_or(0)
 }
 
 /// `GET path` on 127.0.0.1:port; the body on 200.
 pub fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("bad HTTP answer"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        anyhow::bail!("{}", head.lines().next().unwrap_or(""));
+    match claudefs_testkit::get(port, path, Duration::from_secs(10))? {
+        (200, body) => Ok(body),
+        (code, body) => anyhow::bail!("HTTP {code}: {body}"),
     }
-    Ok(body.to_string())
-}
-
-/// Percent-encodes a query string value.
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Runs `promtool check metrics` on `text`: (success, its output).
@@ -205,47 +181,17 @@ pub fn http_receiver() -> anyhow::Result<(u16, Received)> {
     Ok((port, got))
 }
 
-fn serve_http(mut c: TcpStream, got: &Received) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        // Headers.
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match c.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            match c.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body = buf[head_end..head_end + len].to_vec();
-        buf.drain(..head_end + len);
+/// Keeps each `POST /v1/traces` of the connection; answers every
+/// request with an empty `ExportTraceServiceResponse`.
+fn serve_http(c: TcpStream, got: &Received) {
+    claudefs_testkit::serve(c, |head, body| {
         if head.starts_with("post /v1/traces") {
-            if let Ok(req) = ExportTraceServiceRequest::decode(body.as_slice()) {
+            if let Ok(req) = ExportTraceServiceRequest::decode(body) {
                 got.lock().unwrap().push(req);
             }
         }
-        let reply = ExportTraceServiceResponse::default().encode_to_vec();
-        let _ = write!(
-            c,
-            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
-            reply.len()
-        );
-        let _ = c.write_all(&reply);
-    }
+        ExportTraceServiceResponse::default().encode_to_vec()
+    });
 }
 
 #[derive(Clone)]

@@ -3,7 +3,6 @@
 //! with free 127.0.0.1 ports; everything is stopped and removed on drop.
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,10 +15,6 @@ use super::prom::{http_get, wait_for};
 pub const SCRAPE_S: u64 = 1;
 /// Its job name for the daemon.
 pub const JOB: &str = "claudefs-fuse";
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 fn is_mounted(dir: &Path) -> bool {
     let want = dir.to_string_lossy().replace(' ', "\\040");
@@ -98,9 +93,9 @@ impl Env {
             state: tmp.join("state"),
             idmap: tmp.join("idmap"),
             tmp,
-            metrics_port: free_port()?,
-            prom_port: free_port()?,
-            otlp_port: free_port()?,
+            metrics_port: claudefs_testkit::free_port()?,
+            prom_port: claudefs_testkit::free_port()?,
+            otlp_port: claudefs_testkit::free_port()?,
             bindfs: None,
             daemon: None,
             prometheus: None,

@@ -2,8 +2,6 @@
 //! the exporter), over std's TcpStream: HTTP/1.0 requests, JSON answers.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -30,7 +28,13 @@ pub fn series(prom: u16, expr: &str) -> Result<usize> {
 pub fn query(prom: u16, path: &str, params: &[(&str, &str)]) -> Result<Value> {
     let qs: Vec<String> = params
         .iter()
-        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                claudefs_testkit::urlencode(k),
+                claudefs_testkit::urlencode(v)
+            )
+        })
         .collect();
     let url = if qs.is_empty() {
         path.to_string()
@@ -50,60 +54,10 @@ pub fn query(prom: u16, path: &str, params: &[(&str, &str)]) -> Result<Value> {
     Ok(json["data"].clone())
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// A plain HTTP/1.0 GET on 127.0.0.1: (status, body).
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Ok((
-        code,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_string()
-        },
-    ))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    claudefs_testkit::get(port, path, Duration::from_secs(20))
+        .with_context(|| format!("GET 127.0.0.1:{port}{path}"))
 }
 
 pub fn unix_now() -> f64 {

@@ -227,40 +227,9 @@ impl Drop for OtlpSink {
 }
 
 /// HTTP/1.1 requests on one connection, each answered `200 OK`.
-fn serve_otlp(mut conn: std::net::TcpStream, requests: &AtomicU64) {
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        // Headers, then a Content-Length body.
-        let head_end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        buf.drain(..head_end + len);
+fn serve_otlp(conn: std::net::TcpStream, requests: &AtomicU64) {
+    claudefs_testkit::serve(conn, |_, _| {
         requests.fetch_add(1, Ordering::Relaxed);
-        let reply =
-            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
-        if conn.write_all(reply.as_bytes()).is_err() {
-            return;
-        }
-    }
+        Vec::new()
+    });
 }
