@@ -17,6 +17,16 @@ fn path_state(m: &MountGuard, id: usize) -> String {
         .unwrap_or_default()
 }
 
+/// The daemon over one storage path: the test file system `storage`.
+fn mount_over(storage: &MountedFs, dir: &Path) -> MountGuard {
+    MountGuard::start(
+        &dir.join("mnt"),
+        &dir.join("state"),
+        &["--path".into(), storage.mountpoint.display().to_string()],
+    )
+    .unwrap()
+}
+
 #[test]
 fn failover_to_second_path_and_back() {
     if fuse_unavailable().is_some() {
@@ -283,12 +293,7 @@ fn a_hanging_storage_request_does_not_hold_up_others() {
     })
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let m = MountGuard::start(
-        &tmp.path().join("mnt"),
-        &tmp.path().join("state"),
-        &["--path".into(), storage.mountpoint.display().to_string()],
-    )
-    .unwrap();
+    let m = mount_over(&storage, tmp.path());
     let mnt = m.mnt.clone();
     assert_eq!(fs::read(mnt.join("a")).unwrap(), testfs::CONTENT);
     // All workers read at first; one request at a time leaves a single
@@ -361,12 +366,7 @@ fn close_reports_storage_close_errors_and_fsyncdir_reaches_storage() {
     })
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let m = MountGuard::start(
-        &tmp.path().join("mnt"),
-        &tmp.path().join("state"),
-        &["--path".into(), storage.mountpoint.display().to_string()],
-    )
-    .unwrap();
+    let m = mount_over(&storage, tmp.path());
     let close = |f: fs::File| {
         use std::os::fd::IntoRawFd;
         // SAFETY: the fd was just taken out of the File, closed once here.

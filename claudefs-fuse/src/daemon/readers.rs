@@ -430,6 +430,13 @@ mod tests {
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }
 
+    /// A worker that takes one request and leaves: it parks while another
+    /// worker reads.
+    fn parked_worker(r: &Arc<Readers>) -> std::thread::JoinHandle<()> {
+        let r = r.clone();
+        std::thread::spawn(move || drop(r.enter(false)))
+    }
+
     /// Queues a "request" on the pipe.
     fn queue_one(wr: &OwnedFd) {
         // SAFETY: writes one byte from a valid buffer.
@@ -494,10 +501,7 @@ mod tests {
     fn watch_wakes_a_parked_worker_when_requests_queue_and_closes_on_hangup() {
         let (rd, wr) = pipe();
         let r = Arc::new(Readers::new(2, Duration::ZERO, false));
-        let parked = {
-            let r = r.clone();
-            std::thread::spawn(move || drop(r.enter(false)))
-        };
+        let parked = parked_worker(&r);
         wait_for("parks", || r.parked() == 1);
         let busy = r.enter(false); // the reader is now stuck in a request
         assert!(r.watch_once(&rd), "nothing queued yet");
@@ -531,10 +535,7 @@ mod tests {
         // Worker A parks; worker B counts as reading but never reads again
         // (its thread ended), so queued requests stay queued.
         let r = Arc::new(Readers::new(2, Duration::ZERO, false));
-        let a = {
-            let r = r.clone();
-            std::thread::spawn(move || drop(r.enter(false)))
-        };
+        let a = parked_worker(&r);
         wait_for("parks", || r.parked() == 1);
         queue_one(&wr);
         assert!(r.watch_once(&rd));
@@ -634,10 +635,7 @@ mod tests {
         let (rd, wr) = pipe();
         let r = Arc::new(Readers::new(2, Duration::ZERO, true));
         r.spawn_watch(rd).unwrap();
-        let parked = {
-            let r = r.clone();
-            std::thread::spawn(move || drop(r.enter(false)))
-        };
+        let parked = parked_worker(&r);
         wait_for("parks", || r.parked() == 1);
         // Every answer of the lone reader finds a request already queued.
         queue_one(&wr);
@@ -661,13 +659,9 @@ mod tests {
         let rd2 = rd.try_clone().unwrap();
         let r = Arc::new(Readers::new(3, Duration::ZERO, true));
         r.spawn_watch(rd).unwrap();
-        let park = || {
-            let r = r.clone();
-            std::thread::spawn(move || drop(r.enter(false)))
-        };
-        let a = park();
+        let a = parked_worker(&r);
         wait_for("A parks", || r.parked() == 1);
-        let b = park();
+        let b = parked_worker(&r);
         wait_for("B parks", || r.parked() == 2);
         queue_one(&wr);
         for _ in 0..BACKLOG_STREAK {
@@ -680,7 +674,7 @@ mod tests {
         // parks again (its thread here stands in for it), so this test's
         // thread is the lone reader once more, with the streak still on.
         drain(&rd2);
-        let c = park();
+        let c = parked_worker(&r);
         wait_for("the woken worker parks again", || r.parked() == 2);
         queue_one(&wr);
         for _ in 0..RECHECK_EVERY {
@@ -701,10 +695,7 @@ mod tests {
     fn a_request_that_just_arrived_on_an_idle_mount_is_not_a_stall() {
         let (rd, wr) = pipe();
         let r = Arc::new(Readers::new(2, Duration::ZERO, false));
-        let parked = {
-            let r = r.clone();
-            std::thread::spawn(move || drop(r.enter(false)))
-        };
+        let parked = parked_worker(&r);
         wait_for("parks", || r.parked() == 1);
         // Idle: nothing entered for several looks.
         assert!(r.watch_once(&rd));
