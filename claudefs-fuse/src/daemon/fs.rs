@@ -19,7 +19,7 @@ use fuser::{
 };
 
 use super::backing::Passthrough;
-use super::locks::{Locks, Outcome};
+use super::locks::Locks;
 use super::ops::{Core, OpenFile};
 use super::readers::Readers;
 use super::spans::{Op, ReqSpan, Spans};
@@ -752,14 +752,13 @@ impl Filesystem for Fs {
         self.serve(const { Op::new("setlk") }, req, ino.0, |sp| {
             // A parked request counts as answered here: its span is the
             // daemon's part (queueing it), its wait is in the flock metrics.
+            // The span ends before the reply goes out, as for every request
+            // (with `--ebpf` the kernel's end event then finds it).
             let outcome = self
                 .locks
                 .setlk(ino.0, lock_owner.0, pid, req.pid(), typ, sleep, reply);
-            let errno = match outcome {
-                Outcome::Error(e) => Some(e),
-                Outcome::Granted | Outcome::Parked => None,
-            };
-            self.spans.end(sp, None, None, errno);
+            self.spans.end(sp, None, None, outcome.errno());
+            outcome.send();
         })
     }
 

@@ -131,12 +131,33 @@ pub struct Locks {
     stop: AtomicBool,
 }
 
-/// What [`Locks::setlk`] answered (or that it parked the request).
-#[derive(Debug, PartialEq, Eq)]
+/// What [`Locks::setlk`] decided: the answer for the caller to send (so
+/// that it can end the request's span first), or that it parked the
+/// request (the reply goes out when the lock is granted).
+#[derive(Debug)]
 pub enum Outcome {
-    Granted,
-    Error(i32),
+    /// Reply with success (`None`) or this errno.
+    Answer(ReplyEmpty, Option<i32>),
     Parked,
+}
+
+impl Outcome {
+    /// The errno of an answer.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Outcome::Answer(_, e) => *e,
+            Outcome::Parked => None,
+        }
+    }
+
+    /// Sends the answer (a parked request has none yet).
+    pub fn send(self) {
+        match self {
+            Outcome::Answer(reply, None) => reply.ok(),
+            Outcome::Answer(reply, Some(e)) => reply.error(Errno::from_i32(e)),
+            Outcome::Parked => {}
+        }
+    }
 }
 
 /// Whether process `pid` has a single thread (false if unknown).
@@ -173,8 +194,7 @@ impl Locks {
             libc::F_WRLCK => FlockType::Exclusive,
             libc::F_UNLCK => FlockType::Unlock,
             _ => {
-                reply.error(Errno::EINVAL);
-                return Outcome::Error(libc::EINVAL);
+                return Outcome::Answer(reply, Some(libc::EINVAL));
             }
         };
         let mut inner = self.lock();
@@ -183,9 +203,7 @@ impl Locks {
             // A waiter of this open file description (another thread) stays queued.
             Self::wake(&mut inner, ino);
             inner.answered(ft, sleep, since, false);
-            drop(inner);
-            reply.ok();
-            return Outcome::Granted;
+            return Outcome::Answer(reply, None);
         }
         inner.inos.insert(ino);
         let conflict = inner
@@ -203,21 +221,15 @@ impl Locks {
         match conflict {
             FlockConflict::None => {
                 inner.answered(ft, sleep, since, false);
-                drop(inner);
-                reply.ok();
-                Outcome::Granted
+                Outcome::Answer(reply, None)
             }
             FlockConflict::Deadlock => {
                 inner.answered(ft, sleep, since, false);
-                drop(inner);
-                reply.error(Errno::from_i32(libc::EDEADLK));
-                Outcome::Error(libc::EDEADLK)
+                Outcome::Answer(reply, Some(libc::EDEADLK))
             }
             FlockConflict::WouldBlock { .. } if !sleep => {
                 inner.answered(ft, sleep, since, true);
-                drop(inner);
-                reply.error(Errno::from_i32(libc::EWOULDBLOCK));
-                Outcome::Error(libc::EWOULDBLOCK)
+                Outcome::Answer(reply, Some(libc::EWOULDBLOCK))
             }
             FlockConflict::WouldBlock { .. } => {
                 if inner.reg.has_lock(owner, ino) {
@@ -230,9 +242,7 @@ impl Locks {
                         == FlockConflict::None
                     {
                         inner.answered(ft, sleep, since, false);
-                        drop(inner);
-                        reply.ok();
-                        return Outcome::Granted;
+                        return Outcome::Answer(reply, None);
                     }
                 }
                 inner.queues.entry(ino).or_default().push_back(Waiter {
