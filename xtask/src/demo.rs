@@ -195,10 +195,13 @@ impl Mounted {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new("fusermount3")
-            .args(["-u", "-z"])
-            .arg(&self.mnt)
-            .status();
+        // A daemon that could not unmount leaves a mount to detach.
+        if is_mountpoint(&self.mnt) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.mnt)
+                .status();
+        }
     }
 }
 
