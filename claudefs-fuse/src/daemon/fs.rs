@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    AccessFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
@@ -113,6 +113,30 @@ impl Fs {
         }
     }
 
+    /// Ends the span of a request answered with success or an errno, and
+    /// sends that answer.
+    fn answer_empty(
+        &self,
+        sp: Option<ReqSpan>,
+        r: SysResult<()>,
+        fh: Option<u64>,
+        reply: ReplyEmpty,
+    ) {
+        match self.fin(sp, r, fh, |_| 0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Ends the span of a request answered with a directory entry (or an
+    /// errno), and sends that answer.
+    fn answer_entry(&self, sp: Option<ReqSpan>, r: SysResult<FileAttr>, reply: ReplyEntry) {
+        match self.fin(sp, r, None, |_| 0) {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn fin<T>(
         &self,
         sp: Option<ReqSpan>,
@@ -162,15 +186,9 @@ impl Filesystem for Fs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.serve(
-            const { Op::new("lookup") },
-            req,
-            parent.0,
-            |sp| match self.fin(sp, self.core.lookup(parent.0, name), None, |_| 0) {
-                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            },
-        )
+        self.serve(const { Op::new("lookup") }, req, parent.0, |sp| {
+            self.answer_entry(sp, self.core.lookup(parent.0, name), reply)
+        })
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -246,10 +264,7 @@ impl Filesystem for Fs {
             let r = self
                 .core
                 .mknod(parent.0, name, mode, rdev, req.uid(), req.gid());
-            match self.fin(sp, r, None, |_| 0) {
-                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            }
+            self.answer_entry(sp, r, reply)
         })
     }
 
@@ -264,31 +279,19 @@ impl Filesystem for Fs {
     ) {
         self.serve(const { Op::new("mkdir") }, req, parent.0, |sp| {
             let r = self.core.mkdir(parent.0, name, mode, req.uid(), req.gid());
-            match self.fin(sp, r, None, |_| 0) {
-                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            }
+            self.answer_entry(sp, r, reply)
         })
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.serve(
-            const { Op::new("unlink") },
-            req,
-            parent.0,
-            |sp| match self.fin(sp, self.core.unlink(parent.0, name, false), None, |_| 0) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            },
-        )
+        self.serve(const { Op::new("unlink") }, req, parent.0, |sp| {
+            self.answer_empty(sp, self.core.unlink(parent.0, name, false), None, reply)
+        })
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.serve(const { Op::new("rmdir") }, req, parent.0, |sp| {
-            match self.fin(sp, self.core.unlink(parent.0, name, true), None, |_| 0) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            self.answer_empty(sp, self.core.unlink(parent.0, name, true), None, reply)
         })
     }
 
@@ -304,10 +307,7 @@ impl Filesystem for Fs {
             let r = self
                 .core
                 .symlink(parent.0, link_name, target, req.uid(), req.gid());
-            match self.fin(sp, r, None, |_| 0) {
-                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            }
+            self.answer_entry(sp, r, reply)
         })
     }
 
@@ -325,10 +325,7 @@ impl Filesystem for Fs {
             let r = self
                 .core
                 .rename(parent.0, name, newparent.0, newname, flags.bits());
-            match self.fin(sp, r, None, |_| 0) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            self.answer_empty(sp, r, None, reply)
         })
     }
 
@@ -341,10 +338,7 @@ impl Filesystem for Fs {
         reply: ReplyEntry,
     ) {
         self.serve(const { Op::new("link") }, req, ino.0, |sp| {
-            match self.fin(sp, self.core.link(ino.0, newparent.0, newname), None, |_| 0) {
-                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            }
+            self.answer_entry(sp, self.core.link(ino.0, newparent.0, newname), reply)
         })
     }
 
@@ -425,10 +419,7 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         self.serve(FLUSH, req, ino.0, |sp| {
-            match self.fin(sp, self.core.flush(fh.0), Some(fh.0), |_| 0) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            self.answer_empty(sp, self.core.flush(fh.0), Some(fh.0), reply)
         })
     }
 
@@ -462,10 +453,7 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         self.serve(FSYNC, req, ino.0, |sp| {
-            match self.fin(sp, self.core.fsync(fh.0, datasync), Some(fh.0), |_| 0) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            self.answer_empty(sp, self.core.fsync(fh.0, datasync), Some(fh.0), reply)
         })
     }
 
@@ -567,10 +555,7 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         self.serve(FSYNCDIR, req, ino.0, |sp| {
-            match self.fin(sp, self.core.fsyncdir(ino.0, datasync), None, |_| 0) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+            self.answer_empty(sp, self.core.fsyncdir(ino.0, datasync), None, reply)
         })
     }
 
@@ -603,15 +588,12 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         self.serve(const { Op::new("setxattr") }, req, ino.0, |sp| {
-            match self.fin(
+            self.answer_empty(
                 sp,
                 self.core.setxattr(ino.0, name, value, flags),
                 None,
-                |_| 0,
-            ) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+                reply,
+            )
         })
     }
 
@@ -641,28 +623,19 @@ impl Filesystem for Fs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.serve(
-            const { Op::new("removexattr") },
-            req,
-            ino.0,
-            |sp| match self.fin(sp, self.core.removexattr(ino.0, name), None, |_| 0) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            },
-        )
+        self.serve(const { Op::new("removexattr") }, req, ino.0, |sp| {
+            self.answer_empty(sp, self.core.removexattr(ino.0, name), None, reply)
+        })
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         self.serve(const { Op::new("access") }, req, ino.0, |sp| {
-            match self.fin(
+            self.answer_empty(
                 sp,
                 self.core.access(ino.0, mask.bits(), req.uid(), req.gid()),
                 None,
-                |_| 0,
-            ) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+                reply,
+            )
         })
     }
 
@@ -773,15 +746,12 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         self.serve(FALLOCATE, req, ino.0, |sp| {
-            match self.fin(
+            self.answer_empty(
                 sp,
                 self.core.fallocate(fh.0, offset, length, mode),
                 Some(fh.0),
-                |_| 0,
-            ) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+                reply,
+            )
         })
     }
 
