@@ -52,6 +52,11 @@ pub struct OpenFile {
 }
 
 impl OpenFile {
+    /// Open for writing (`O_WRONLY` or `O_RDWR`).
+    pub fn writable(&self) -> bool {
+        self.flags & libc::O_ACCMODE != libc::O_RDONLY
+    }
+
     /// (path id, fd) currently serving this file.
     pub fn current(&self) -> (u64, Arc<OwnedFd>) {
         let c = self.cur.read().unwrap_or_else(|p| p.into_inner());
@@ -586,7 +591,7 @@ impl Core {
     /// close. Otherwise the open says `FOPEN_NOFLUSH`, which spares every
     /// close(2) a round trip to the daemon.
     pub fn flushes(&self, of: &OpenFile) -> bool {
-        self.close_to_open && of.flags & libc::O_ACCMODE != libc::O_RDONLY
+        self.close_to_open && of.writable()
     }
 
     /// A close of a descriptor of handle `fh` (FLUSH): the storage's
@@ -595,7 +600,7 @@ impl Core {
     /// Not replayed on another path.
     pub fn flush(&self, fh: u64) -> SysResult<()> {
         let of = self.file(fh)?;
-        if of.flags & libc::O_ACCMODE == libc::O_RDONLY {
+        if !of.writable() {
             return Ok(());
         }
         self.with_file(&of, Retry::Once, storage::flush)
@@ -628,7 +633,7 @@ impl Core {
         }
         if let Some(of) = &of {
             let (path, fd) = of.current();
-            if of.flags & libc::O_ACCMODE != libc::O_RDONLY && self.router.usable(path) {
+            if of.writable() && self.router.usable(path) {
                 if let Ok(st) = storage::fstat(fd.as_raw_fd()) {
                     self.pages.wrote(of.ino, &st);
                 }
