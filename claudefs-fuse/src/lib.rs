@@ -3,7 +3,8 @@
 //!
 //! The five Phase-6 modules (`crash_recovery`, `flock`, `idmap`,
 //! `multipath`, `otel_trace`) are dependency-free building blocks; `daemon`
-//! makes them a mountable file system, `probes` loads the kernel side and
+//! makes them a mountable file system over `session` (the daemon's own
+//! FUSE protocol and transports), `probes` loads the kernel side and
 //! `triage` turns what it records into a report.
 
 pub mod cli;
@@ -17,5 +18,6 @@ pub mod inode;
 pub mod multipath;
 pub mod otel_trace;
 pub mod probes;
+pub mod session;
 pub mod tracing_client;
 pub mod triage;

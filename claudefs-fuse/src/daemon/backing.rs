@@ -15,13 +15,13 @@
 //! about a second), and at unmount.
 //!
 //! [`BackingCache`] is the bookkeeping (generic, tested without a kernel);
-//! [`Passthrough`] is the daemon's use of it with fuser's `BackingId`.
+//! [`Passthrough`] is the daemon's use of it with the session's `BackingId`.
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fuser::BackingId;
+use crate::session::BackingId;
 
 use super::nummap::NumMap;
 use super::ops::OpenFile;
@@ -44,7 +44,7 @@ struct Entry<T> {
     used: u64,
 }
 
-/// The registrations, generic over the kernel's id type (fuser's
+/// The registrations, generic over the kernel's id type (the session's
 /// `BackingId`, which unregisters on drop) so the bookkeeping is testable.
 #[derive(Debug)]
 pub struct BackingCache<T> {

@@ -1,34 +1,28 @@
-//! The thin fuser boundary: each `Filesystem` method opens a span, calls
-//! the core (`ops.rs`), locks (`locks.rs`), and replies with the value or
-//! the errno. Every request gets exactly one reply; a panic in a handler is
-//! caught (the dropped reply answers `EIO`) and never takes a worker down.
-//! Each storage request passes the reader hand-off (`readers`).
+//! The thin boundary between the session and the core: [`Fs`] is the
+//! session's [`Handler`]. Each request opens a span, calls the core
+//! (`ops.rs`) or the lock service (`locks.rs`), and answers with the value
+//! or the errno; the span ends with the storage path the core noted.
+//! Every request gets exactly one answer (the session's `Reply` answers
+//! `EIO` if a handler drops it, a panic included).
 
 use std::ffi::OsStr;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
-use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
-};
-
+use super::attr::{FileAttr, SetTime, Timestamp};
 use super::backing::Passthrough;
 use super::locks::Locks;
-use super::ops::{Core, OpenFile};
-use super::readers::Readers;
+use super::ops::{Core, OpenFile, Served};
 use super::spans::{Op, ReqSpan, Spans};
 use super::storage::SysResult;
+use crate::session::abi::{self, fattr, fopen};
+use crate::session::{BackingId, Device, DirBuf, Handler, InitState, Operation, Reply, Request};
 
-/// Attribute and entry cache time.
-const TTL: Duration = Duration::from_secs(1);
+/// Attribute and entry cache time, seconds.
+const TTL_SECS: u64 = 1;
 
-/// The `fuser::Filesystem` of the daemon.
+/// The session handler of the daemon.
 #[derive(Debug)]
 pub struct Fs {
     pub core: Arc<Core>,
@@ -36,739 +30,645 @@ pub struct Fs {
     pub spans: Arc<Spans>,
     /// Kernel passthrough of open files (see `backing`).
     pub passthrough: Arc<Passthrough>,
-    /// Set when the kernel took FUSE_FLOCK_LOCKS.
-    pub flock: Arc<AtomicBool>,
-    /// Which worker reads the device (see `readers`).
-    pub readers: Arc<Readers>,
+    /// The kernel took FUSE_FLOCK_LOCKS.
+    pub flock: AtomicBool,
+    /// The kernel took HANDLE_KILLPRIV_V2: the daemon clears suid/sgid.
+    killpriv: AtomicBool,
+    /// The connection's device, for passthrough registrations.
+    dev: OnceLock<Arc<Device>>,
 }
 
 const FSYNC: Op = Op::new("fsync");
 const FSYNCDIR: Op = Op::new("fsyncdir");
 const FALLOCATE: Op = Op::new("fallocate");
-const FLUSH: Op = Op::new("flush");
-/// Requests that may take long whatever the storage's latency. (A flush
-/// is not one: it is instant for most handles, and one that writes back
-/// a storage cache for long is caught by the stalled-reader watch.)
-const MAY_BLOCK: [Op; 3] = [FSYNC, FSYNCDIR, FALLOCATE];
 
-fn err(e: i32) -> Errno {
-    Errno::from_i32(e)
+/// The kernel's attributes of `a`.
+fn attr_out(a: &FileAttr) -> abi::Attr {
+    abi::Attr {
+        ino: a.ino,
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime.sec as u64,
+        mtime: a.mtime.sec as u64,
+        ctime: a.ctime.sec as u64,
+        atimensec: a.atime.nsec,
+        mtimensec: a.mtime.nsec,
+        ctimensec: a.ctime.nsec,
+        mode: a.kind.mode_bits() | u32::from(a.perm),
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
 }
 
-/// Runs `f`, the handler of `op`, catching a panic (a dropped reply
-/// answers `EIO`): for the requests that need no storage and no span.
-fn guarded(op: &str, f: impl FnOnce()) {
-    if catch_unwind(AssertUnwindSafe(f)).is_err() {
-        tracing::error!(op, "request handler panicked");
+/// The kernel's entry of `a` (a lookup it now holds).
+fn entry_out(a: &FileAttr) -> abi::EntryOut {
+    abi::EntryOut {
+        nodeid: a.ino,
+        generation: 0,
+        entry_valid: TTL_SECS,
+        attr_valid: TTL_SECS,
+        entry_valid_nsec: 0,
+        attr_valid_nsec: 0,
+        attr: attr_out(a),
+    }
+}
+
+/// The time SETATTR sets from `valid` bits `set` / `now`.
+fn set_time(valid: u32, set: u32, now: u32, sec: u64, nsec: u32) -> Option<SetTime> {
+    if valid & now != 0 {
+        Some(SetTime::Now)
+    } else if valid & set != 0 {
+        Some(SetTime::At(Timestamp {
+            sec: sec as i64,
+            nsec,
+        }))
+    } else {
+        None
     }
 }
 
 impl Fs {
-    pub fn new(
-        core: Arc<Core>,
-        locks: Arc<Locks>,
-        spans: Arc<Spans>,
-        readers: Arc<Readers>,
-        passthrough: bool,
-    ) -> Self {
+    pub fn new(core: Arc<Core>, locks: Arc<Locks>, spans: Arc<Spans>, passthrough: bool) -> Self {
         Self {
             core,
             locks,
             spans,
             passthrough: Arc::new(Passthrough::new(passthrough)),
-            flock: Arc::new(AtomicBool::new(false)),
-            readers,
+            flock: AtomicBool::new(false),
+            killpriv: AtomicBool::new(false),
+            dev: OnceLock::new(),
         }
     }
 
-    /// Open flags of a reply for `of`: `FOPEN_NOFLUSH` unless its closes
-    /// are to reach the storage (see `Core::flushes`), `FOPEN_KEEP_CACHE`
-    /// while the storage file is unchanged (see `pagecache`; not with
-    /// `passthrough`, where the kernel reads the backing file and refuses
-    /// the open's cache mode).
-    fn fopen(&self, of: &OpenFile, passthrough: bool) -> FopenFlags {
-        let mut f = FopenFlags::empty();
+    /// Takes what INIT agreed on the connection `dev`.
+    pub fn connected(&self, state: &InitState, dev: Arc<Device>) {
+        use abi::init_flags as f;
+        self.flock
+            .store(state.has(f::FLOCK_LOCKS), Ordering::Relaxed);
+        if !state.has(f::FLOCK_LOCKS) {
+            tracing::warn!("kernel lacks FUSE_FLOCK_LOCKS: flock is served by the kernel locally");
+        }
+        self.killpriv
+            .store(state.has(f::HANDLE_KILLPRIV_V2), Ordering::Relaxed);
+        if self.passthrough.wanted() && !state.has(f::PASSTHROUGH) {
+            tracing::warn!("kernel does not offer FUSE passthrough; --passthrough ignored");
+            self.passthrough.turn_off();
+        }
+        let _ = self.dev.set(dev);
+    }
+
+    /// Open flags of an answer for `of` (see `Core::flushes`, `pagecache`;
+    /// no `FOPEN_KEEP_CACHE` with `passthrough`, where the kernel reads the
+    /// backing file and refuses the open's cache mode).
+    fn fopen(&self, of: &OpenFile, passthrough: bool) -> u32 {
+        let mut f = 0;
         if !self.core.flushes(of) {
-            f |= FopenFlags::FOPEN_NOFLUSH;
+            f |= fopen::NOFLUSH;
         }
         if of.keep_cache && !passthrough {
-            f |= FopenFlags::FOPEN_KEEP_CACHE;
+            f |= fopen::KEEP_CACHE;
         }
         f
     }
 
-    /// Serves request `op` on `ino` with `f` (which replies), given the
-    /// request's span: the reader hand-off around it (see `readers`: fsync,
-    /// fsyncdir and fallocate may block, and every request while a storage
-    /// path is slow) and a panic guard.
-    fn serve(&self, op: Op, req: &Request, ino: u64, f: impl FnOnce(Option<ReqSpan>)) {
-        let may_block = MAY_BLOCK.contains(&op) || self.core.router.slow();
-        let _serving = self.readers.enter(may_block);
-        let spans = &self.spans;
-        let served = catch_unwind(AssertUnwindSafe(|| {
-            f(spans.begin(op, req.unique().0, ino, req.uid(), req.pid()));
-        }));
-        if served.is_err() {
-            tracing::error!(op = op.name(), "request handler panicked; replied EIO");
+    /// The open answer for handle `fh` of `of`: with a passthrough
+    /// registration when passthrough is on.
+    fn open_out(&self, fh: u64, of: &OpenFile) -> abi::OpenOut {
+        let reg = self
+            .passthrough
+            .registration(fh, of, &self.core.router, |fd| {
+                let dev = self
+                    .dev
+                    .get()
+                    .ok_or_else(|| std::io::Error::other("no device"))?;
+                BackingId::open(dev, fd.as_fd())
+            });
+        match reg {
+            Some(id) => abi::OpenOut {
+                fh,
+                open_flags: self.fopen(of, true) | fopen::PASSTHROUGH,
+                backing_id: id.id() as i32,
+            },
+            None => abi::OpenOut {
+                fh,
+                open_flags: self.fopen(of, false),
+                backing_id: 0,
+            },
         }
     }
 
-    /// Ends the span of a request answered with success or an errno, and
-    /// sends that answer.
-    fn answer_empty(
+    /// Ends the span of a request served as `cx` says, with result `r`.
+    fn fin<T>(
         &self,
         sp: Option<ReqSpan>,
+        cx: &Served,
+        r: SysResult<T>,
+        fh: Option<u64>,
+        bytes: impl Fn(&T) -> u64,
+    ) -> SysResult<T> {
+        match &r {
+            Ok(v) => {
+                let b = bytes(v);
+                self.spans
+                    .end(sp, cx.path(), fh, (b > 0).then_some(b), None)
+            }
+            Err(e) => self.spans.end(sp, cx.path(), fh, None, Some(*e)),
+        }
+        r
+    }
+
+    /// Ends the span and answers success or the errno.
+    fn empty(
+        &self,
+        sp: Option<ReqSpan>,
+        cx: &Served,
         r: SysResult<()>,
         fh: Option<u64>,
-        reply: ReplyEmpty,
+        reply: Reply,
     ) {
-        match self.fin(sp, r, fh, |_| 0) {
+        match self.fin(sp, cx, r, fh, |_| 0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
-    /// Ends the span of a request answered with a directory entry (or an
-    /// errno), and sends that answer.
-    fn answer_entry(&self, sp: Option<ReqSpan>, r: SysResult<FileAttr>, reply: ReplyEntry) {
-        match self.fin(sp, r, None, |_| 0) {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+    /// Ends the span and answers an entry or the errno.
+    fn entry(&self, sp: Option<ReqSpan>, cx: &Served, r: SysResult<FileAttr>, reply: Reply) {
+        match self.fin(sp, cx, r, None, |_| 0) {
+            Ok(a) => reply.pod(&entry_out(&a)),
             Err(e) => reply.error(e),
         }
     }
 
-    fn fin<T>(
+    /// Ends the span and answers attributes or the errno.
+    fn attr(
         &self,
         sp: Option<ReqSpan>,
-        r: SysResult<T>,
+        cx: &Served,
+        r: SysResult<FileAttr>,
         fh: Option<u64>,
-        bytes: impl Fn(&T) -> u64,
-    ) -> Result<T, Errno> {
+        reply: Reply,
+    ) {
+        match self.fin(sp, cx, r, fh, |_| 0) {
+            Ok(a) => reply.pod(&abi::AttrOut {
+                attr_valid: TTL_SECS,
+                attr_valid_nsec: 0,
+                dummy: 0,
+                attr: attr_out(&a),
+            }),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Ends the span and answers bytes (or their size when the kernel
+    /// asked with size 0: xattrs) or the errno.
+    fn sized(
+        &self,
+        sp: Option<ReqSpan>,
+        cx: &Served,
+        r: SysResult<(usize, Vec<u8>)>,
+        size: u32,
+        reply: Reply,
+    ) {
+        match self.fin(sp, cx, r, None, |v| v.0 as u64) {
+            Ok((n, _)) if size == 0 => reply.pod(&abi::GetxattrOut {
+                size: n as u32,
+                padding: 0,
+            }),
+            Ok((_, v)) => reply.data(&v),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Clears suid/sgid of `ino` when the kernel asks (`asked`).
+    fn kill_suidgid(&self, cx: &Served, ino: u64, asked: bool) -> SysResult<()> {
+        if asked && self.killpriv.load(Ordering::Relaxed) {
+            self.core.kill_suidgid(cx, ino)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn setattr(
+        &self,
+        sp: Option<ReqSpan>,
+        cx: &Served,
+        ino: u64,
+        a: &abi::SetattrIn,
+        reply: Reply,
+    ) {
+        let v = a.valid;
+        let fh = (v & fattr::FH != 0).then_some(a.fh);
+        let r = self
+            .core
+            .setattr(
+                cx,
+                ino,
+                fh,
+                (v & fattr::MODE != 0).then_some(a.mode),
+                (v & fattr::UID != 0).then_some(a.uid),
+                (v & fattr::GID != 0).then_some(a.gid),
+                (v & fattr::SIZE != 0).then_some(a.size),
+                set_time(v, fattr::ATIME, fattr::ATIME_NOW, a.atime, a.atimensec),
+                set_time(v, fattr::MTIME, fattr::MTIME_NOW, a.mtime, a.mtimensec),
+            )
+            .and_then(|attr| {
+                if v & fattr::KILL_SUIDGID != 0 && self.killpriv.load(Ordering::Relaxed) {
+                    self.core.kill_suidgid(cx, ino)?;
+                    return self.core.getattr(cx, ino, fh);
+                }
+                Ok(attr)
+            });
+        self.attr(sp, cx, r, fh, reply)
+    }
+
+    fn open(
+        &self,
+        sp: Option<ReqSpan>,
+        cx: &Served,
+        req: &Request<'_>,
+        a: &abi::OpenIn,
+        reply: Reply,
+    ) {
+        let ino = req.nodeid();
+        let r = self
+            .core
+            .open(cx, ino, a.flags as i32, req.pid())
+            .and_then(|o| {
+                self.kill_suidgid(cx, ino, a.open_flags & abi::OPEN_KILL_SUIDGID != 0)?;
+                Ok(o)
+            });
         match r {
-            Ok(v) => {
-                let b = bytes(&v);
-                self.spans
-                    .end(sp, fh, if b > 0 { Some(b) } else { None }, None);
-                Ok(v)
+            Ok((fh, of)) => {
+                self.spans.end(sp, cx.path(), Some(fh), None, None);
+                reply.pod(&self.open_out(fh, &of))
             }
             Err(e) => {
-                self.spans.end(sp, fh, None, Some(e));
-                Err(err(e))
+                self.spans.end(sp, cx.path(), None, None, Some(e));
+                reply.error(e)
             }
         }
+    }
+
+    fn create(
+        &self,
+        sp: Option<ReqSpan>,
+        cx: &Served,
+        req: &Request<'_>,
+        a: &abi::CreateIn,
+        name: &OsStr,
+        reply: Reply,
+    ) {
+        let r = self.core.create(
+            cx,
+            req.nodeid(),
+            name,
+            a.mode,
+            a.flags as i32,
+            req.uid(),
+            req.gid(),
+            req.pid(),
+        );
+        let r = r.and_then(|o| {
+            self.kill_suidgid(cx, o.0.ino, a.open_flags & abi::OPEN_KILL_SUIDGID != 0)?;
+            Ok(o)
+        });
+        match r {
+            Ok((attr, fh, of)) => {
+                self.spans.end(sp, cx.path(), Some(fh), None, None);
+                reply.pod2(&entry_out(&attr), &self.open_out(fh, &of))
+            }
+            Err(e) => {
+                self.spans.end(sp, cx.path(), None, None, Some(e));
+                reply.error(e)
+            }
+        }
+    }
+
+    fn readdir(
+        &self,
+        sp: Option<ReqSpan>,
+        cx: &Served,
+        ino: u64,
+        a: &abi::ReadIn,
+        plus: bool,
+        reply: Reply,
+    ) {
+        let r = self.core.readdir(ino, a.fh, a.offset);
+        let entries = match self.fin(sp, cx, r, Some(a.fh), |_| 0) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let mut buf = DirBuf::new(a.size);
+        for (off, e) in entries {
+            let typ = e.kind.dtype();
+            if !plus {
+                if !buf.add(e.ino, off, typ, &e.name) {
+                    break;
+                }
+                continue;
+            }
+            if e.name == "." || e.name == ".." {
+                let mut dot = abi::EntryOut::default();
+                dot.attr.ino = e.ino;
+                if !buf.add_plus(&dot, off, typ, &e.name) {
+                    break;
+                }
+                continue;
+            }
+            let Ok(attr) = self.core.entry_plus(cx, ino, &e.name) else {
+                continue;
+            };
+            if !buf.add_plus(&entry_out(&attr), off, typ, &e.name) {
+                // Not handed to the kernel: its lookup is not held.
+                self.core.forget(attr.ino, 1);
+                break;
+            }
+        }
+        reply.data(buf.bytes())
+    }
+
+    fn setlk(
+        &self,
+        sp: Option<ReqSpan>,
+        req: &Request<'_>,
+        a: &abi::LkIn,
+        sleep: bool,
+        reply: Reply,
+    ) {
+        // A parked request counts as answered here: its span is the
+        // daemon's part (queueing it), its wait is in the flock metrics.
+        // The span ends before the answer goes out, as for every request
+        // (with `--ebpf` the kernel's end event then finds it).
+        let outcome = self.locks.setlk(
+            req.unique(),
+            req.nodeid(),
+            a.owner,
+            a.lk.pid,
+            a.lk.typ as i32,
+            sleep,
+            reply,
+        );
+        self.spans.end(sp, None, None, None, outcome.errno());
+        outcome.send();
     }
 }
 
-impl Filesystem for Fs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        match config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS) {
-            Ok(()) => self.flock.store(true, Ordering::Relaxed),
-            Err(_) => tracing::warn!(
-                "kernel lacks FUSE_FLOCK_LOCKS: flock is served by the kernel locally"
-            ),
-        }
-        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        if self.passthrough.wanted() {
-            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-                && config.set_max_stack_depth(2).is_ok();
-            if !ok {
-                tracing::warn!("kernel does not offer FUSE passthrough; --passthrough ignored");
-                self.passthrough.turn_off();
-            }
-        }
-        Ok(())
+impl Handler for Fs {
+    fn may_block(&self, req: &Request<'_>) -> bool {
+        matches!(
+            req.op,
+            Operation::Fsync(_) | Operation::Fsyncdir(_) | Operation::Fallocate(_)
+        ) || self.core.router.slow()
     }
 
-    fn destroy(&mut self) {
+    fn forget(&self, ino: u64, nlookup: u64) {
+        self.core.forget(ino, nlookup);
+        // The kernel evicted the inode (FORGET comes once, at eviction).
+        self.passthrough.forget(ino);
+        self.core.fds.forget(ino);
+        self.core.pages.forget(ino);
+    }
+
+    fn interrupt(&self, unique: u64) {
+        self.locks.interrupt(unique);
+    }
+
+    fn destroy(&self) {
         self.locks.shutdown();
         self.passthrough.clear();
         self.core.fds.clear();
     }
 
-    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.serve(const { Op::new("lookup") }, req, parent.0, |sp| {
-            self.answer_entry(sp, self.core.lookup(parent.0, name), reply)
-        })
-    }
-
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        guarded("forget", || {
-            self.core.forget(ino.0, nlookup);
-            // The kernel evicted the inode (FORGET comes once, at eviction).
-            self.passthrough.forget(ino.0);
-            self.core.fds.forget(ino.0);
-            self.core.pages.forget(ino.0);
-        })
-    }
-
-    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.serve(const { Op::new("getattr") }, req, ino.0, |sp| {
-            let fh = fh.map(|f| f.0);
-            match self.fin(sp, self.core.getattr(ino.0, fh), fh, |_| 0) {
-                Ok(a) => reply.attr(&TTL, &a),
-                Err(e) => reply.error(e),
+    fn dispatch(&self, req: &Request<'_>, reply: Reply) {
+        use Operation as O;
+        let ino = req.nodeid();
+        let cx = Served::default();
+        let cx = &cx;
+        let core = &self.core;
+        let begin = |op: Op| {
+            self.spans
+                .begin(op, req.unique(), ino, req.uid(), req.pid())
+        };
+        match &req.op {
+            O::Lookup { name } => {
+                let sp = begin(const { Op::new("lookup") });
+                self.entry(sp, cx, core.lookup(cx, ino, name), reply)
             }
-        })
-    }
-
-    fn setattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        _ctime: Option<std::time::SystemTime>,
-        fh: Option<FileHandle>,
-        _crtime: Option<std::time::SystemTime>,
-        _chgtime: Option<std::time::SystemTime>,
-        _bkuptime: Option<std::time::SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        self.serve(const { Op::new("setattr") }, req, ino.0, |sp| {
-            let fh = fh.map(|f| f.0);
-            let r = self
-                .core
-                .setattr(ino.0, fh, mode, uid, gid, size, atime, mtime);
-            match self.fin(sp, r, fh, |_| 0) {
-                Ok(a) => reply.attr(&TTL, &a),
-                Err(e) => reply.error(e),
+            O::Getattr { fh } => {
+                let sp = begin(const { Op::new("getattr") });
+                self.attr(sp, cx, core.getattr(cx, ino, *fh), *fh, reply)
             }
-        })
-    }
-
-    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.serve(const { Op::new("readlink") }, req, ino.0, |sp| {
-            match self.fin(sp, self.core.readlink(ino.0), None, |v| v.len() as u64) {
-                Ok(v) => reply.data(&v),
-                Err(e) => reply.error(e),
-            }
-        })
-    }
-
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        self.serve(const { Op::new("mknod") }, req, parent.0, |sp| {
-            let r = self
-                .core
-                .mknod(parent.0, name, mode, rdev, req.uid(), req.gid());
-            self.answer_entry(sp, r, reply)
-        })
-    }
-
-    fn mkdir(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        self.serve(const { Op::new("mkdir") }, req, parent.0, |sp| {
-            let r = self.core.mkdir(parent.0, name, mode, req.uid(), req.gid());
-            self.answer_entry(sp, r, reply)
-        })
-    }
-
-    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.serve(const { Op::new("unlink") }, req, parent.0, |sp| {
-            self.answer_empty(sp, self.core.unlink(parent.0, name, false), None, reply)
-        })
-    }
-
-    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.serve(const { Op::new("rmdir") }, req, parent.0, |sp| {
-            self.answer_empty(sp, self.core.unlink(parent.0, name, true), None, reply)
-        })
-    }
-
-    fn symlink(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &Path,
-        reply: ReplyEntry,
-    ) {
-        self.serve(const { Op::new("symlink") }, req, parent.0, |sp| {
-            let r = self
-                .core
-                .symlink(parent.0, link_name, target, req.uid(), req.gid());
-            self.answer_entry(sp, r, reply)
-        })
-    }
-
-    fn rename(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
-        newname: &OsStr,
-        flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.serve(const { Op::new("rename") }, req, parent.0, |sp| {
-            let r = self
-                .core
-                .rename(parent.0, name, newparent.0, newname, flags.bits());
-            self.answer_empty(sp, r, None, reply)
-        })
-    }
-
-    fn link(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        self.serve(const { Op::new("link") }, req, ino.0, |sp| {
-            self.answer_entry(sp, self.core.link(ino.0, newparent.0, newname), reply)
-        })
-    }
-
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.serve(const { Op::new("open") }, req, ino.0, |sp| {
-            match self.core.open(ino.0, flags.0, req.pid()) {
-                Ok((fh, of)) => {
-                    self.spans.end(sp, Some(fh), None, None);
-                    match self
-                        .passthrough
-                        .registration(fh, &of, &self.core.router, |fd| reply.open_backing(fd))
-                    {
-                        Some(id) => {
-                            reply.opened_passthrough(FileHandle(fh), self.fopen(&of, true), &id)
-                        }
-                        None => reply.opened(FileHandle(fh), self.fopen(&of, false)),
-                    }
-                }
-                Err(e) => {
-                    self.spans.end(sp, None, None, Some(e));
-                    reply.error(err(e))
-                }
-            }
-        })
-    }
-
-    fn read(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        self.serve(const { Op::new("read") }, req, ino.0, |sp| {
-            self.core.read_with(fh.0, offset, size, |r| {
-                match self.fin(sp, r, Some(fh.0), |v| v.len() as u64) {
-                    Ok(v) => reply.data(v),
+            O::Setattr(a) => self.setattr(begin(const { Op::new("setattr") }), cx, ino, a, reply),
+            O::Readlink => {
+                let sp = begin(const { Op::new("readlink") });
+                match self.fin(sp, cx, core.readlink(cx, ino), None, |v| v.len() as u64) {
+                    Ok(v) => reply.data(&v),
                     Err(e) => reply.error(e),
                 }
-            })
-        })
-    }
-
-    fn write(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        self.serve(const { Op::new("write") }, req, ino.0, |sp| {
-            match self.fin(sp, self.core.write(fh.0, offset, data), Some(fh.0), |n| {
-                *n as u64
-            }) {
-                Ok(n) => reply.written(n as u32),
-                Err(e) => reply.error(e),
             }
-        })
-    }
-
-    /// A close of one descriptor of the file: the storage's close-time
-    /// errors reach the application's close(2) (see `Core::flush`).
-    fn flush(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        self.serve(FLUSH, req, ino.0, |sp| {
-            self.answer_empty(sp, self.core.flush(fh.0), Some(fh.0), reply)
-        })
-    }
-
-    fn release(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.serve(const { Op::new("release") }, req, ino.0, |sp| {
-            if let Some(owner) = lock_owner {
-                self.locks.release_owner(ino.0, owner.0);
+            O::Mknod { name, arg } => {
+                let sp = begin(const { Op::new("mknod") });
+                let r = core.mknod(cx, ino, name, arg.mode, arg.rdev, req.uid(), req.gid());
+                self.entry(sp, cx, r, reply)
             }
-            self.core.release(fh.0);
-            self.passthrough.released(fh.0);
-            self.spans.end(sp, Some(fh.0), None, None);
-            reply.ok()
-        })
-    }
-
-    fn fsync(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.serve(FSYNC, req, ino.0, |sp| {
-            self.answer_empty(sp, self.core.fsync(fh.0, datasync), Some(fh.0), reply)
-        })
-    }
-
-    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.serve(const { Op::new("opendir") }, req, ino.0, |sp| {
-            match self.fin(sp, self.core.opendir(ino.0), None, |_| 0) {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(e),
+            O::Mkdir { name, arg } => {
+                let sp = begin(const { Op::new("mkdir") });
+                let r = core.mkdir(cx, ino, name, arg.mode, req.uid(), req.gid());
+                self.entry(sp, cx, r, reply)
             }
-        })
-    }
-
-    fn readdir(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        self.serve(const { Op::new("readdir") }, req, ino.0, |sp| {
-            match self.fin(
-                sp,
-                self.core.readdir(ino.0, fh.0, offset),
-                Some(fh.0),
-                |_| 0,
-            ) {
-                Ok(entries) => {
-                    for (off, e) in entries {
-                        if reply.add(INodeNo(e.ino), off, e.kind, &e.name) {
-                            break;
-                        }
-                    }
-                    reply.ok()
-                }
-                Err(e) => reply.error(e),
+            O::Unlink { name } => {
+                let sp = begin(const { Op::new("unlink") });
+                self.empty(sp, cx, core.unlink(cx, ino, name, false), None, reply)
             }
-        })
-    }
-
-    fn readdirplus(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        self.serve(
-            const { Op::new("readdirplus") },
-            req,
-            ino.0,
-            |sp| match self.fin(
-                sp,
-                self.core.readdir(ino.0, fh.0, offset),
-                Some(fh.0),
-                |_| 0,
-            ) {
-                Ok(entries) => {
-                    for (off, e) in entries {
-                        if e.name == "." || e.name == ".." {
-                            continue;
-                        }
-                        let Ok(attr) = self.core.entry_plus(ino.0, &e.name) else {
-                            continue;
-                        };
-                        if reply.add(attr.ino, off, &e.name, &TTL, &attr, Generation(0)) {
-                            self.core.forget(attr.ino.0, 1);
-                            break;
-                        }
-                    }
-                    reply.ok()
-                }
-                Err(e) => reply.error(e),
-            },
-        )
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        guarded("releasedir", || {
-            self.core.releasedir(fh.0);
-            reply.ok();
-        })
-    }
-
-    fn fsyncdir(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.serve(FSYNCDIR, req, ino.0, |sp| {
-            self.answer_empty(sp, self.core.fsyncdir(ino.0, datasync), None, reply)
-        })
-    }
-
-    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        self.serve(const { Op::new("statfs") }, req, ino.0, |sp| {
-            match self.fin(sp, self.core.statfs(), None, |_| 0) {
-                Ok(s) => reply.statfs(
-                    s.f_blocks,
-                    s.f_bfree,
-                    s.f_bavail,
-                    s.f_files,
-                    s.f_ffree,
-                    s.f_bsize as u32,
-                    s.f_namemax as u32,
-                    s.f_frsize as u32,
-                ),
-                Err(e) => reply.error(e),
+            O::Rmdir { name } => {
+                let sp = begin(const { Op::new("rmdir") });
+                self.empty(sp, cx, core.unlink(cx, ino, name, true), None, reply)
             }
-        })
-    }
-
-    fn setxattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        self.serve(const { Op::new("setxattr") }, req, ino.0, |sp| {
-            self.answer_empty(
-                sp,
-                self.core.setxattr(ino.0, name, value, flags),
-                None,
-                reply,
-            )
-        })
-    }
-
-    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.serve(const { Op::new("getxattr") }, req, ino.0, |sp| {
-            match self.fin(sp, self.core.getxattr(ino.0, name, size), None, |v| {
-                v.0 as u64
-            }) {
-                Ok((n, _)) if size == 0 => reply.size(n as u32),
-                Ok((_, v)) => reply.data(&v),
-                Err(e) => reply.error(e),
+            O::Symlink { name, target } => {
+                let sp = begin(const { Op::new("symlink") });
+                let r = core.symlink(cx, ino, name, Path::new(target), req.uid(), req.gid());
+                self.entry(sp, cx, r, reply)
             }
-        })
-    }
-
-    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.serve(
-            const { Op::new("listxattr") },
-            req,
-            ino.0,
-            |sp| match self.fin(sp, self.core.listxattr(ino.0, size), None, |v| v.0 as u64) {
-                Ok((n, _)) if size == 0 => reply.size(n as u32),
-                Ok((_, v)) => reply.data(&v),
-                Err(e) => reply.error(e),
-            },
-        )
-    }
-
-    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.serve(const { Op::new("removexattr") }, req, ino.0, |sp| {
-            self.answer_empty(sp, self.core.removexattr(ino.0, name), None, reply)
-        })
-    }
-
-    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.serve(const { Op::new("access") }, req, ino.0, |sp| {
-            self.answer_empty(
-                sp,
-                self.core.access(ino.0, mask.bits(), req.uid(), req.gid()),
-                None,
-                reply,
-            )
-        })
-    }
-
-    fn create(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        flags: i32,
-        reply: ReplyCreate,
-    ) {
-        self.serve(
-            const { Op::new("create") },
-            req,
-            parent.0,
-            |sp| match self.core.create(
-                parent.0,
-                name,
-                mode,
+            O::Rename {
+                newdir,
                 flags,
-                req.uid(),
-                req.gid(),
-                req.pid(),
-            ) {
-                Ok((attr, fh, of)) => {
-                    self.spans.end(sp, Some(fh), None, None);
-                    match self
-                        .passthrough
-                        .registration(fh, &of, &self.core.router, |fd| reply.open_backing(fd))
-                    {
-                        Some(id) => reply.created_passthrough(
-                            &TTL,
-                            &attr,
-                            Generation(0),
-                            FileHandle(fh),
-                            self.fopen(&of, true),
-                            &id,
-                        ),
-                        None => reply.created(
-                            &TTL,
-                            &attr,
-                            Generation(0),
-                            FileHandle(fh),
-                            self.fopen(&of, false),
-                        ),
-                    }
-                }
-                Err(e) => {
-                    self.spans.end(sp, None, None, Some(e));
-                    reply.error(err(e))
-                }
-            },
-        )
-    }
-
-    fn getlk(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        start: u64,
-        end: u64,
-        _typ: i32,
-        pid: u32,
-        reply: ReplyLock,
-    ) {
-        // Only flock is negotiated; F_GETLK never reaches the daemon.
-        reply.locked(start, end, libc::F_UNLCK, pid);
-    }
-
-    fn setlk(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        lock_owner: LockOwner,
-        _start: u64,
-        _end: u64,
-        typ: i32,
-        pid: u32,
-        sleep: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.serve(const { Op::new("setlk") }, req, ino.0, |sp| {
-            // A parked request counts as answered here: its span is the
-            // daemon's part (queueing it), its wait is in the flock metrics.
-            // The span ends before the reply goes out, as for every request
-            // (with `--ebpf` the kernel's end event then finds it).
-            let outcome = self
-                .locks
-                .setlk(ino.0, lock_owner.0, pid, req.pid(), typ, sleep, reply);
-            self.spans.end(sp, None, None, outcome.errno());
-            outcome.send();
-        })
-    }
-
-    fn fallocate(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        self.serve(FALLOCATE, req, ino.0, |sp| {
-            self.answer_empty(
-                sp,
-                self.core.fallocate(fh.0, offset, length, mode),
-                Some(fh.0),
-                reply,
-            )
-        })
-    }
-
-    fn lseek(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
-        self.serve(const { Op::new("lseek") }, req, ino.0, |sp| {
-            match self.fin(sp, self.core.lseek(fh.0, offset, whence), Some(fh.0), |_| 0) {
-                Ok(o) => reply.offset(o),
-                Err(e) => reply.error(e),
+                name,
+                newname,
+            } => {
+                let sp = begin(const { Op::new("rename") });
+                let r = core.rename(cx, ino, name, *newdir, newname, *flags);
+                self.empty(sp, cx, r, None, reply)
             }
-        })
+            O::Link { oldnodeid, newname } => {
+                let sp = begin(const { Op::new("link") });
+                self.entry(sp, cx, core.link(cx, *oldnodeid, ino, newname), reply)
+            }
+            O::Open(a) => self.open(begin(const { Op::new("open") }), cx, req, a, reply),
+            O::Read(a) => {
+                let sp = begin(const { Op::new("read") });
+                core.read_with(cx, a.fh, a.offset, a.size, |r| {
+                    match self.fin(sp, cx, r, Some(a.fh), |v| v.len() as u64) {
+                        Ok(v) => reply.data(v),
+                        Err(e) => reply.error(e),
+                    }
+                })
+            }
+            O::Write { arg, data } => {
+                let sp = begin(const { Op::new("write") });
+                let r = self
+                    .kill_suidgid(cx, ino, arg.write_flags & abi::WRITE_KILL_SUIDGID != 0)
+                    .and_then(|()| core.write(cx, arg.fh, arg.offset, data));
+                match self.fin(sp, cx, r, Some(arg.fh), |n| *n as u64) {
+                    Ok(n) => reply.pod(&abi::WriteOut {
+                        size: n as u32,
+                        padding: 0,
+                    }),
+                    Err(e) => reply.error(e),
+                }
+            }
+            O::Statfs => {
+                let sp = begin(const { Op::new("statfs") });
+                match self.fin(sp, cx, core.statfs(cx), None, |_| 0) {
+                    Ok(s) => reply.pod(&abi::StatfsOut {
+                        st: abi::Kstatfs {
+                            blocks: s.f_blocks,
+                            bfree: s.f_bfree,
+                            bavail: s.f_bavail,
+                            files: s.f_files,
+                            ffree: s.f_ffree,
+                            bsize: s.f_bsize as u32,
+                            namelen: s.f_namemax as u32,
+                            frsize: s.f_frsize as u32,
+                            padding: 0,
+                            spare: [0; 6],
+                        },
+                    }),
+                    Err(e) => reply.error(e),
+                }
+            }
+            O::Release(a) => {
+                let sp = begin(const { Op::new("release") });
+                if a.release_flags & abi::RELEASE_FLOCK_UNLOCK != 0 {
+                    self.locks.release_owner(ino, a.lock_owner);
+                }
+                core.release(a.fh);
+                self.passthrough.released(a.fh);
+                self.spans.end(sp, None, Some(a.fh), None, None);
+                reply.ok()
+            }
+            O::Fsync(a) => {
+                let sp = begin(FSYNC);
+                let datasync = a.fsync_flags & abi::FSYNC_FDATASYNC != 0;
+                self.empty(sp, cx, core.fsync(cx, a.fh, datasync), Some(a.fh), reply)
+            }
+            O::Flush(a) => {
+                // A close of one descriptor of the file: the storage's
+                // close-time errors reach the application's close(2).
+                let sp = begin(const { Op::new("flush") });
+                self.empty(sp, cx, core.flush(cx, a.fh), Some(a.fh), reply)
+            }
+            O::Setxattr { arg, name, value } => {
+                let sp = begin(const { Op::new("setxattr") });
+                let r = core.setxattr(cx, ino, name, value, arg.flags as i32);
+                self.empty(sp, cx, r, None, reply)
+            }
+            O::Getxattr { size, name } => {
+                let sp = begin(const { Op::new("getxattr") });
+                self.sized(sp, cx, core.getxattr(cx, ino, name, *size), *size, reply)
+            }
+            O::Listxattr { size } => {
+                let sp = begin(const { Op::new("listxattr") });
+                self.sized(sp, cx, core.listxattr(cx, ino, *size), *size, reply)
+            }
+            O::Removexattr { name } => {
+                let sp = begin(const { Op::new("removexattr") });
+                self.empty(sp, cx, core.removexattr(cx, ino, name), None, reply)
+            }
+            O::Opendir(_) => {
+                let sp = begin(const { Op::new("opendir") });
+                match self.fin(sp, cx, core.opendir(cx, ino), None, |_| 0) {
+                    Ok(fh) => reply.pod(&abi::OpenOut {
+                        fh,
+                        open_flags: 0,
+                        backing_id: 0,
+                    }),
+                    Err(e) => reply.error(e),
+                }
+            }
+            O::Readdir(a) => self.readdir(
+                begin(const { Op::new("readdir") }),
+                cx,
+                ino,
+                a,
+                false,
+                reply,
+            ),
+            O::Readdirplus(a) => self.readdir(
+                begin(const { Op::new("readdirplus") }),
+                cx,
+                ino,
+                a,
+                true,
+                reply,
+            ),
+            O::Releasedir(a) => {
+                core.releasedir(a.fh);
+                reply.ok()
+            }
+            O::Fsyncdir(a) => {
+                let sp = begin(FSYNCDIR);
+                let datasync = a.fsync_flags & abi::FSYNC_FDATASYNC != 0;
+                self.empty(sp, cx, core.fsyncdir(cx, ino, datasync), None, reply)
+            }
+            O::Getlk(a) => {
+                // Only flock is negotiated; F_GETLK never reaches the daemon.
+                reply.pod(&abi::LkOut {
+                    lk: abi::FileLock {
+                        typ: libc::F_UNLCK as u32,
+                        ..a.lk
+                    },
+                })
+            }
+            O::Setlk { arg, sleep } => {
+                self.setlk(begin(const { Op::new("setlk") }), req, arg, *sleep, reply)
+            }
+            O::Access { mask } => {
+                let sp = begin(const { Op::new("access") });
+                let r = core.access(cx, ino, *mask as i32, req.uid(), req.gid());
+                self.empty(sp, cx, r, None, reply)
+            }
+            O::Create { arg, name } => self.create(
+                begin(const { Op::new("create") }),
+                cx,
+                req,
+                arg,
+                name,
+                reply,
+            ),
+            O::Fallocate(a) => {
+                let sp = begin(FALLOCATE);
+                let r = core.fallocate(cx, a.fh, a.offset, a.length, a.mode as i32);
+                self.empty(sp, cx, r, Some(a.fh), reply)
+            }
+            O::Lseek(a) => {
+                let sp = begin(const { Op::new("lseek") });
+                let r = core.lseek(cx, a.fh, a.offset as i64, a.whence as i32);
+                match self.fin(sp, cx, r, Some(a.fh), |_| 0) {
+                    Ok(o) => reply.pod(&abi::LseekOut { offset: o as u64 }),
+                    Err(e) => reply.error(e),
+                }
+            }
+            // Answered by the session itself; never handed here.
+            O::Forget { .. }
+            | O::BatchForget { .. }
+            | O::Interrupt { .. }
+            | O::Init(_)
+            | O::Destroy => reply.error(libc::ENOSYS),
+        }
     }
 }

@@ -517,6 +517,7 @@ pub fn recover(records: &[Record], router: &Router) -> (RecoveryState, RecoveryS
                     let fd = r.open_at(&rel, libc::O_PATH, 0)?;
                     super::storage::fstat(fd.as_raw_fd())
                 })
+                .result
                 .map(|st| st.st_ino == f.ino)
                 .unwrap_or(false);
             if ok {

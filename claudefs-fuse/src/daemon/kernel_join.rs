@@ -279,8 +279,7 @@ mod tests {
         let spans = Spans::new(1.0, 100).with_joiner(joiner.clone());
         let t0 = now_ns();
         let sp = spans.begin(crate::daemon::spans::Op::new("getattr"), 77, 1, 0, 42);
-        crate::daemon::router::set_last_path(0);
-        spans.end(sp, None, None, Some(libc::ENOENT));
+        spans.end(sp, Some(0), None, None, Some(libc::ENOENT));
         assert_eq!(joiner.len(), 1);
         assert!(spans.buffer().lock().unwrap().is_empty());
         let ev = RequestEvent {
@@ -341,8 +340,7 @@ mod tests {
                 0,
                 42,
             );
-            crate::daemon::router::set_last_path(0);
-            spans.end(sp, None, None, None);
+            spans.end(sp, Some(0), None, None, None);
         }
         let n = joiner.len();
         assert!(

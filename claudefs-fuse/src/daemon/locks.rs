@@ -14,13 +14,14 @@
 //!   Whoever removes a lock (unlock, release, an interrupted waiter) scans
 //!   the queue in arrival order and replies to every waiter that can now be
 //!   granted.
-//! * Interrupts: fuser 0.18 answers `FUSE_INTERRUPT` itself with `ENOSYS`
-//!   (the kernel then stops sending them) and never shows it to the file
-//!   system. So a watcher thread looks at each parked waiter's task every
-//!   [`WATCH_INTERVAL`]: a task that is gone or has an unblocked signal
-//!   pending (which is what makes the kernel send `FUSE_INTERRUPT`) gets
-//!   `EINTR`, and no lock is left behind. This covers `kill -9` of a
-//!   waiter as well.
+//! * Interrupts: a signal to a waiting caller makes the kernel send
+//!   `FUSE_INTERRUPT` with the waiting request's `unique`
+//!   ([`Locks::interrupt`]): the waiter is answered `EINTR` and leaves the
+//!   queue, waking those behind it. A fatal signal does the same, and the
+//!   RELEASE of the dead process's files follows. An interrupt can be read
+//!   by one worker before another has parked the request it names; it is
+//!   then kept for [`EARLY_INTERRUPT_TTL`] and the request answered
+//!   `EINTR` when it comes to park.
 //! * RELEASE with `FUSE_RELEASE_FLOCK_UNLOCK` frees the owner's lock and
 //!   wakes waiters.
 //! * Upgrade/downgrade: a non-blocking upgrade that conflicts keeps the
@@ -36,27 +37,46 @@
 //!   tracepoints to report its own mount's lock contention.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fuser::{Errno, ReplyEmpty};
 use serde::Serialize;
+
+use crate::session::Reply;
 
 use crate::flock::{FlockConflict, FlockHandle, FlockRegistry, FlockType};
 use crate::probes::hist::Log2Histogram;
 use crate::probes::snapshot::{FlockKind, FlockMode};
 
-/// How often parked waiters are checked for signals.
-pub const WATCH_INTERVAL: Duration = Duration::from_millis(20);
+/// How long an interrupt for a request not parked (yet) is kept.
+pub const EARLY_INTERRUPT_TTL: Duration = Duration::from_secs(1);
+/// Early interrupts kept at most.
+const EARLY_INTERRUPTS: usize = 256;
+
+/// The answer of a flock request: sent at once, or kept while the request
+/// is parked. The session's [`Reply`] in the daemon; tests record it.
+pub trait Answer: Send + 'static {
+    /// Success (`None`) or the errno.
+    fn answer(self, errno: Option<i32>);
+}
+
+impl Answer for Reply {
+    fn answer(self, errno: Option<i32>) {
+        match errno {
+            None => self.ok(),
+            Some(e) => self.error(e),
+        }
+    }
+}
 
 #[derive(Debug)]
-struct Waiter {
+struct Waiter<A> {
+    /// The kernel's id of the request (what an INTERRUPT names).
+    unique: u64,
     owner: u64,
     pid: u32,
-    tid: u32,
     typ: FlockType,
-    reply: ReplyEmpty,
+    reply: A,
     /// When the request arrived.
     since: Instant,
 }
@@ -73,15 +93,29 @@ pub struct FlockCalls {
     pub hist: Log2Histogram,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
+#[derive(Debug)]
+struct Inner<A> {
     reg: FlockRegistry,
     inos: std::collections::BTreeSet<u64>,
-    queues: HashMap<u64, VecDeque<Waiter>>,
+    queues: HashMap<u64, VecDeque<Waiter<A>>>,
     calls: BTreeMap<(FlockKind, FlockMode), FlockCalls>,
+    /// Interrupts of requests not parked when they came, oldest first.
+    early: VecDeque<(u64, Instant)>,
 }
 
-impl Inner {
+impl<A> Default for Inner<A> {
+    fn default() -> Self {
+        Self {
+            reg: FlockRegistry::default(),
+            inos: Default::default(),
+            queues: HashMap::new(),
+            calls: BTreeMap::new(),
+            early: VecDeque::new(),
+        }
+    }
+}
+
+impl<A> Inner<A> {
     /// Counts one answered request that arrived at `since`.
     fn answered(&mut self, typ: FlockType, sleep: bool, since: Instant, refused: bool) {
         let kind = match typ {
@@ -124,24 +158,31 @@ pub struct LockStatus {
     pub downgrades: u64,
 }
 
-/// The daemon's flock service.
-#[derive(Debug, Default)]
-pub struct Locks {
-    inner: Mutex<Inner>,
-    stop: AtomicBool,
+/// The daemon's flock service, answering through `A`.
+#[derive(Debug)]
+pub struct Locks<A = Reply> {
+    inner: Mutex<Inner<A>>,
+}
+
+impl<A> Default for Locks<A> {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+        }
+    }
 }
 
 /// What [`Locks::setlk`] decided: the answer for the caller to send (so
 /// that it can end the request's span first), or that it parked the
 /// request (the reply goes out when the lock is granted).
 #[derive(Debug)]
-pub enum Outcome {
+pub enum Outcome<A> {
     /// Reply with success (`None`) or this errno.
-    Answer(ReplyEmpty, Option<i32>),
+    Answer(A, Option<i32>),
     Parked,
 }
 
-impl Outcome {
+impl<A: Answer> Outcome<A> {
     /// The errno of an answer.
     pub fn errno(&self) -> Option<i32> {
         match self {
@@ -153,8 +194,7 @@ impl Outcome {
     /// Sends the answer (a parked request has none yet).
     pub fn send(self) {
         match self {
-            Outcome::Answer(reply, None) => reply.ok(),
-            Outcome::Answer(reply, Some(e)) => reply.error(Errno::from_i32(e)),
+            Outcome::Answer(reply, e) => reply.answer(e),
             Outcome::Parked => {}
         }
     }
@@ -169,25 +209,25 @@ fn single_threaded(pid: u32) -> bool {
     })
 }
 
-impl Locks {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+impl<A: Answer> Locks<A> {
+    fn lock(&self) -> MutexGuard<'_, Inner<A>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// SETLK/SETLKW of a flock: `typ` is `F_RDLCK`/`F_WRLCK`/`F_UNLCK`.
-    /// Replies now, or parks `reply` until the lock can be granted; says
-    /// which.
+    /// SETLK/SETLKW `unique` of a flock: `typ` is `F_RDLCK`/`F_WRLCK`/
+    /// `F_UNLCK`. Replies now, or parks `reply` until the lock can be
+    /// granted (or the request is interrupted); says which.
     #[allow(clippy::too_many_arguments)]
     pub fn setlk(
         &self,
+        unique: u64,
         ino: u64,
         owner: u64,
         pid: u32,
-        tid: u32,
         typ: i32,
         sleep: bool,
-        reply: ReplyEmpty,
-    ) -> Outcome {
+        reply: A,
+    ) -> Outcome<A> {
         let since = Instant::now();
         let ft = match typ {
             libc::F_RDLCK => FlockType::Shared,
@@ -245,10 +285,14 @@ impl Locks {
                         return Outcome::Answer(reply, None);
                     }
                 }
+                if inner.take_early(unique) {
+                    inner.answered(ft, sleep, since, false);
+                    return Outcome::Answer(reply, Some(libc::EINTR));
+                }
                 inner.queues.entry(ino).or_default().push_back(Waiter {
+                    unique,
                     owner,
                     pid,
-                    tid,
                     typ: ft,
                     reply,
                     since,
@@ -259,7 +303,7 @@ impl Locks {
     }
 
     /// Grants, in FIFO order, every waiter of `ino` that can now have its lock.
-    fn wake(inner: &mut Inner, ino: u64) {
+    fn wake(inner: &mut Inner<A>, ino: u64) {
         let Some(mut q) = inner.queues.remove(&ino) else {
             return;
         };
@@ -271,7 +315,7 @@ impl Locks {
             {
                 FlockConflict::None => {
                     inner.answered(w.typ, true, w.since, false);
-                    w.reply.ok()
+                    w.reply.answer(None)
                 }
                 // Parked with only its own process in the way: it keeps
                 // waiting for another of its threads (see `setlk`).
@@ -292,58 +336,47 @@ impl Locks {
         }
     }
 
-    /// Replies `EINTR` to parked waiters whose task got a signal or is gone.
-    pub fn check_waiters(&self, pending: impl Fn(u32) -> bool) {
+    /// FUSE_INTERRUPT of request `unique`: a parked waiter with that id is
+    /// answered `EINTR` (waking those behind it); an id not parked is kept
+    /// for a while, in case its request is still on its way here.
+    pub fn interrupt(&self, unique: u64) {
         let mut inner = self.lock();
-        let inos: Vec<u64> = inner.queues.keys().copied().collect();
-        for ino in inos {
-            let Some(q) = inner.queues.get_mut(&ino) else {
-                continue;
-            };
-            let mut keep = VecDeque::new();
-            let mut interrupted = Vec::new();
-            while let Some(w) = q.pop_front() {
-                if pending(w.tid) {
-                    interrupted.push((w.typ, w.since));
-                    w.reply.error(Errno::EINTR);
-                } else {
-                    keep.push_back(w);
-                }
+        let found = inner
+            .queues
+            .iter()
+            .find_map(|(ino, q)| q.iter().position(|w| w.unique == unique).map(|i| (*ino, i)));
+        let Some((ino, i)) = found else {
+            let now = Instant::now();
+            while inner
+                .early
+                .front()
+                .is_some_and(|(_, t)| now.duration_since(*t) > EARLY_INTERRUPT_TTL)
+                || inner.early.len() >= EARLY_INTERRUPTS
+            {
+                inner.early.pop_front();
             }
-            *q = keep;
-            if q.is_empty() {
-                inner.queues.remove(&ino);
-            }
-            let removed = !interrupted.is_empty();
-            for (typ, since) in interrupted {
-                inner.answered(typ, true, since, false);
-            }
-            if removed {
-                Self::wake(&mut inner, ino);
-            }
+            inner.early.push_back((unique, now));
+            return;
+        };
+        let Some(w) = inner.queues.get_mut(&ino).and_then(|q| q.remove(i)) else {
+            return;
+        };
+        if inner.queues.get(&ino).is_some_and(VecDeque::is_empty) {
+            inner.queues.remove(&ino);
         }
+        inner.answered(w.typ, true, w.since, false);
+        w.reply.answer(Some(libc::EINTR));
+        Self::wake(&mut inner, ino);
     }
 
-    /// Starts the watcher thread (see module doc).
-    pub fn spawn_watcher(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name("cfs-flock".into())
-            .spawn(move || {
-                while !me.stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(WATCH_INTERVAL);
-                    let idle = me.lock().queues.is_empty();
-                    if !idle {
-                        me.check_waiters(signal_pending);
-                    }
-                }
-            })
-    }
-
-    /// Stops the watcher; parked waiters get `EINTR` (unmount).
+    /// Unmount: every parked waiter is answered `EINTR`.
     pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.check_waiters(|_| true);
+        let mut inner = self.lock();
+        let queues = std::mem::take(&mut inner.queues);
+        for w in queues.into_values().flatten() {
+            inner.answered(w.typ, true, w.since, false);
+            w.reply.answer(Some(libc::EINTR));
+        }
     }
 
     /// For the metrics, from one look under the lock: registry counters,
@@ -389,20 +422,16 @@ impl Locks {
     }
 }
 
-/// Whether task `tid` is gone or has an unblocked signal pending.
-pub fn signal_pending(tid: u32) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return true;
-    };
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    let pending = field("SigPnd:") | field("ShdPnd:");
-    let blocked = field("SigBlk:");
-    let ignored = field("SigIgn:");
-    let kill = 1u64 << (libc::SIGKILL - 1);
-    pending & kill != 0 || pending & !blocked & !ignored != 0
+impl<A> Inner<A> {
+    /// Whether an interrupt of `unique` came before the request parked
+    /// (it is then used up).
+    fn take_early(&mut self, unique: u64) -> bool {
+        match self.early.iter().position(|(u, _)| *u == unique) {
+            Some(i) => {
+                self.early.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
 }

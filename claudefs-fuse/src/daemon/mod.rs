@@ -4,18 +4,18 @@
 //!
 //! Roles: `config` (flags and TOML), `storage` (`*at()` syscalls on a root
 //! fd), `inodes` (stable inode numbers), `router` (multipath routing,
-//! retry, health checks), `ops` (the POSIX core), `fs` (the thin fuser
-//! boundary), `locks` (flock), `idmap` (uid/gid mapping), `journal` (open
+//! retry, health checks), `ops` (the POSIX core), `attr` (its attribute
+//! types), `fs` (the thin boundary between `crate::session` and the core), `locks` (flock), `idmap` (uid/gid mapping), `journal` (open
 //! files, pending writes, crash recovery), `spans` (per-request spans),
 //! `kernel_join` (kernel events met with requests, `--ebpf`), `status`
 //! (live state over a unix socket), `nummap` (the hasher of the maps keyed
-//! by handle or inode number), `readers` (which worker reads /dev/fuse),
-//! `fdcache` (shared read-only backing fds), `pagecache` (when the kernel
+//! by handle or inode number), `fdcache` (shared read-only backing fds), `pagecache` (when the kernel
 //! keeps a file's cached pages at open), `backing` (passthrough
 //! registrations), `mount` (the /dev/fuse mount), `journal_line` (the
 //! journal's record format). Metrics and OTLP export live in
 //! `crate::exporter`.
 
+pub mod attr;
 pub mod backing;
 pub mod config;
 pub mod fdcache;
@@ -30,7 +30,6 @@ pub mod mount;
 pub mod nummap;
 pub mod ops;
 pub mod pagecache;
-pub mod readers;
 pub mod router;
 pub mod spans;
 pub mod status;
@@ -44,10 +43,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use fuser::{MountOption, SessionACL};
-
 use crate::multipath::LoadBalancePolicy;
+use crate::session::{Readers, Session};
+use anyhow::{bail, Context};
 
 use config::{MountArgs, PolicyArg, StatusArgs};
 
@@ -104,10 +102,8 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 
 /// Logs to stderr, filtered by `CLAUDEFS_LOG` (default `info`).
 pub fn init_logging() {
-    // fuser's session warns that its own unmount failed after `unmount`
-    // below has already done it; that warning is expected noise.
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLAUDEFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser::session=error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -115,8 +111,7 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Unmounts `mountpoint`. (fuser's own unmounter skips the unmount when
-/// requests are queued on the device.) A busy mount is detached lazily;
+/// Unmounts `mountpoint`. A busy mount is detached lazily;
 /// if files stay open on it for [`BUSY_GRACE`], the FUSE connection is
 /// aborted so the daemon can exit (the open files then get `ENOTCONN`).
 fn unmount(mountpoint: &Path, done: &AtomicBool) {
@@ -294,7 +289,6 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         Some(journal),
     ));
     let locks = Arc::new(locks::Locks::default());
-    locks.spawn_watcher()?;
     let joiner = Arc::new(kernel_join::Joiner::default());
     let mut spans = spans::Spans::new(s.sample_rate, 10_000).with_slow_threshold(s.slow_threshold);
     if s.ebpf {
@@ -305,18 +299,12 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     // application that would send the next request.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let poll_us = if cpus > 1 { s.poll_us } else { 0 };
-    let readers = Arc::new(readers::Readers::new(
+    let readers = Arc::new(Readers::new(
         s.threads,
         Duration::from_micros(poll_us),
         cpus > 1,
     ));
-    let fs = fs::Fs::new(
-        core.clone(),
-        locks.clone(),
-        spans.clone(),
-        readers.clone(),
-        s.passthrough,
-    );
+    let fs = fs::Fs::new(core.clone(), locks.clone(), spans.clone(), s.passthrough);
     let passthrough = fs.passthrough.clone();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -340,31 +328,31 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
                 &summary,
                 passthrough.wanted(),
             );
-            st.workers = serde_json::to_value(readers.view(threads)).unwrap_or_default();
+            st.workers = serde_json::to_value(workers_view(&readers, threads)).unwrap_or_default();
             st
         })
     };
     let sock = status::serve(&s.state_dir, snap)?;
 
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("claudefs".into()),
-        MountOption::Subtype("claudefs".into()),
-        MountOption::DefaultPermissions,
-    ];
-    config.acl = SessionACL::All;
-    config.n_threads = Some(s.threads);
-    config.clone_fd = true;
-    let session = match mount::mount_fuse(&mountpoint) {
-        Ok(fd) => fuser::Session::from_fd(fs, fd, SessionACL::All, config),
-        // Not allowed to mount: fuser's mount goes through fusermount.
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            fuser::Session::new(fs, &mountpoint, &config)
-        }
+    let fd = match mount::mount_fuse(&mountpoint) {
+        Ok(fd) => Ok(fd),
+        // Not allowed to mount: fusermount3 mounts for us.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => mount::mount_fusermount(&mountpoint),
         Err(e) => Err(e),
     }
     .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
-    readers.spawn_watch(std::os::fd::AsFd::as_fd(&session).try_clone_to_owned()?)?;
+    let init = crate::session::InitConfig {
+        passthrough: s.passthrough,
+        ..Default::default()
+    };
+    let session = match Session::init(fd, &init) {
+        Ok(session) => session,
+        Err(e) => {
+            unmount(&mountpoint, &stop);
+            bail!("FUSE INIT on {} failed: {e}", mountpoint.display());
+        }
+    };
+    fs.connected(session.state(), session.device().clone());
     spawn_signal_handler(mountpoint.clone(), stop.clone())?;
     let exporter = start_exporter(
         &s,
@@ -387,7 +375,7 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         router.len(),
         s.threads
     );
-    let result = session.run();
+    let result = session.run_dev(Arc::new(fs), readers.clone(), None);
     stop.store(true, Ordering::Relaxed);
     if let Some(e) = exporter {
         e.stop();
@@ -408,8 +396,23 @@ struct ExportParts {
     spans: Arc<spans::Spans>,
     joiner: Arc<kernel_join::Joiner>,
     summary: journal::RecoverySummary,
-    readers: Arc<readers::Readers>,
+    readers: Arc<Readers>,
     threads: usize,
+}
+
+/// The exporter's view of the `/dev/fuse` workers, `threads` in all.
+fn workers_view(readers: &Readers, threads: usize) -> crate::exporter::daemon_metrics::WorkersView {
+    let (poll_hits, poll_misses) = readers.poll_counts();
+    crate::exporter::daemon_metrics::WorkersView {
+        threads,
+        reading: readers.reading().min(threads),
+        parked: readers.parked(),
+        woken_may_block: readers.wakeups.may_block.load(Ordering::Relaxed),
+        woken_stalled: readers.wakeups.stalled.load(Ordering::Relaxed),
+        woken_backlog: readers.wakeups.backlog.load(Ordering::Relaxed),
+        poll_hits,
+        poll_misses,
+    }
 }
 
 /// Starts the exporter thread if anything is to be exported. A failure
@@ -519,7 +522,7 @@ fn start_exporter(
                 requests: spans.op_counts(),
                 spans_dropped: spans.counts().1 + stats.lost(),
                 spans_exported: stats.exported.load(Ordering::Relaxed),
-                workers: readers.view(threads),
+                workers: workers_view(&readers, threads),
             }
         })
     };

@@ -1,6 +1,7 @@
 //! The POSIX core of the daemon: every FUSE operation as a plain method
 //! returning `SysResult<T>` (a positive errno on failure), testable without
-//! mounting anything. `fs.rs` only turns these into fuser replies.
+//! mounting anything. `fs.rs` only turns these into FUSE answers. Each
+//! method notes in its [`Served`] the storage path it was served on.
 //!
 //! Metadata operations resolve the inode's path (see `inodes.rs`) and run
 //! as `*at()` calls on a storage path picked by the router. Open files keep
@@ -13,17 +14,17 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fuser::{FileAttr, FileType, INodeNo, TimeOrNow};
+pub use super::attr::{FileAttr, FileType, SetTime};
 
+use super::attr::timespec;
 use super::fdcache::{self, FdCache};
 use super::idmap::IdMap;
 use super::inodes::InodeTable;
 use super::journal::Journal;
 use super::nummap::NumMap;
 use super::pagecache::PageStamps;
-use super::router::{is_path_error, Retry, Router};
+use super::router::{is_path_error, Retry, Routed, Router};
 use super::storage::{self, DirEntry, StorageRoot, SysResult};
 
 /// Largest read buffer a worker thread keeps between reads.
@@ -93,58 +94,23 @@ pub struct Core {
     pub close_to_open: bool,
 }
 
-fn kind_of(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        libc::S_IFSOCK => FileType::Socket,
-        _ => FileType::RegularFile,
-    }
-}
+/// The storage path a request was served on (the last routed call's), for
+/// its span and the kernel join: what each `Core` method is given.
+#[derive(Debug, Default)]
+pub struct Served(std::cell::Cell<Option<u64>>);
 
-fn dtype_kind(d: u8) -> FileType {
-    match d {
-        libc::DT_DIR => FileType::Directory,
-        libc::DT_LNK => FileType::Symlink,
-        libc::DT_FIFO => FileType::NamedPipe,
-        libc::DT_CHR => FileType::CharDevice,
-        libc::DT_BLK => FileType::BlockDevice,
-        libc::DT_SOCK => FileType::Socket,
-        _ => FileType::RegularFile,
+impl Served {
+    /// The path, if the request reached one.
+    pub fn path(&self) -> Option<u64> {
+        self.0.get()
     }
-}
 
-fn time(sec: i64, nsec: i64) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec.clamp(0, 999_999_999) as u32)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs())
-    }
-}
-
-fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
-    match t {
-        None => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        Some(TimeOrNow::Now) => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
-        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => libc::timespec {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_nsec: d.subsec_nanos() as i64,
-            },
-            Err(e) => libc::timespec {
-                tv_sec: -(e.duration().as_secs() as libc::time_t),
-                tv_nsec: 0,
-            },
-        },
+    /// Notes the path of `r`; returns its result.
+    pub fn note<T>(&self, r: Routed<T>) -> SysResult<T> {
+        if r.path.is_some() {
+            self.0.set(r.path);
+        }
+        r.result
     }
 }
 
@@ -174,23 +140,12 @@ impl Core {
 
     /// FUSE attributes (ids mapped host -> local) of a backing `stat`.
     pub fn attr(&self, st: &libc::stat) -> FileAttr {
-        FileAttr {
-            ino: INodeNo(self.inodes.fuse_ino(st.st_ino)),
-            size: st.st_size as u64,
-            blocks: st.st_blocks as u64,
-            atime: time(st.st_atime, st.st_atime_nsec),
-            mtime: time(st.st_mtime, st.st_mtime_nsec),
-            ctime: time(st.st_ctime, st.st_ctime_nsec),
-            crtime: time(st.st_ctime, st.st_ctime_nsec),
-            kind: kind_of(st.st_mode),
-            perm: (st.st_mode & 0o7777) as u16,
-            nlink: st.st_nlink as u32,
-            uid: self.idmap.uid_to_local(st.st_uid),
-            gid: self.idmap.gid_to_local(st.st_gid),
-            rdev: st.st_rdev as u32,
-            blksize: st.st_blksize as u32,
-            flags: 0,
-        }
+        FileAttr::from_stat(
+            st,
+            self.inodes.fuse_ino(st.st_ino),
+            self.idmap.uid_to_local(st.st_uid),
+            self.idmap.gid_to_local(st.st_gid),
+        )
     }
 
     fn path(&self, ino: u64) -> SysResult<PathBuf> {
@@ -222,39 +177,41 @@ impl Core {
         root.chown(rel, u, g)
     }
 
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<FileAttr> {
+    pub fn lookup(&self, cx: &Served, parent: u64, name: &OsStr) -> SysResult<FileAttr> {
         let rel = self.child(parent, name)?;
-        self.router
-            .run(Retry::Idempotent, |r| self.entry_at(r, &rel))
+        cx.note(
+            self.router
+                .run(Retry::Idempotent, |r| self.entry_at(r, &rel)),
+        )
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
     }
 
-    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> SysResult<FileAttr> {
+    pub fn getattr(&self, cx: &Served, ino: u64, fh: Option<u64>) -> SysResult<FileAttr> {
         if let Some(of) = fh.and_then(|fh| self.file(fh).ok()) {
-            if let Ok(st) = self.with_file(&of, Retry::Idempotent, storage::fstat) {
+            if let Ok(st) = self.with_file(cx, &of, Retry::Idempotent, storage::fstat) {
                 return Ok(self.attr(&st));
             }
         }
         let rel = self.path(ino)?;
-        self.router
-            .run(Retry::Idempotent, |r| r.stat(&rel))
+        cx.note(self.router.run(Retry::Idempotent, |r| r.stat(&rel)))
             .map(|st| self.attr(&st))
     }
 
     #[allow(clippy::too_many_arguments)]
     pub fn setattr(
         &self,
+        cx: &Served,
         ino: u64,
         fh: Option<u64>,
         mode: Option<u32>,
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
+        atime: Option<SetTime>,
+        mtime: Option<SetTime>,
     ) -> SysResult<FileAttr> {
         let rel = self.path(ino)?;
         if uid.is_some() || gid.is_some() {
@@ -266,35 +223,55 @@ impl Core {
                 Some(g) => self.idmap.gid_to_host(g).ok_or(libc::EPERM)?,
                 None => u32::MAX,
             };
-            self.router.run(Retry::Once, |r| r.chown(&rel, hu, hg))?;
+            cx.note(self.router.run(Retry::Once, |r| r.chown(&rel, hu, hg)))?;
         }
         if let Some(m) = mode {
-            self.router
-                .run(Retry::Once, |r| r.chmod(&rel, m & 0o7777))?;
+            cx.note(self.router.run(Retry::Once, |r| r.chmod(&rel, m & 0o7777)))?;
         }
         if let Some(sz) = size {
             match fh.and_then(|fh| self.file(fh).ok()) {
-                Some(of) => self.with_file(&of, Retry::Once, |fd| storage::ftruncate(fd, sz))?,
-                None => self.router.run(Retry::Once, |r| r.truncate(&rel, sz))?,
+                Some(of) => {
+                    self.with_file(cx, &of, Retry::Once, |fd| storage::ftruncate(fd, sz))?
+                }
+                None => cx.note(self.router.run(Retry::Once, |r| r.truncate(&rel, sz)))?,
             }
         }
         if atime.is_some() || mtime.is_some() {
             let t = [timespec(atime), timespec(mtime)];
-            self.router.run(Retry::Once, |r| r.utimens(&rel, &t))?;
+            cx.note(self.router.run(Retry::Once, |r| r.utimens(&rel, &t)))?;
         }
-        self.router
-            .run(Retry::Idempotent, |r| r.stat(&rel))
+        cx.note(self.router.run(Retry::Idempotent, |r| r.stat(&rel)))
             .map(|st| self.attr(&st))
     }
 
-    pub fn readlink(&self, ino: u64) -> SysResult<Vec<u8>> {
+    /// Clears the suid bit and, on a group-executable file, the sgid bit
+    /// of `ino`, as the VFS does for a write, truncate or chown by a caller
+    /// without `CAP_FSETID` (the kernel asks, `HANDLE_KILLPRIV_V2`; the
+    /// daemon's own calls on storage keep the bits, as root's do).
+    pub fn kill_suidgid(&self, cx: &Served, ino: u64) -> SysResult<()> {
         let rel = self.path(ino)?;
-        self.router.run(Retry::Idempotent, |r| r.readlink(&rel))
+        cx.note(self.router.run(Retry::Once, |r| {
+            let mode = r.stat(&rel)?.st_mode;
+            let mut kill = libc::S_ISUID;
+            if mode & libc::S_IXGRP != 0 {
+                kill |= libc::S_ISGID;
+            }
+            if mode & libc::S_IFMT == libc::S_IFREG && mode & kill != 0 {
+                r.chmod(&rel, mode & 0o7777 & !kill)?;
+            }
+            Ok(())
+        }))
+    }
+
+    pub fn readlink(&self, cx: &Served, ino: u64) -> SysResult<Vec<u8>> {
+        let rel = self.path(ino)?;
+        cx.note(self.router.run(Retry::Idempotent, |r| r.readlink(&rel)))
     }
 
     #[allow(clippy::too_many_arguments)]
     pub fn mknod(
         &self,
+        cx: &Served,
         parent: u64,
         name: &OsStr,
         mode: u32,
@@ -303,15 +280,16 @@ impl Core {
         gid: u32,
     ) -> SysResult<FileAttr> {
         let rel = self.child(parent, name)?;
-        self.router.run(Retry::Once, |r| {
+        cx.note(self.router.run(Retry::Once, |r| {
             r.mknod(&rel, mode, rdev as u64)?;
             self.own(r, &rel, uid, gid)?;
             self.entry_at(r, &rel)
-        })
+        }))
     }
 
     pub fn mkdir(
         &self,
+        cx: &Served,
         parent: u64,
         name: &OsStr,
         mode: u32,
@@ -319,22 +297,23 @@ impl Core {
         gid: u32,
     ) -> SysResult<FileAttr> {
         let rel = self.child(parent, name)?;
-        self.router.run(Retry::Once, |r| {
+        cx.note(self.router.run(Retry::Once, |r| {
             r.mkdir(&rel, mode)?;
             self.own(r, &rel, uid, gid)?;
             self.entry_at(r, &rel)
-        })
+        }))
     }
 
-    pub fn unlink(&self, parent: u64, name: &OsStr, dir: bool) -> SysResult<()> {
+    pub fn unlink(&self, cx: &Served, parent: u64, name: &OsStr, dir: bool) -> SysResult<()> {
         let rel = self.child(parent, name)?;
-        self.router.run(Retry::Once, |r| r.unlink(&rel, dir))?;
+        cx.note(self.router.run(Retry::Once, |r| r.unlink(&rel, dir)))?;
         self.inodes.unlinked(&rel);
         Ok(())
     }
 
     pub fn symlink(
         &self,
+        cx: &Served,
         parent: u64,
         name: &OsStr,
         target: &Path,
@@ -342,15 +321,16 @@ impl Core {
         gid: u32,
     ) -> SysResult<FileAttr> {
         let rel = self.child(parent, name)?;
-        self.router.run(Retry::Once, |r| {
+        cx.note(self.router.run(Retry::Once, |r| {
             r.symlink(target, &rel)?;
             self.own(r, &rel, uid, gid)?;
             self.entry_at(r, &rel)
-        })
+        }))
     }
 
     pub fn rename(
         &self,
+        cx: &Served,
         parent: u64,
         name: &OsStr,
         newparent: u64,
@@ -359,8 +339,10 @@ impl Core {
     ) -> SysResult<()> {
         let from = self.child(parent, name)?;
         let to = self.child(newparent, newname)?;
-        self.router
-            .run(Retry::Once, |r| r.rename(&from, &to, flags))?;
+        cx.note(
+            self.router
+                .run(Retry::Once, |r| r.rename(&from, &to, flags)),
+        )?;
         if flags & libc::RENAME_EXCHANGE != 0 {
             self.inodes.exchanged(&from, &to);
         } else {
@@ -369,13 +351,19 @@ impl Core {
         Ok(())
     }
 
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> SysResult<FileAttr> {
+    pub fn link(
+        &self,
+        cx: &Served,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> SysResult<FileAttr> {
         let from = self.path(ino)?;
         let to = self.child(newparent, newname)?;
-        self.router.run(Retry::Once, |r| {
+        cx.note(self.router.run(Retry::Once, |r| {
             r.link(&from, &to)?;
             self.entry_at(r, &to)
-        })
+        }))
     }
 
     /// Makes a handle for `ino` opened with `flags` by `pid`, served by
@@ -410,13 +398,19 @@ impl Core {
     /// Opens `ino`; returns the handle and its open file. A plain
     /// read-only open shares a cached read-only fd (see `fdcache`), unless
     /// the storage keeps close-to-open consistency (every open reaches it).
-    pub fn open(&self, ino: u64, flags: i32, pid: u32) -> SysResult<(u64, Arc<OpenFile>)> {
+    pub fn open(
+        &self,
+        cx: &Served,
+        ino: u64,
+        flags: i32,
+        pid: u32,
+    ) -> SysResult<(u64, Arc<OpenFile>)> {
         let rel = self.path(ino)?;
         let oflags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
         let shareable = !self.close_to_open && fdcache::shareable(oflags);
         if shareable {
             if let Some((path_id, fd)) = self.fds.get(ino, |p| self.router.usable(p)) {
-                super::router::set_last_path(path_id);
+                cx.0.set(Some(path_id));
                 let keep = self.keep_cache(ino, &fd);
                 return Ok(self.register(ino, oflags, pid, (path_id, fd), &rel, keep));
             }
@@ -426,12 +420,9 @@ impl Core {
         } else {
             Retry::Idempotent
         };
-        let mut path_id = 0;
-        let fd = self.router.run(retry, |r| {
-            path_id = super::router::last_path().unwrap_or(0);
-            r.open_at(&rel, oflags, 0)
-        })?;
-        let fd = Arc::new(fd);
+        let routed = self.router.run(retry, |r| r.open_at(&rel, oflags, 0));
+        let path_id = routed.path.unwrap_or(0);
+        let fd = Arc::new(cx.note(routed)?);
         if shareable {
             self.fds.put(ino, path_id, &fd);
         }
@@ -443,6 +434,7 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
+        cx: &Served,
         parent: u64,
         name: &OsStr,
         mode: u32,
@@ -453,19 +445,19 @@ impl Core {
     ) -> SysResult<(FileAttr, u64, Arc<OpenFile>)> {
         let rel = self.child(parent, name)?;
         let oflags = (flags | libc::O_CREAT) & !libc::O_NOCTTY;
-        let mut path_id = 0;
-        let (fd, attr) = self.router.run(Retry::Once, |r| {
-            path_id = super::router::last_path().unwrap_or(0);
+        let routed = self.router.run(Retry::Once, |r| {
             let fd = r.open_at(&rel, oflags, mode)?;
             self.own(r, &rel, uid, gid)?;
             let st = storage::fstat(fd.as_raw_fd())?;
             self.inodes.remember(st.st_ino, &rel);
             let attr = self.attr(&st);
-            self.pages.opened(attr.ino.0, &st);
+            self.pages.opened(attr.ino, &st);
             Ok((fd, attr))
-        })?;
+        });
+        let path_id = routed.path.unwrap_or(0);
+        let (fd, attr) = cx.note(routed)?;
         let (fh, of) = self.register(
-            attr.ino.0,
+            attr.ino,
             oflags & !CREATE_FLAGS,
             pid,
             (path_id, Arc::new(fd)),
@@ -492,14 +484,14 @@ impl Core {
     }
 
     /// Re-opens `of` on a usable path other than `bad`.
-    fn reopen(&self, of: &OpenFile, bad: u64) -> SysResult<()> {
+    fn reopen(&self, cx: &Served, of: &OpenFile, bad: u64) -> SysResult<()> {
         let rel = self.path(of.ino)?;
         let flags = of.flags & !CREATE_FLAGS;
-        let mut path_id = bad;
-        let fd = self.router.run(Retry::Idempotent, |r| {
-            path_id = super::router::last_path().unwrap_or(bad);
-            r.open_at(&rel, flags, 0)
-        })?;
+        let routed = self
+            .router
+            .run(Retry::Idempotent, |r| r.open_at(&rel, flags, 0));
+        let path_id = routed.path.unwrap_or(bad);
+        let fd = cx.note(routed)?;
         let mut cur = of.cur.write().unwrap_or_else(|p| p.into_inner());
         if cur.0 == bad {
             *cur = (path_id, Arc::new(fd));
@@ -516,6 +508,7 @@ impl Core {
     /// Runs `f` on the open file's fd with failover (see module doc).
     pub fn with_file<T>(
         &self,
+        cx: &Served,
         of: &OpenFile,
         retry: Retry,
         mut f: impl FnMut(RawFd) -> SysResult<T>,
@@ -525,13 +518,13 @@ impl Core {
         for _ in 0..attempts {
             let (pid, fd) = of.current();
             if !self.router.usable(pid) {
-                self.reopen(of, pid)?;
+                self.reopen(cx, of, pid)?;
                 continue;
             }
-            match self.router.run_on(pid, |_| f(fd.as_raw_fd())) {
+            match cx.note(self.router.run_on(pid, |_| f(fd.as_raw_fd()))) {
                 Err(e) if is_path_error(e) && retry == Retry::Idempotent => {
                     last = e;
-                    self.reopen(of, pid)?;
+                    self.reopen(cx, of, pid)?;
                 }
                 other => return other,
             }
@@ -539,14 +532,15 @@ impl Core {
         Err(last)
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
-        self.read_with(fh, offset, size, |r| r.map(<[u8]>::to_vec))
+    pub fn read(&self, cx: &Served, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
+        self.read_with(cx, fh, offset, size, |r| r.map(<[u8]>::to_vec))
     }
 
     /// Reads into this thread's reusable buffer and hands the bytes (or
     /// the errno) to `f`: no allocation and no zeroing per read.
     pub fn read_with<R>(
         &self,
+        cx: &Served,
         fh: u64,
         offset: u64,
         size: u32,
@@ -558,7 +552,7 @@ impl Core {
         };
         READ_BUF.with(|b| {
             let mut buf = b.borrow_mut();
-            let r = self.with_file(&of, Retry::Idempotent, |fd| {
+            let r = self.with_file(cx, &of, Retry::Idempotent, |fd| {
                 storage::pread_into(fd, offset, size as usize, &mut buf)
             });
             let out = f(r.map(|n| &buf[..n]));
@@ -569,17 +563,17 @@ impl Core {
         })
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> SysResult<usize> {
+    pub fn write(&self, cx: &Served, fh: u64, offset: u64, data: &[u8]) -> SysResult<usize> {
         let of = self.file(fh)?;
         if let Some(j) = &self.journal {
             j.wrote(fh, of.ino, offset, data.len() as u64);
         }
-        self.with_file(&of, Retry::Once, |fd| storage::pwrite(fd, offset, data))
+        self.with_file(cx, &of, Retry::Once, |fd| storage::pwrite(fd, offset, data))
     }
 
-    pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
+    pub fn fsync(&self, cx: &Served, fh: u64, datasync: bool) -> SysResult<()> {
         let of = self.file(fh)?;
-        self.with_file(&of, Retry::Once, |fd| storage::fsync(fd, datasync))?;
+        self.with_file(cx, &of, Retry::Once, |fd| storage::fsync(fd, datasync))?;
         if let Some(j) = &self.journal {
             j.synced(fh);
         }
@@ -598,25 +592,25 @@ impl Core {
     /// close-time errors for a handle open for writing; nothing to do for
     /// a read-only one (a kernel without `FOPEN_NOFLUSH` sends those too).
     /// Not replayed on another path.
-    pub fn flush(&self, fh: u64) -> SysResult<()> {
+    pub fn flush(&self, cx: &Served, fh: u64) -> SysResult<()> {
         let of = self.file(fh)?;
         if !of.writable() {
             return Ok(());
         }
-        self.with_file(&of, Retry::Once, storage::flush)
+        self.with_file(cx, &of, Retry::Once, storage::flush)
     }
 
     /// `fsync` of directory `ino` (its entries: creates, renames, unlinks).
-    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> SysResult<()> {
+    pub fn fsyncdir(&self, cx: &Served, ino: u64, datasync: bool) -> SysResult<()> {
         let rel = self.path(ino)?;
-        self.router.run(Retry::Idempotent, |r| {
+        cx.note(self.router.run(Retry::Idempotent, |r| {
             let fd = r.open_at(
                 &rel,
                 libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
                 0,
             )?;
             storage::fsync(fd.as_raw_fd(), datasync)
-        })
+        }))
     }
 
     /// Closes handle `fh`; returns the open file it was.
@@ -647,23 +641,30 @@ impl Core {
         self.files.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> SysResult<()> {
+    pub fn fallocate(
+        &self,
+        cx: &Served,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> SysResult<()> {
         let of = self.file(fh)?;
-        self.with_file(&of, Retry::Once, |fd| {
+        self.with_file(cx, &of, Retry::Once, |fd| {
             storage::fallocate(fd, mode, offset, len)
         })
     }
 
-    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> SysResult<i64> {
+    pub fn lseek(&self, cx: &Served, fh: u64, offset: i64, whence: i32) -> SysResult<i64> {
         let of = self.file(fh)?;
-        self.with_file(&of, Retry::Idempotent, |fd| {
+        self.with_file(cx, &of, Retry::Idempotent, |fd| {
             storage::lseek(fd, offset, whence)
         })
     }
 
-    pub fn opendir(&self, ino: u64) -> SysResult<u64> {
+    pub fn opendir(&self, cx: &Served, ino: u64) -> SysResult<u64> {
         let rel = self.path(ino)?;
-        let entries = self.router.run(Retry::Idempotent, |r| r.read_dir(&rel))?;
+        let entries = cx.note(self.router.run(Retry::Idempotent, |r| r.read_dir(&rel)))?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs
             .lock()
@@ -714,7 +715,7 @@ impl Core {
                 i as u64 + 3,
                 ListEntry {
                     ino: self.inodes.fuse_ino(e.ino),
-                    kind: dtype_kind(e.dtype),
+                    kind: FileType::from_dtype(e.dtype),
                     name: e.name.clone(),
                 },
             ));
@@ -723,8 +724,8 @@ impl Core {
     }
 
     /// Attributes of a directory entry for readdirplus (records a lookup).
-    pub fn entry_plus(&self, parent: u64, name: &OsStr) -> SysResult<FileAttr> {
-        self.lookup(parent, name)
+    pub fn entry_plus(&self, cx: &Served, parent: u64, name: &OsStr) -> SysResult<FileAttr> {
+        self.lookup(cx, parent, name)
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -734,36 +735,55 @@ impl Core {
             .remove(&fh);
     }
 
-    pub fn statfs(&self) -> SysResult<libc::statvfs> {
-        self.router.run(Retry::Idempotent, |r| r.statfs())
+    pub fn statfs(&self, cx: &Served) -> SysResult<libc::statvfs> {
+        cx.note(self.router.run(Retry::Idempotent, |r| r.statfs()))
     }
 
-    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> SysResult<(usize, Vec<u8>)> {
+    pub fn getxattr(
+        &self,
+        cx: &Served,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+    ) -> SysResult<(usize, Vec<u8>)> {
         let rel = self.path(ino)?;
-        self.router
-            .run(Retry::Idempotent, |r| r.getxattr(&rel, name, size as usize))
+        cx.note(
+            self.router
+                .run(Retry::Idempotent, |r| r.getxattr(&rel, name, size as usize)),
+        )
     }
 
-    pub fn listxattr(&self, ino: u64, size: u32) -> SysResult<(usize, Vec<u8>)> {
+    pub fn listxattr(&self, cx: &Served, ino: u64, size: u32) -> SysResult<(usize, Vec<u8>)> {
         let rel = self.path(ino)?;
-        self.router
-            .run(Retry::Idempotent, |r| r.listxattr(&rel, size as usize))
+        cx.note(
+            self.router
+                .run(Retry::Idempotent, |r| r.listxattr(&rel, size as usize)),
+        )
     }
 
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
+    pub fn setxattr(
+        &self,
+        cx: &Served,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> SysResult<()> {
         let rel = self.path(ino)?;
-        self.router
-            .run(Retry::Once, |r| r.setxattr(&rel, name, value, flags))
+        cx.note(
+            self.router
+                .run(Retry::Once, |r| r.setxattr(&rel, name, value, flags)),
+        )
     }
 
-    pub fn removexattr(&self, ino: u64, name: &OsStr) -> SysResult<()> {
+    pub fn removexattr(&self, cx: &Served, ino: u64, name: &OsStr) -> SysResult<()> {
         let rel = self.path(ino)?;
-        self.router.run(Retry::Once, |r| r.removexattr(&rel, name))
+        cx.note(self.router.run(Retry::Once, |r| r.removexattr(&rel, name)))
     }
 
     /// access(2) against the local (mapped) owner and mode.
-    pub fn access(&self, ino: u64, mask: i32, uid: u32, gid: u32) -> SysResult<()> {
-        let attr = self.getattr(ino, None)?;
+    pub fn access(&self, cx: &Served, ino: u64, mask: i32, uid: u32, gid: u32) -> SysResult<()> {
+        let attr = self.getattr(cx, ino, None)?;
         if mask == libc::F_OK {
             return Ok(());
         }

@@ -21,7 +21,6 @@
 //! only after [`PROBES_TO_ACTIVE`] consecutive good probes Active again; a
 //! failed probe sends it back to Failed.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,23 +32,13 @@ use super::storage::{Errno, StorageRoot, SysResult};
 /// Consecutive good probes before a Reconnecting path is Active again.
 pub const PROBES_TO_ACTIVE: u32 = 3;
 
-thread_local! {
-    static LAST_PATH: Cell<Option<u64>> = const { Cell::new(None) };
-}
-
-/// Path id used by the latest request on this thread (for spans).
-pub fn last_path() -> Option<u64> {
-    LAST_PATH.with(|c| c.get())
-}
-
-/// Clears [`last_path`] at the start of a request.
-pub fn clear_last_path() {
-    LAST_PATH.with(|c| c.set(None));
-}
-
-/// Sets [`last_path`] (what `run` does; for tests).
-pub fn set_last_path(id: u64) {
-    LAST_PATH.with(|c| c.set(Some(id)));
+/// A request's outcome and the storage path it was served on (the last
+/// one tried; none when no path was usable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Routed<T> {
+    pub result: SysResult<T>,
+    pub path: Option<u64>,
 }
 
 /// Whether an errno says the storage path itself is sick.
@@ -290,33 +279,57 @@ impl Router {
         &self,
         retry: Retry,
         mut f: impl FnMut(&StorageRoot) -> SysResult<T>,
-    ) -> SysResult<T> {
+    ) -> Routed<T> {
         let attempts = self.slots.len().max(1);
         let mut last = libc::EIO;
+        let mut path = None;
         for _ in 0..attempts {
-            let id = self.select()?;
-            let root = self.root(id).ok_or(libc::EIO)?;
-            LAST_PATH.with(|c| c.set(Some(id)));
+            let id = match self.select() {
+                Ok(id) => id,
+                Err(e) => {
+                    return Routed {
+                        result: Err(e),
+                        path,
+                    }
+                }
+            };
+            let Some(root) = self.root(id) else {
+                return Routed {
+                    result: Err(libc::EIO),
+                    path,
+                };
+            };
+            path = Some(id);
             let t0 = self.start();
             let r = f(&root);
             let err = r.as_ref().err().copied();
             self.report(id, t0, err);
             match r {
                 Err(e) if is_path_error(e) && retry == Retry::Idempotent => last = e,
-                other => return other,
+                result => return Routed { result, path },
             }
         }
-        Err(last)
+        Routed {
+            result: Err(last),
+            path,
+        }
     }
 
     /// Runs `f` on path `id` (an open file's path), reporting the outcome.
-    pub fn run_on<T>(&self, id: u64, f: impl FnOnce(&StorageRoot) -> SysResult<T>) -> SysResult<T> {
-        let root = self.root(id).ok_or(libc::EIO)?;
-        LAST_PATH.with(|c| c.set(Some(id)));
+    pub fn run_on<T>(&self, id: u64, f: impl FnOnce(&StorageRoot) -> SysResult<T>) -> Routed<T> {
+        let Some(root) = self.root(id) else {
+            return Routed {
+                result: Err(libc::EIO),
+                path: None,
+            };
+        };
         let t0 = self.start();
         let r = f(&root);
         self.report(id, t0, r.as_ref().err().copied());
-        r
+        Routed {
+            result: r,
+            path: Some(id),
+        }
     }
 
     /// One health-check round over Failed and Reconnecting paths.
@@ -413,25 +426,33 @@ mod tests {
                 Ok(7)
             }
         });
-        assert_eq!(out, Ok(7));
+        assert_eq!(out.result, Ok(7));
         assert_eq!(calls, 2);
+        // The path that answered comes back with the answer.
+        assert!(out.path.is_some());
+        let first = r.run(Retry::Idempotent, |_| Ok(())).path;
+        let second = r.run(Retry::Idempotent, |_| Ok(())).path;
+        assert_ne!(first, second, "round robin over two paths");
     }
 
     #[test]
     fn non_idempotent_requests_are_not_replayed() {
         let (_d, r) = two_paths();
         let mut calls = 0;
-        let out: SysResult<()> = r.run(Retry::Once, |_| {
-            calls += 1;
-            Err(libc::EIO)
-        });
+        let out: SysResult<()> = r
+            .run(Retry::Once, |_| {
+                calls += 1;
+                Err(libc::EIO)
+            })
+            .result;
         assert_eq!(out, Err(libc::EIO));
         assert_eq!(calls, 1);
         // An ordinary errno is an answer, not a sick path.
         assert_eq!(
             r.run(Retry::Idempotent, |_| -> SysResult<()> {
                 Err(libc::ENOENT)
-            }),
+            })
+            .result,
             Err(libc::ENOENT)
         );
     }
@@ -457,7 +478,8 @@ mod tests {
         let (_d, r) = two_paths();
         let _ = r.lock().mark_failed(PathId(0));
         let _ = r.lock().mark_failed(PathId(1));
-        assert_eq!(r.run(Retry::Idempotent, |_| Ok(())), Err(libc::EIO));
+        let out = r.run(Retry::Idempotent, |_| Ok(()));
+        assert_eq!((out.result, out.path), (Err(libc::EIO), None));
     }
 
     #[test]
@@ -484,7 +506,7 @@ mod tests {
         let (_d, r) = two_paths();
         let ema = |id| r.lock().get_path(PathId(id)).unwrap().metrics.latency_us;
         for _ in 0..200 {
-            r.run(Retry::Idempotent, |_| Ok(())).unwrap();
+            r.run(Retry::Idempotent, |_| Ok(())).result.unwrap();
         }
         // 100 near-instant requests per path: each EMA falls from its
         // 1000 us baseline by 7/8 per request, to about 0.

@@ -320,9 +320,6 @@ impl Spans {
         );
         let joining = self.joiner.as_ref().is_some_and(|j| j.is_active());
         let timed = sampled || self.slow_ns > 0 || joining;
-        if timed {
-            super::router::clear_last_path();
-        }
         Some(ReqSpan {
             op: op.name,
             op_index: op.index,
@@ -337,10 +334,12 @@ impl Spans {
         })
     }
 
-    /// Counts a finished request; finishes its span if it is traced.
+    /// Counts a finished request served on storage path `path` (if any);
+    /// finishes its span if it is traced.
     pub fn end(
         &self,
         span: Option<ReqSpan>,
+        path: Option<u64>,
         fh: Option<u64>,
         bytes: Option<u64>,
         errno: Option<i32>,
@@ -356,7 +355,6 @@ impl Spans {
         let end_ns = now_ns();
         let elapsed = end_ns.saturating_sub(s.start_ns);
         let keep = s.sampled || (self.slow_ns > 0 && elapsed >= self.slow_ns);
-        let path = super::router::last_path();
         let built = keep.then(|| self.build(&s, end_ns, path, fh, bytes, errno));
         if let Some(j) = self.joiner.as_ref().filter(|j| j.is_active()) {
             if built.is_some() || path.is_some_and(|p| j.ema_due(p)) {
@@ -432,7 +430,7 @@ mod tests {
         let s = Spans::new(1.0, 10);
         let r = s.begin(Op::new("read"), 42, 7, 1000, 55);
         assert!(r.is_some());
-        s.end(r, Some(3), Some(4096), None);
+        s.end(r, None, Some(3), Some(4096), None);
         let spans = s.buffer().lock().unwrap().drain();
         assert_eq!(spans.len(), 1);
         let sp = &spans[0];
@@ -454,17 +452,17 @@ mod tests {
     fn errors_and_dropping() {
         let s = Spans::new(1.0, 10);
         let r = s.begin(Op::new("lookup"), 1, 1, 0, 1);
-        s.end(r, None, None, Some(2));
+        s.end(r, None, None, None, Some(2));
         let spans = s.buffer().lock().unwrap().drain();
         assert_eq!(spans[0].status, SpanStatus::Error("ENOENT".into()));
         // Not sampled: no span, but counted.
         let none = Spans::new(0.0, 10);
         for unique in 0..3 {
             let r = none.begin(Op::new("read"), unique, 1, 0, 1);
-            none.end(r, None, None, (unique == 0).then_some(libc::EIO));
+            none.end(r, None, None, None, (unique == 0).then_some(libc::EIO));
         }
         let r = none.begin(Op::new("some_new_op"), 9, 1, 0, 1);
-        none.end(r, None, None, None);
+        none.end(r, None, None, None, None);
         assert!(none.buffer().lock().unwrap().is_empty());
         assert_eq!(none.op_counts(), vec![("read", 3, 1), ("other", 1, 0)]);
         assert_eq!(s.op_counts(), vec![("lookup", 1, 1)]);
@@ -474,11 +472,11 @@ mod tests {
     fn slow_requests_always_become_spans() {
         let s = Spans::new(0.0, 10).with_slow_threshold(Some(Duration::from_millis(5)));
         let fast = s.begin(Op::new("read"), 1, 1, 0, 1);
-        s.end(fast, None, None, None);
+        s.end(fast, None, None, None, None);
         assert!(s.buffer().lock().unwrap().is_empty());
         let slow = s.begin(Op::new("read"), 2, 1, 0, 1);
         std::thread::sleep(Duration::from_millis(6));
-        s.end(slow, None, None, None);
+        s.end(slow, None, None, None, None);
         assert_eq!(s.buffer().lock().unwrap().drain().len(), 1);
     }
 

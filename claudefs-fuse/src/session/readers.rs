@@ -1,7 +1,8 @@
-//! Which worker reads `/dev/fuse`: one at a time while requests are fast.
+//! Which worker of the `/dev/fuse` transport reads the device: one at a
+//! time while requests are fast.
 //!
-//! fuser runs `--threads N` workers, each looping read-request / call the
-//! file system. The kernel gives a request to the worker that has slept
+//! The transport runs `--threads N` workers, each looping read-request /
+//! serve it (see `super::run_dev`). The kernel gives a request to the worker that has slept
 //! longest (an exclusive FIFO wait queue), so N idle workers mean every
 //! request wakes a different, cache-cold thread, often on another CPU.
 //! On fast storage that wakeup is most of what a request costs.
@@ -136,10 +137,10 @@ pub struct Wakeups {
     pub backlog: AtomicU64,
 }
 
-/// The reader hand-off between fuser's workers (see the module doc).
+/// The reader hand-off between the transport's workers (see the module doc).
 #[derive(Debug)]
 pub struct Readers {
-    /// Low 32 bits: workers in fuser's loop (reading the device or about
+    /// Low 32 bits: workers in the read loop (reading the device or about
     /// to). High 32 bits: requests entered so far (wrapping), so the watch
     /// can tell a stuck reader from a busy one with one load.
     state: AtomicU64,
@@ -157,6 +158,7 @@ pub struct Readers {
     backlog: AtomicU64,
     /// The device (a duplicate of the session's descriptor), once known.
     dev: OnceLock<OwnedFd>,
+    workers: usize,
 }
 
 /// A worker serving one request; it leaves (and may park) on drop.
@@ -188,6 +190,7 @@ impl Readers {
             scale_out,
             backlog: AtomicU64::new(0),
             dev: OnceLock::new(),
+            workers,
             state: AtomicU64::new(workers as u64 & IDLE),
             watched: AtomicU64::new(u64::MAX),
             watched_queued: AtomicBool::new(false),
@@ -327,18 +330,17 @@ impl Readers {
         (self.state.load(Ordering::Acquire) & IDLE) as usize
     }
 
-    /// The exporter's view of the workers, `threads` in all.
-    pub fn view(&self, threads: usize) -> crate::exporter::daemon_metrics::WorkersView {
-        crate::exporter::daemon_metrics::WorkersView {
-            threads,
-            reading: self.reading().min(threads),
-            parked: self.parked(),
-            woken_may_block: self.wakeups.may_block.load(Ordering::Relaxed),
-            woken_stalled: self.wakeups.stalled.load(Ordering::Relaxed),
-            woken_backlog: self.wakeups.backlog.load(Ordering::Relaxed),
-            poll_hits: self.poll.hits.load(Ordering::Relaxed),
-            poll_misses: self.poll.misses.load(Ordering::Relaxed),
-        }
+    /// The workers in all.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Polls that found a request, and polls that ran out.
+    pub fn poll_counts(&self) -> (u64, u64) {
+        (
+            self.poll.hits.load(Ordering::Relaxed),
+            self.poll.misses.load(Ordering::Relaxed),
+        )
     }
 
     /// Workers parked right now.
@@ -570,10 +572,7 @@ mod tests {
         let rd2 = rd.try_clone().unwrap();
         let r = Arc::new(Readers::new(1, Duration::from_micros(20), false));
         r.spawn_watch(rd).unwrap();
-        let polls = || {
-            let v = r.view(1);
-            (v.poll_hits, v.poll_misses)
-        };
+        let polls = || r.poll_counts();
         // A fresh reader does not poll: its gap is not known to be short.
         drop(r.enter(false));
         assert_eq!(polls(), (0, 0));
