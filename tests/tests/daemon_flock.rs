@@ -203,3 +203,75 @@ except OSError as e: print("EDEADLK" if e.errno == errno.EDEADLK else errno.erro
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "EDEADLK");
 }
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// A blocking flock interrupted by a signal returns EINTR at once: the
+/// kernel sends FUSE_INTERRUPT and the daemon answers the parked request
+/// (no polling of the waiter's state).
+#[test]
+fn an_interrupted_blocking_flock_returns_eintr_within_50ms() {
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_src, m) = MountGuard::single_path(tmp.path(), &[]).unwrap();
+    let path = m.mnt.join("intr.lock");
+    let holder = std::fs::File::create(&path).unwrap();
+    // SAFETY: flock on an open fd.
+    assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+    // SAFETY: installs a handler that does nothing, without SA_RESTART, so
+    // the blocked flock(2) returns EINTR.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: pthread_self has no preconditions.
+            tx.send(unsafe { libc::pthread_self() }).unwrap();
+            // SAFETY: flock on an open fd.
+            let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+            let err = std::io::Error::last_os_error().raw_os_error();
+            (rc, err, Instant::now())
+        })
+    };
+    let thread = rx.recv().unwrap();
+    let waiting = || {
+        m.status().unwrap()["flock"]["waiting"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        claudefs_e2e::wait_until(Duration::from_secs(5), || waiting() == 1),
+        "the blocking request never parked"
+    );
+    let t0 = Instant::now();
+    // SAFETY: signals a live thread of this process.
+    assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR1) }, 0);
+    let (rc, err, t1) = waiter.join().unwrap();
+    assert_eq!((rc, err), (-1, Some(libc::EINTR)));
+    let took = t1.duration_since(t0);
+    assert!(took < Duration::from_millis(50), "EINTR took {took:?}");
+    assert_eq!(waiting(), 0, "the interrupted request left the queue");
+    // The holder's lock is untouched, and goes with its unlock.
+    let other = std::fs::File::open(&path).unwrap();
+    // SAFETY: flock on open fds.
+    unsafe {
+        assert_eq!(
+            libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB),
+            -1
+        );
+        assert_eq!(libc::flock(holder.as_raw_fd(), libc::LOCK_UN), 0);
+        assert_eq!(
+            libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB),
+            0
+        );
+    }
+}

@@ -435,3 +435,96 @@ impl<A> Inner<A> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex as StdMutex};
+
+    /// Answers recorded as (request id, errno).
+    type Log = Arc<StdMutex<Vec<(u64, Option<i32>)>>>;
+
+    struct Rec(u64, Log);
+
+    impl Answer for Rec {
+        fn answer(self, errno: Option<i32>) {
+            self.1.lock().unwrap().push((self.0, errno));
+        }
+    }
+
+    /// Pids of no live process, so the registry never sees one caller.
+    const PID_A: u32 = 0x7fff_0001;
+    const PID_B: u32 = 0x7fff_0002;
+
+    fn setlk(l: &Locks<Rec>, log: &Log, unique: u64, owner: u64, pid: u32, typ: i32, sleep: bool) {
+        l.setlk(unique, 7, owner, pid, typ, sleep, Rec(unique, log.clone()))
+            .send();
+    }
+
+    fn answers(log: &Log) -> Vec<(u64, Option<i32>)> {
+        std::mem::take(&mut *log.lock().unwrap())
+    }
+
+    #[test]
+    fn a_conflict_refuses_without_sleep_and_parks_with_it() {
+        let (l, log) = (Locks::<Rec>::default(), Log::default());
+        setlk(&l, &log, 1, 10, PID_A, libc::F_WRLCK, false);
+        setlk(&l, &log, 2, 20, PID_B, libc::F_WRLCK, false);
+        setlk(&l, &log, 3, 20, PID_B, libc::F_RDLCK, true);
+        assert_eq!(answers(&log), vec![(1, None), (2, Some(libc::EWOULDBLOCK))]);
+        assert_eq!(l.metrics().waiting, 1);
+        // The holder's unlock grants the parked request (answered first,
+        // while the unlock's own answer is sent by its caller).
+        setlk(&l, &log, 4, 10, PID_A, libc::F_UNLCK, false);
+        assert_eq!(answers(&log), vec![(3, None), (4, None)]);
+        assert_eq!(l.metrics().waiting, 0);
+    }
+
+    #[test]
+    fn an_interrupt_answers_the_parked_request_eintr_and_wakes_the_next() {
+        let (l, log) = (Locks::<Rec>::default(), Log::default());
+        setlk(&l, &log, 1, 10, PID_A, libc::F_WRLCK, false);
+        setlk(&l, &log, 2, 20, PID_B, libc::F_WRLCK, true);
+        setlk(&l, &log, 3, 30, PID_B, libc::F_WRLCK, true);
+        assert_eq!(answers(&log), vec![(1, None)]);
+        l.interrupt(99); // names no parked request: nothing answered
+        assert!(answers(&log).is_empty());
+        l.interrupt(2);
+        assert_eq!(answers(&log), vec![(2, Some(libc::EINTR))]);
+        assert_eq!(l.metrics().waiting, 1, "3 still waits for the holder");
+        l.release_owner(7, 10);
+        assert_eq!(answers(&log), vec![(3, None)]);
+        let calls = l.metrics().calls;
+        let blocking_ex = calls
+            .iter()
+            .find(|(k, m, _)| *k == FlockKind::Exclusive && *m == FlockMode::Blocking)
+            .unwrap();
+        assert_eq!(blocking_ex.2.calls, 2, "the interrupted request counts too");
+    }
+
+    #[test]
+    fn an_interrupt_read_before_its_request_parked_still_interrupts_it() {
+        let (l, log) = (Locks::<Rec>::default(), Log::default());
+        setlk(&l, &log, 1, 10, PID_A, libc::F_WRLCK, false);
+        l.interrupt(5);
+        setlk(&l, &log, 5, 20, PID_B, libc::F_WRLCK, true);
+        assert_eq!(answers(&log), vec![(1, None), (5, Some(libc::EINTR))]);
+        assert_eq!(l.metrics().waiting, 0);
+        // Used up: the next request with that id (ids are reused) parks.
+        setlk(&l, &log, 5, 20, PID_B, libc::F_WRLCK, true);
+        assert_eq!(l.metrics().waiting, 1);
+    }
+
+    #[test]
+    fn release_frees_the_owner_and_shutdown_answers_every_waiter() {
+        let (l, log) = (Locks::<Rec>::default(), Log::default());
+        setlk(&l, &log, 1, 10, PID_A, libc::F_WRLCK, false);
+        setlk(&l, &log, 2, 20, PID_B, libc::F_WRLCK, true);
+        setlk(&l, &log, 3, 30, PID_B, libc::F_WRLCK, true);
+        l.release_owner(7, 10);
+        assert_eq!(answers(&log), vec![(1, None), (2, None)]);
+        l.shutdown();
+        assert_eq!(answers(&log), vec![(3, Some(libc::EINTR))]);
+        assert_eq!(l.status().waiting, 0);
+    }
+}
