@@ -209,8 +209,9 @@ impl Session {
 
     /// Serves `handler` on `/dev/fuse` with `readers.workers()` workers,
     /// each on its own clone of the device, until the connection ends (or,
-    /// with `stop`, until it is set: each worker then leaves after its
-    /// next answer, leaving the connection to another session).
+    /// with `stop`, until it is set: each worker looks before each read,
+    /// so one already blocked in read(2) leaves after the request it
+    /// reads; the connection is then another session's to serve).
     pub fn run_dev<H: Handler>(
         &self,
         handler: Arc<H>,

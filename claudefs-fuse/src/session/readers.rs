@@ -399,7 +399,9 @@ impl Readers {
             .name("cfs-readers".into())
             .spawn(move || {
                 let Some(dev) = me.dev.get() else { return };
-                while me.watch_once(dev) {
+                // Closed: the connection ended, or the session stopped
+                // serving it (another may adopt it).
+                while !me.lock().closed && me.watch_once(dev) {
                     std::thread::sleep(WATCH_INTERVAL);
                 }
             })?;
