@@ -1,7 +1,8 @@
 //! Helpers for the end-to-end tests.
 //!
 //! [`MountGuard`] spawns the `claudefs-fuse` binary and unmounts/kills it on
-//! drop. The binary is `$CLAUDEFS_FUSE_BIN`, else `claudefs-fuse` in the
+//! drop, with `--transport $CLAUDEFS_TEST_TRANSPORT` when that is set and
+//! the test names no transport itself. The binary is `$CLAUDEFS_FUSE_BIN`, else `claudefs-fuse` in the
 //! target dir of the running test (`<target>/<profile>/claudefs-fuse`).
 //! FUSE tests need root and `/dev/fuse`: [`fuse_unavailable`] says why they
 //! cannot run; in CI (`CI=true`) that is a failure, elsewhere a skip.
@@ -101,9 +102,17 @@ impl MountGuard {
         std::fs::create_dir_all(mnt)?;
         let log = state.with_extension("log");
         let logf = std::fs::File::create(&log)?;
+        // CLAUDEFS_TEST_TRANSPORT (dev, uring, auto) picks the transport of
+        // every daemon a test starts.
+        let transport = std::env::var("CLAUDEFS_TEST_TRANSPORT")
+            .ok()
+            .filter(|t| !t.is_empty() && !args.iter().any(|a| a == "--transport"))
+            .map(|t| vec!["--transport".to_string(), t])
+            .unwrap_or_default();
         let child = Command::new(fuse_bin())
             .arg("mount")
             .args(args)
+            .args(&transport)
             .arg("--state-dir")
             .arg(state)
             .arg(mnt)

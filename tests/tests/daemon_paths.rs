@@ -280,7 +280,10 @@ fn passthrough_reads_and_writes() {
 
 /// A storage request that hangs (an open that the storage path takes
 /// 1.5 s to answer) does not hold up the mount: other requests are
-/// answered meanwhile by another worker (see `daemon::readers`).
+/// answered meanwhile by another worker (see `session::readers`). This
+/// is the /dev/fuse transport's reader hand-off, so it runs on that
+/// transport whatever CLAUDEFS_TEST_TRANSPORT says (an io_uring queue
+/// has no such hand-off yet).
 #[test]
 fn a_hanging_storage_request_does_not_hold_up_others() {
     if fuse_unavailable().is_some() {
@@ -293,7 +296,17 @@ fn a_hanging_storage_request_does_not_hold_up_others() {
     })
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let m = mount_over(&storage, tmp.path());
+    let m = MountGuard::start(
+        &tmp.path().join("mnt"),
+        &tmp.path().join("state"),
+        &[
+            "--path".into(),
+            storage.mountpoint.display().to_string(),
+            "--transport".into(),
+            "dev".into(),
+        ],
+    )
+    .unwrap();
     let mnt = m.mnt.clone();
     assert_eq!(fs::read(mnt.join("a")).unwrap(), testfs::CONTENT);
     // All workers read at first; one request at a time leaves a single

@@ -108,7 +108,26 @@ fn test() -> Result<()> {
     cmd::cargo(&root, &["fmt", "--all", "--", "--check"])?;
     cmd::cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
     cmd::cargo(&root, &["build", "--bins"])?;
-    let (passed, failed) = cmd::cargo_test(&root, &[])?;
+    // Every test runs with the default transport (auto: io_uring where the
+    // kernel has it), then the daemon's e2e suites again on /dev/fuse.
+    let (mut passed, mut failed) = cmd::cargo_test(&root, &[])?;
+    std::env::set_var("CLAUDEFS_TEST_TRANSPORT", "dev");
+    let (p, f) = cmd::cargo_test(
+        &root,
+        &[
+            "-p",
+            "claudefs-e2e",
+            "--test",
+            "daemon_posix",
+            "--test",
+            "daemon_flock",
+            "--test",
+            "daemon_paths",
+        ],
+    )?;
+    std::env::remove_var("CLAUDEFS_TEST_TRANSPORT");
+    passed += p;
+    failed += f;
     // The live dashboard proof mounts FUSE and loads probes: it needs root
     // and /dev/fuse. CI has both and must run it; elsewhere say why not.
     let live_possible = effective_uid_is_root() && std::path::Path::new("/dev/fuse").exists();

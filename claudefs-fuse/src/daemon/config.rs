@@ -3,7 +3,7 @@
 //!
 //! Every mount option can also be given in a TOML file (`--config FILE`)
 //! with the same names (`path = ["/a,priority=10", "/b"]`, `policy`,
-//! `idmap`, `state_dir`, `threads`, `poll_us`, `passthrough`, `health_interval_ms`,
+//! `idmap`, `state_dir`, `threads`, `poll_us`, `passthrough`, `transport`, `health_interval_ms`,
 //! `sample_rate`, `metrics_addr`, `ebpf`, `otlp_endpoint`, `otlp_protocol`,
 //! `slow_threshold`). Flags given on the command line win over the file.
 //!
@@ -31,6 +31,18 @@ pub enum PolicyArg {
     LeastLatency,
     /// The usable path with the highest priority.
     Primary,
+}
+
+/// How requests reach the daemon (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportArg {
+    /// io_uring when the kernel has it on or it can be turned on, else dev.
+    Auto,
+    /// FUSE over io_uring (Linux 6.14; fails when unavailable).
+    Uring,
+    /// read(2)/writev(2) on /dev/fuse.
+    Dev,
 }
 
 /// One `--path DIR[,priority=N][,addr=HOST:PORT]` value.
@@ -148,6 +160,9 @@ pub struct MountArgs {
     /// Kernel FUSE passthrough for open files (needs root; falls back with a warning).
     #[arg(long)]
     pub passthrough: bool,
+    /// Request transport: auto (default), uring or dev.
+    #[arg(long, value_enum)]
+    pub transport: Option<TransportArg>,
     /// TOML file with the same options.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -203,6 +218,7 @@ struct FileConfig {
     threads: Option<usize>,
     poll_us: Option<u64>,
     passthrough: Option<bool>,
+    transport: Option<TransportArg>,
     health_interval_ms: Option<u64>,
     sample_rate: Option<f64>,
     metrics_addr: Option<String>,
@@ -222,6 +238,7 @@ pub struct Settings {
     pub threads: usize,
     pub poll_us: u64,
     pub passthrough: bool,
+    pub transport: TransportArg,
     pub health_interval_ms: u64,
     pub sample_rate: f64,
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -314,6 +331,10 @@ impl MountArgs {
             threads,
             poll_us,
             passthrough: self.passthrough || file.passthrough.unwrap_or(false),
+            transport: self
+                .transport
+                .or(file.transport)
+                .unwrap_or(TransportArg::Auto),
             health_interval_ms: self
                 .health_interval_ms
                 .or(file.health_interval_ms)
@@ -384,7 +405,7 @@ mod tests {
         std::fs::write(
             &cfg,
             format!(
-                "path = [\"{},priority=3\"]\npolicy = \"primary\"\nthreads = 2\npoll_us = 5\nmetrics_addr = \"127.0.0.1:9999\"\nslow_threshold = \"50ms\"\n",
+                "path = [\"{},priority=3\"]\npolicy = \"primary\"\nthreads = 2\npoll_us = 5\ntransport = \"dev\"\nmetrics_addr = \"127.0.0.1:9999\"\nslow_threshold = \"50ms\"\n",
                 dir.path().display()
             ),
         )
@@ -397,6 +418,7 @@ mod tests {
             threads: None,
             poll_us: None,
             passthrough: false,
+            transport: None,
             config: Some(cfg),
             health_interval_ms: None,
             sample_rate: None,
@@ -412,6 +434,7 @@ mod tests {
         assert_eq!(s.policy, PolicyArg::Primary);
         assert_eq!(s.threads, 2);
         assert_eq!(s.poll_us, 5);
+        assert_eq!(s.transport, TransportArg::Dev);
         assert_eq!(s.metrics_addr, Some("127.0.0.1:9999".parse().unwrap()));
         assert_eq!(s.slow_threshold, Some(std::time::Duration::from_millis(50)));
     }

@@ -44,10 +44,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::multipath::LoadBalancePolicy;
-use crate::session::{Readers, Session};
+use crate::session::{Readers, Session, Transport};
 use anyhow::{bail, Context};
 
-use config::{MountArgs, PolicyArg, StatusArgs};
+use config::{MountArgs, PolicyArg, StatusArgs, TransportArg};
 
 /// Whether `dir` is already a mount point (or a dead FUSE mount).
 fn check_mountpoint(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -295,17 +295,72 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         spans = spans.with_joiner(joiner.clone());
     }
     let spans = Arc::new(spans);
-    // With one CPU to run on, the reader's poll only delays the
-    // application that would send the next request.
+    let fs = fs::Fs::new(core.clone(), locks.clone(), spans.clone(), s.passthrough);
+    let passthrough = fs.passthrough.clone();
+
+    // io_uring is offered at INIT only if the fuse module has it on then.
+    let want_uring = match s.transport {
+        TransportArg::Dev => false,
+        TransportArg::Auto => crate::session::uring::enable(),
+        TransportArg::Uring if crate::session::uring::enable() => true,
+        TransportArg::Uring => bail!(
+            "--transport uring: FUSE over io_uring is unavailable (no /sys/module/fuse/parameters/enable_uring, or it cannot be set: Linux >= 6.14 with CONFIG_FUSE_IO_URING and root are needed)"
+        ),
+    };
+    let fd = match mount::mount_fuse(&mountpoint) {
+        Ok(fd) => Ok(fd),
+        // Not allowed to mount: fusermount3 mounts for us.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => mount::mount_fusermount(&mountpoint),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
+    let init = crate::session::InitConfig {
+        passthrough: s.passthrough,
+        io_uring: want_uring,
+        ..Default::default()
+    };
+    let never = AtomicBool::new(false);
+    let session = match Session::init(fd, &init) {
+        Ok(session) => session,
+        Err(e) => {
+            unmount(&mountpoint, &never);
+            bail!("FUSE INIT on {} failed: {e}", mountpoint.display());
+        }
+    };
+    let transport = if session
+        .state()
+        .has(crate::session::abi::init_flags::OVER_IO_URING)
+    {
+        Transport::Uring
+    } else if s.transport == TransportArg::Uring {
+        unmount(&mountpoint, &never);
+        bail!("--transport uring: the kernel did not offer FUSE over io_uring at INIT");
+    } else {
+        if want_uring {
+            tracing::info!("the kernel did not offer FUSE over io_uring: serving on /dev/fuse");
+        }
+        Transport::Dev
+    };
+    fs.connected(session.state(), session.device().clone());
+    // Over io_uring one /dev/fuse worker remains (INTERRUPT, FORGET, and
+    // requests before the rings are ready). With one CPU to run on, the
+    // reader's poll only delays the application that would send the next
+    // request.
+    let threads = match transport {
+        Transport::Uring => 1,
+        Transport::Dev => s.threads,
+    };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let poll_us = if cpus > 1 { s.poll_us } else { 0 };
+    let poll_us = if cpus > 1 && transport == Transport::Dev {
+        s.poll_us
+    } else {
+        0
+    };
     let readers = Arc::new(Readers::new(
-        s.threads,
+        threads,
         Duration::from_micros(poll_us),
         cpus > 1,
     ));
-    let fs = fs::Fs::new(core.clone(), locks.clone(), spans.clone(), s.passthrough);
-    let passthrough = fs.passthrough.clone();
 
     let stop = Arc::new(AtomicBool::new(false));
     router.spawn_health_checker(Duration::from_millis(s.health_interval_ms), stop.clone())?;
@@ -314,7 +369,7 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     let snap = {
         let (core, locks, spans) = (core.clone(), locks.clone(), spans.clone());
         let readers = readers.clone();
-        let threads = s.threads;
+        let counters = session.counters().clone();
         let summary = summary.clone();
         let mp = mountpoint.display().to_string();
         let policy = format!("{:?}", s.policy);
@@ -329,30 +384,18 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
                 passthrough.wanted(),
             );
             st.workers = serde_json::to_value(workers_view(&readers, threads)).unwrap_or_default();
+            st.transport = transport.name().to_string();
+            let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            st.session = serde_json::json!({
+                "requests": c(&counters.requests), "short": c(&counters.short),
+                "malformed": c(&counters.malformed), "unknown": c(&counters.unknown),
+                "panics": c(&counters.panics),
+            });
             st
         })
     };
     let sock = status::serve(&s.state_dir, snap)?;
 
-    let fd = match mount::mount_fuse(&mountpoint) {
-        Ok(fd) => Ok(fd),
-        // Not allowed to mount: fusermount3 mounts for us.
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => mount::mount_fusermount(&mountpoint),
-        Err(e) => Err(e),
-    }
-    .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
-    let init = crate::session::InitConfig {
-        passthrough: s.passthrough,
-        ..Default::default()
-    };
-    let session = match Session::init(fd, &init) {
-        Ok(session) => session,
-        Err(e) => {
-            unmount(&mountpoint, &stop);
-            bail!("FUSE INIT on {} failed: {e}", mountpoint.display());
-        }
-    };
-    fs.connected(session.state(), session.device().clone());
     spawn_signal_handler(mountpoint.clone(), stop.clone())?;
     let exporter = start_exporter(
         &s,
@@ -366,16 +409,21 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
             joiner,
             summary: summary.clone(),
             readers: readers.clone(),
-            threads: s.threads,
+            threads,
+            transport,
         },
     );
     tracing::info!(
-        "mounted {} ({} storage paths, {} threads)",
+        "mounted {} ({} storage paths, transport {}, {} /dev/fuse workers)",
         mountpoint.display(),
         router.len(),
-        s.threads
+        transport.name(),
+        threads
     );
-    let result = session.run_dev(Arc::new(fs), readers.clone(), None);
+    let result = match transport {
+        Transport::Uring => session.run_uring(Arc::new(fs), readers.clone()),
+        Transport::Dev => session.run_dev(Arc::new(fs), readers.clone(), None),
+    };
     stop.store(true, Ordering::Relaxed);
     if let Some(e) = exporter {
         e.stop();
@@ -398,6 +446,7 @@ struct ExportParts {
     summary: journal::RecoverySummary,
     readers: Arc<Readers>,
     threads: usize,
+    transport: Transport,
 }
 
 /// The exporter's view of the `/dev/fuse` workers, `threads` in all.
@@ -489,6 +538,7 @@ fn start_exporter(
         );
         let summary = parts.summary.clone();
         let (readers, threads) = (parts.readers.clone(), parts.threads);
+        let transport = parts.transport.name();
         let mount = mountpoint.display().to_string();
         Arc::new(move || {
             let counters = core.router.counters();
@@ -523,6 +573,7 @@ fn start_exporter(
                 spans_dropped: spans.counts().1 + stats.lost(),
                 spans_exported: stats.exported.load(Ordering::Relaxed),
                 workers: workers_view(&readers, threads),
+                transport,
             }
         })
     };
@@ -609,6 +660,8 @@ fn status_snapshot(
             .into_iter()
             .map(|(op, n, e)| (op.to_string(), [n, e]))
             .collect(),
+        transport: String::new(),
+        session: serde_json::Value::Null,
     }
 }
 

@@ -57,6 +57,13 @@ pub struct Status {
     /// Requests answered per operation: `{op: [answered, errors]}`.
     #[serde(default)]
     pub requests: std::collections::BTreeMap<String, [u64; 2]>,
+    /// How requests reach the daemon: `uring` or `dev`.
+    #[serde(default)]
+    pub transport: String,
+    /// Requests the session answered itself: malformed, unknown opcodes,
+    /// handler panics (see `session::Counters`).
+    #[serde(default)]
+    pub session: serde_json::Value,
 }
 
 /// Serves `snapshot()` on `dir/status.sock` from a background thread.
@@ -94,9 +101,11 @@ pub fn fetch(dir: &Path) -> anyhow::Result<Status> {
 /// Text form of a status.
 pub fn render(s: &Status) -> String {
     let mut o = format!(
-        "mountpoint: {}\npid: {}\npolicy: {}\npassthrough: {}  close-to-open: {}\nopen files: {}  inodes: {}  cached read-only fds: {}\nworkers: {}\n",
+        "mountpoint: {}\npid: {}\ntransport: {}  session: {}\npolicy: {}\npassthrough: {}  close-to-open: {}\nopen files: {}  inodes: {}  cached read-only fds: {}\nworkers: {}\n",
         s.mountpoint,
         s.pid,
+        s.transport,
+        s.session,
         s.policy,
         s.passthrough,
         s.close_to_open,

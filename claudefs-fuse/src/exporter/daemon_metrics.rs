@@ -116,6 +116,8 @@ pub struct DaemonView {
     pub spans_dropped: u64,
     pub spans_exported: u64,
     pub workers: WorkersView,
+    /// The request transport (`uring`, `dev`; empty: not known).
+    pub transport: &'static str,
 }
 
 /// The label of a `RecoveryState` in its Debug form (`Complete { .. }`).
@@ -203,6 +205,10 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
     woken.add(vec!["may_block".into()], w.woken_may_block as f64);
     woken.add(vec!["stalled".into()], w.woken_stalled as f64);
     woken.add(vec!["backlog".into()], w.woken_backlog as f64);
+    let mut transport = FamilyBuilder::gauge(names::DAEMON_TRANSPORT_INFO);
+    if !v.transport.is_empty() {
+        transport.add(vec![v.transport.into()], 1.0);
+    }
     let mut polls = FamilyBuilder::counter(names::DAEMON_READER_POLLS);
     polls.add(vec!["hit".into()], w.poll_hits as f64);
     polls.add(vec!["miss".into()], w.poll_misses as f64);
@@ -239,6 +245,7 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
         one(names::OPEN_FILES, false, v.open_files as f64),
         answered,
         failed,
+        transport,
         workers,
         woken,
         polls,
@@ -431,6 +438,7 @@ mod tests {
                 poll_hits: 11,
                 poll_misses: 2,
             },
+            transport: "uring",
             ..Default::default()
         };
         let text = String::from_utf8(encode(&daemon_families(&v))).unwrap();
@@ -443,6 +451,7 @@ mod tests {
             "claudefs_fuse_daemon_worker_wakeups_total{reason=\"backlog\"} 3",
             "claudefs_fuse_daemon_reader_polls_total{result=\"hit\"} 11",
             "claudefs_fuse_daemon_reader_polls_total{result=\"miss\"} 2",
+            "claudefs_fuse_daemon_transport_info{transport=\"uring\"} 1",
         ] {
             assert!(text.contains(w), "missing {w} in\n{text}");
         }

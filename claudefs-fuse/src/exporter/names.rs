@@ -41,6 +41,9 @@ families! {
     /// Counter, requests: answered by the mount daemon with an error.
     DAEMON_REQUEST_ERRORS = "claudefs_fuse_daemon_request_errors_total", ["op"],
         "FUSE requests the mount daemon answered with an error, by operation.";
+    /// Gauge, always 1: the request transport in use.
+    DAEMON_TRANSPORT_INFO = "claudefs_fuse_daemon_transport_info", ["transport"],
+        "Always 1; the transport label says how FUSE requests reach the mount daemon: uring (FUSE over io_uring, a ring per CPU) or dev (read/write on /dev/fuse).";
     /// Gauge, threads: the daemon's FUSE workers by state.
     DAEMON_WORKERS = "claudefs_fuse_daemon_workers", ["state"],
         "The mount daemon's FUSE worker threads (--threads) by state: reading (waiting on /dev/fuse), serving (in a request), parked (idle and not reading: one reader serves fast requests alone).";

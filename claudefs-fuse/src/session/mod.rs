@@ -26,6 +26,7 @@ pub mod notify;
 pub mod readers;
 pub mod reply;
 pub mod request;
+pub mod uring;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -269,18 +270,20 @@ fn dev_worker<H: Handler>(
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
             Err(e) => return Err(e),
         };
-        serve(&buf[..n], 0, &sender, handler, counters, |may_block| {
+        let req = request::parse(&buf[..n]);
+        serve(req, 0, &sender, handler, counters, |may_block| {
             Some(readers.enter(may_block))
         });
     }
 }
 
-/// Serves one request read into `buf` (any transport): parses it, answers
-/// what the session answers itself, hands the rest to `handler` with a
-/// [`Reply`] through `sender`, `slot` naming the transport's slot.
-/// `enter(may_block)` brackets the handler's call (the reader hand-off).
+/// Serves one request as parsed (any transport): answers what the
+/// session answers itself (malformed and unknown requests included),
+/// hands the rest to `handler` with a [`Reply`] through `sender`, `slot`
+/// naming the transport's slot. `enter(may_block)` brackets the
+/// handler's call (the reader hand-off).
 pub fn serve<H: Handler, G>(
-    buf: &[u8],
+    parsed: Result<Request<'_>, ParseError>,
     slot: u32,
     sender: &Arc<dyn Sender>,
     handler: &H,
@@ -288,7 +291,7 @@ pub fn serve<H: Handler, G>(
     enter: impl FnOnce(bool) -> Option<G>,
 ) {
     counters.requests.fetch_add(1, Ordering::Relaxed);
-    let req = match request::parse(buf) {
+    let req = match parsed {
         Ok(r) => r,
         Err(e) => {
             let c = match e {
@@ -383,7 +386,7 @@ mod tests {
         let h = Echo::default();
         let c = Counters::default();
         for b in bufs {
-            serve(b, 0, &sender, &h, &c, |_| None::<()>);
+            serve(request::parse(b), 0, &sender, &h, &c, |_| None::<()>);
         }
         (rec.take(), h, c)
     }

@@ -170,13 +170,18 @@ impl ParseError {
     }
 }
 
-/// A cursor over a request's arguments.
-struct Args<'a>(&'a [u8]);
+/// A cursor over a request's arguments: `.0` the bytes being read; `.1`
+/// those that follow the opcode's fixed header when it came apart from
+/// them (an io_uring entry's `op_in` and payload).
+struct Args<'a>(&'a [u8], Option<&'a [u8]>);
 
 impl<'a> Args<'a> {
     fn get<T: abi::Pod>(&mut self) -> Option<T> {
         let (v, rest) = abi::read::<T>(self.0)?;
-        self.0 = rest;
+        self.0 = match self.1.take() {
+            Some(payload) => payload,
+            None => rest,
+        };
         Some(v)
     }
 
@@ -222,11 +227,52 @@ pub fn parse(buf: &[u8]) -> Result<Request<'_>, ParseError> {
     else {
         return Err(ParseError::Malformed { unique, opcode });
     };
-    let op = parse_op(opcode, Args(args)).ok_or(match known(opcode) {
+    finish(header, Args(args, None))
+}
+
+fn finish<'a>(header: InHeader, args: Args<'a>) -> Result<Request<'a>, ParseError> {
+    let (unique, opcode) = (header.unique, header.opcode);
+    let op = parse_op(opcode, args).ok_or(match known(opcode) {
         true => ParseError::Malformed { unique, opcode },
         false => ParseError::Unknown { unique, opcode },
     })?;
     Ok(Request { header, op })
+}
+
+/// Whether the kernel sends `opcode` with a fixed header of its own
+/// (`in_args[0]`) before names or data: over io_uring that header comes in
+/// the entry's `op_in`, the rest in its payload.
+fn has_op_header(opcode: u32) -> bool {
+    !matches!(
+        opcode,
+        op::LOOKUP
+            | op::SYMLINK
+            | op::UNLINK
+            | op::RMDIR
+            | op::READLINK
+            | op::STATFS
+            | op::REMOVEXATTR
+            | op::DESTROY
+    )
+}
+
+/// Parses a request as an io_uring entry holds it: the in header and the
+/// opcode's fixed header in the entry's header buffer (`in_out`,
+/// `op_in`), names and data in `payload`.
+pub fn parse_ring<'a>(
+    in_out: &[u8],
+    op_in: &'a [u8],
+    payload: &'a [u8],
+) -> Result<Request<'a>, ParseError> {
+    let Some((header, _)) = abi::read::<InHeader>(in_out) else {
+        return Err(ParseError::Short { len: in_out.len() });
+    };
+    let args = if has_op_header(header.opcode) {
+        Args(op_in, Some(payload))
+    } else {
+        Args(payload, None)
+    };
+    finish(header, args)
 }
 
 /// Whether `opcode` is one [`parse`] knows.
@@ -348,6 +394,7 @@ fn parse_op(opcode: u32, mut a: Args<'_>) -> Option<Operation<'_>> {
             // Kernels before 7.36 send only the first 16 bytes.
             let mut init = abi::InitIn::default();
             let n = a.0.len().min(std::mem::size_of::<abi::InitIn>());
+            a.1 = None;
             if n < 16 {
                 return None;
             }
@@ -528,6 +575,36 @@ pub(crate) mod tests {
         }
     }
 
+    #[test]
+    fn a_ring_entry_parses_as_the_same_request() {
+        // WRITE: fixed header in op_in, data in the payload.
+        let w = abi::WriteIn {
+            fh: 3,
+            offset: 10,
+            size: 4,
+            ..Default::default()
+        };
+        let mut flat = abi::bytes(&w).to_vec();
+        flat.extend_from_slice(b"abcd");
+        let buf = raw(op::WRITE, 1, 5, &flat);
+        let mut op_in = [0xffu8; 128];
+        op_in[..40].copy_from_slice(abi::bytes(&w));
+        assert_eq!(parse_ring(&buf[..40], &op_in, b"abcd"), parse(&buf));
+        // LOOKUP: no fixed header; the name is the payload.
+        let buf = raw(op::LOOKUP, 2, 1, b"name\0");
+        assert_eq!(parse_ring(&buf[..40], &op_in, b"name\0"), parse(&buf));
+        // MKNOD: header, then the name.
+        let m = abi::MknodIn {
+            mode: 0o644,
+            ..Default::default()
+        };
+        op_in[..16].copy_from_slice(abi::bytes(&m));
+        let mut flat = abi::bytes(&m).to_vec();
+        flat.extend_from_slice(b"n\0");
+        let buf = raw(op::MKNOD, 3, 1, &flat);
+        assert_eq!(parse_ring(&buf[..40], &op_in, b"n\0"), parse(&buf));
+    }
+
     proptest::proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
@@ -539,7 +616,10 @@ pub(crate) mod tests {
             opcode in 0u32..60,
             args in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
         ) {
-            let _ = parse(&raw(opcode, 1, 1, &args));
+            let buf = raw(opcode, 1, 1, &args);
+            let _ = parse(&buf);
+            let (op_in, payload) = args.split_at(args.len().min(128));
+            let _ = parse_ring(&buf[..40], op_in, payload);
         }
     }
 }
