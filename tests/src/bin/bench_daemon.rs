@@ -1,6 +1,7 @@
 //! Benchmark of `claudefs-fuse mount` against bindfs over the same
 //! directory and against the directory itself, with and without
-//! `--passthrough`.
+//! `--passthrough`, on the default transport (io_uring where available)
+//! and on `--transport dev`.
 //!
 //! Run (root, /dev/fuse, bindfs):
 //! `cargo build --release -p claudefs-fuse && cargo run --release -p claudefs-e2e --bin bench_daemon`
@@ -183,7 +184,18 @@ fn main() -> anyhow::Result<()> {
     let _bind = Bindfs::start(&shared, &tmp.path().join("bindfs"))?;
     let mut path = vec!["--path".to_string(), shared.display().to_string()];
     path.extend(extra.iter().cloned());
+    let mut dev_args = path.clone();
+    dev_args.extend(["--transport".to_string(), "dev".to_string()]);
+    let dev = MountGuard::start(
+        &tmp.path().join("cfs-dev"),
+        &tmp.path().join("st3"),
+        &dev_args,
+    )?;
     let cfs = MountGuard::start(&tmp.path().join("cfs"), &tmp.path().join("st1"), &path)?;
+    let transport = cfs.status()?["transport"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
     let mut pt_args = path.clone();
     pt_args.push("--passthrough".into());
     let pt = MountGuard::start(
@@ -196,6 +208,7 @@ fn main() -> anyhow::Result<()> {
         ("bindfs", tmp.path().join("bindfs/b-bindfs")),
         ("claudefs", cfs.mnt.join("b-cfs")),
         ("claudefs+pt", pt.mnt.join("b-pt")),
+        ("claudefs-dev", dev.mnt.join("b-dev")),
     ];
     let mut results = vec![vec![Vec::new(); METRICS.len()]; setups.len()];
     for round in 0..rounds {
@@ -221,31 +234,36 @@ fn main() -> anyhow::Result<()> {
         median(&mut r)
     };
     println!(
-        "\n{:<22} {:>10} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>10}",
+        "\n{:<22} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "metric (median)",
         "native",
         "bindfs",
         "claudefs",
         "claudefs+pt",
+        "claudefs-dev",
         "cfs/bind",
+        "dev/bind",
+        "cfs/dev",
         "pt/bind",
-        "cfs/nat",
-        "pt/nat"
+        "cfs/nat"
     );
     for (k, m) in METRICS.iter().enumerate() {
         println!(
-            "{:<22} {:>10.0} {:>10.0} {:>10.0} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+            "{:<22} {:>10.0} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
             m,
             med(0, k),
             med(1, k),
             med(2, k),
             med(3, k),
+            med(4, k),
             ratio(2, 1, k),
+            ratio(4, 1, k),
+            ratio(2, 4, k),
             ratio(3, 1, k),
-            ratio(2, 0, k),
-            ratio(3, 0, k)
+            ratio(2, 0, k)
         );
     }
+    println!("(claudefs and claudefs+pt: transport {transport}; claudefs-dev: --transport dev)");
     println!(
         "({rounds} interleaved rounds, {mb} MiB sequential files; ratios are medians of per-round ratios; claudefs flags: {})",
         if extra.is_empty() {
