@@ -44,7 +44,7 @@ use fuser::{Errno, ReplyEmpty};
 use serde::Serialize;
 
 use crate::flock::{FlockConflict, FlockHandle, FlockRegistry, FlockType};
-use crate::probes::hist::Log2Histogram;
+use crate::probes::hist::LatencyHistogram;
 use crate::probes::snapshot::{FlockKind, FlockMode};
 
 /// How often parked waiters are checked for signals.
@@ -70,7 +70,7 @@ pub struct FlockCalls {
     /// Arrival to answer, summed (ns).
     pub total_ns: u64,
     /// Arrival to answer, log2 ns buckets (as the probes keep them).
-    pub hist: Log2Histogram,
+    pub hist: LatencyHistogram,
 }
 
 #[derive(Debug, Default)]

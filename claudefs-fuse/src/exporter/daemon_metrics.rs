@@ -388,8 +388,11 @@ mod tests {
             format!("claudefs_fuse_flock_refused_total{{{l}}} 0"),
             format!("claudefs_fuse_flock_wait_seconds_count{{{l}}} 2"),
             format!("claudefs_fuse_flock_wait_seconds_sum{{{l}}} 0.300002"),
-            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.000004096\"}} 1"),
-            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.536870912\"}} 2"),
+            // 2 us <= 2^-18 s; 300 ms <= 2^-1 s.
+            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.0000019073486328125\"}} 0"),
+            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.000003814697265625\"}} 1"),
+            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.25\"}} 1"),
+            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.5\"}} 2"),
             "claudefs_fuse_flock_refused_total{mount=\"/mnt/cfs\",kind=\"shared\",mode=\"nonblocking\"} 2".to_string(),
         ] {
             assert!(text.contains(&w), "missing {w} in\n{text}");

@@ -2,9 +2,10 @@
 //! their values at scrape time and emit `MetricFamily` values directly,
 //! so nothing in the FUSE request path touches a Prometheus type.
 //!
-//! [`log2_histogram`] turns a BPF log2 histogram (nanoseconds) into a
-//! Prometheus histogram in seconds, as Cloudflare's ebpf_exporter does:
-//! one cumulative bucket per power of two.
+//! [`classic_histogram`] turns a latency histogram of the probes (schema-3
+//! native buckets in seconds) into a classic Prometheus histogram: one
+//! cumulative bucket per power of two seconds, each exactly one of the
+//! native bucket boundaries, so nothing is approximated.
 
 use std::collections::BTreeMap;
 
@@ -12,42 +13,40 @@ use prometheus::core::Desc;
 use prometheus::proto::{self, MetricFamily, MetricType};
 
 use super::names::Family;
-use crate::probes::hist::Log2Histogram;
+use crate::probes::hist::LatencyHistogram;
 
-/// Smallest finite `le` bound: 2^10 ns (about 1 us). Faster values are
-/// counted in this bucket (buckets are cumulative).
-pub const FIRST_BUCKET_LOG2: usize = 10;
-/// Largest finite `le` bound: 2^36 ns (about 69 s). Slower values are
-/// only in `+Inf`.
-pub const LAST_BUCKET_LOG2: usize = 36;
+/// Smallest finite `le` bound: 2^-20 s (about 954 ns, the native zero
+/// bucket's threshold). Faster values are counted in this bucket (buckets
+/// are cumulative).
+pub const FIRST_BOUND_LOG2_SECONDS: i32 = -20;
+/// Largest finite `le` bound: 2^6 s (64 s). Slower values are only in
+/// `+Inf`.
+pub const LAST_BOUND_LOG2_SECONDS: i32 = 6;
 
-/// The `le` bounds in seconds: `2^k` ns for `k` in
-/// [`FIRST_BUCKET_LOG2`]..=[`LAST_BUCKET_LOG2`].
-pub fn bucket_bounds_seconds() -> impl Iterator<Item = (usize, f64)> {
-    (FIRST_BUCKET_LOG2..=LAST_BUCKET_LOG2).map(|k| (k, (1u64 << k) as f64 / 1e9))
+/// The classic `le` bounds: (latency bucket whose upper boundary it is,
+/// bound in seconds) for `2^n` s, `n` in
+/// [`FIRST_BOUND_LOG2_SECONDS`]..=[`LAST_BOUND_LOG2_SECONDS`].
+pub fn classic_bounds() -> impl Iterator<Item = (usize, f64)> {
+    (FIRST_BOUND_LOG2_SECONDS..=LAST_BOUND_LOG2_SECONDS).map(|n| {
+        let bucket = (8 * n + claudefs_ebpf_common::HIST_NATIVE_OFFSET) as usize;
+        (bucket, 2f64.powi(n))
+    })
 }
 
-/// A log2 histogram of nanoseconds as a Prometheus histogram in seconds.
-///
-/// Kernel bucket `i` holds integer values in `[2^i, 2^(i+1) - 1]` (and 0
-/// in bucket 0), so all of them are `<= 2^(i+1)` ns: the bucket with
-/// bound `2^k` ns counts kernel buckets `0..k`. `_count` is the number
-/// of observations, `_sum` is `total_ns / 1e9`.
-pub fn log2_histogram(h: &Log2Histogram, total_ns: u64) -> proto::Histogram {
+/// A latency histogram (ns) as a classic Prometheus histogram in seconds:
+/// the bucket with bound `2^n` s counts every latency bucket up to the one
+/// whose upper boundary it is. `_count` is the number of observations,
+/// `_sum` is `total_ns / 1e9`.
+pub fn classic_histogram(h: &LatencyHistogram, total_ns: u64) -> proto::Histogram {
     let mut out = proto::Histogram::default();
-    let mut cumulative = 0u64;
-    let mut next = 0usize;
-    let mut buckets = Vec::new();
-    for (k, le) in bucket_bounds_seconds() {
-        while next < k && next < h.buckets.len() {
-            cumulative = cumulative.saturating_add(h.buckets[next]);
-            next += 1;
-        }
-        let mut b = proto::Bucket::default();
-        b.set_upper_bound(le);
-        b.set_cumulative_count(cumulative);
-        buckets.push(b);
-    }
+    let buckets = classic_bounds()
+        .map(|(bucket, le)| {
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(le);
+            b.set_cumulative_count(h.cumulative(bucket));
+            b
+        })
+        .collect();
     out.set_bucket(buckets);
     out.set_sample_count(h.count());
     out.set_sample_sum(total_ns as f64 / 1e9);
@@ -70,7 +69,7 @@ pub struct FamilyBuilder {
 enum Sample {
     Value(f64),
     Histogram {
-        hist: Box<Log2Histogram>,
+        hist: Box<LatencyHistogram>,
         total_ns: u64,
     },
 }
@@ -108,7 +107,12 @@ impl FamilyBuilder {
     }
 
     /// Merges a log2 histogram of nanoseconds into the series.
-    pub fn add_hist(&mut self, labels: LabelValues, h: &Log2Histogram, total_ns: u64) -> &mut Self {
+    pub fn add_hist(
+        &mut self,
+        labels: LabelValues,
+        h: &LatencyHistogram,
+        total_ns: u64,
+    ) -> &mut Self {
         debug_assert_eq!(labels.len(), self.family.labels.len());
         match self
             .samples
@@ -165,7 +169,7 @@ impl FamilyBuilder {
                     }
                 },
                 Sample::Histogram { hist, total_ns } => {
-                    m.set_histogram(log2_histogram(&hist, total_ns));
+                    m.set_histogram(classic_histogram(&hist, total_ns));
                 }
             }
             metrics.push(m);
@@ -204,8 +208,8 @@ mod tests {
     use super::*;
     use crate::exporter::names;
 
-    fn hist(values: &[u64]) -> (Log2Histogram, u64) {
-        let mut h = Log2Histogram::default();
+    fn hist(values: &[u64]) -> (LatencyHistogram, u64) {
+        let mut h = LatencyHistogram::default();
         for v in values {
             h.record(*v);
         }
@@ -217,25 +221,28 @@ mod tests {
         // 500 ns, 1500 ns, 3 us, 1 ms, 100 s (beyond the last bound).
         let values = [500, 1500, 3000, 1_000_000, 100_000_000_000];
         let (h, total) = hist(&values);
-        let p = log2_histogram(&h, total);
+        let p = classic_histogram(&h, total);
         assert_eq!(p.get_sample_count(), 5);
         assert!((p.get_sample_sum() - total as f64 / 1e9).abs() < 1e-12);
         let b = p.get_bucket();
-        assert_eq!(b.len(), LAST_BUCKET_LOG2 - FIRST_BUCKET_LOG2 + 1);
-        assert_eq!(b[0].upper_bound(), 1024e-9);
-        assert_eq!(b.last().unwrap().upper_bound(), (1u64 << 36) as f64 / 1e9);
-        let at = |le_ns: u64| {
+        assert_eq!(
+            b.len() as i32,
+            LAST_BOUND_LOG2_SECONDS - FIRST_BOUND_LOG2_SECONDS + 1
+        );
+        assert_eq!(b[0].upper_bound(), 2f64.powi(-20));
+        assert_eq!(b.last().unwrap().upper_bound(), 64.0);
+        let at = |n: i32| {
             b.iter()
-                .find(|x| x.upper_bound() == le_ns as f64 / 1e9)
+                .find(|x| x.upper_bound() == 2f64.powi(n))
                 .unwrap()
                 .cumulative_count()
         };
-        assert_eq!(at(1024), 1); // 500
-        assert_eq!(at(2048), 2); // + 1500
-        assert_eq!(at(4096), 3); // + 3000
-        assert_eq!(at(1 << 19), 3);
-        assert_eq!(at(1 << 20), 4); // + 1 ms (2^19 < 1e6 < 2^20)
-        assert_eq!(at(1 << 36), 4); // 100 s only in +Inf
+        assert_eq!(at(-20), 1); // 500 ns <= 954 ns
+        assert_eq!(at(-19), 2); // + 1500 ns <= 1.9 us
+        assert_eq!(at(-18), 3); // + 3 us <= 3.8 us
+        assert_eq!(at(-10), 3); // 2^-10 s = 976.6 us < 1 ms
+        assert_eq!(at(-9), 4); // + 1 ms <= 1.95 ms
+        assert_eq!(at(6), 4); // 100 s only in +Inf
         for w in b.windows(2) {
             assert!(w[0].cumulative_count() <= w[1].cumulative_count());
             assert!(w[0].upper_bound() < w[1].upper_bound());
@@ -243,14 +250,14 @@ mod tests {
     }
 
     #[test]
-    fn exact_powers_of_two_land_at_their_bound() {
-        // Kernel bucket 12 holds 4096..=8191 ns and cannot tell them apart,
-        // so 4096 itself is counted from the next bound on.
-        let (h, total) = hist(&[4096]);
-        let p = log2_histogram(&h, total);
-        let c = |k: usize| p.get_bucket()[k - FIRST_BUCKET_LOG2].cumulative_count();
-        assert_eq!(c(12), 0);
-        assert_eq!(c(13), 1);
+    fn a_bound_is_inclusive() {
+        // 1 s exactly is counted in the bucket with le = 1.
+        let (h, total) = hist(&[1_000_000_000, 1_000_000_001]);
+        let p = classic_histogram(&h, total);
+        let c = |n: i32| p.get_bucket()[(n - FIRST_BOUND_LOG2_SECONDS) as usize].cumulative_count();
+        assert_eq!(c(-1), 0);
+        assert_eq!(c(0), 1);
+        assert_eq!(c(1), 2);
     }
 
     #[test]
@@ -268,7 +275,7 @@ mod tests {
             "claudefs_fuse_requests_total{mount=\"/mnt\",fstype=\"fuse.x\",opcode=\"READ\"} 5"
         ));
         assert!(text.contains("# TYPE claudefs_fuse_request_duration_seconds histogram"));
-        assert!(text.contains("claudefs_fuse_request_duration_seconds_bucket{mount=\"/mnt\",fstype=\"fuse.x\",opcode=\"READ\",le=\"0.000004096\"} 2"));
+        assert!(text.contains("claudefs_fuse_request_duration_seconds_bucket{mount=\"/mnt\",fstype=\"fuse.x\",opcode=\"READ\",le=\"0.000003814697265625\"} 2"));
         assert!(text.contains("le=\"+Inf\"} 2"));
         assert!(text.contains("claudefs_fuse_request_duration_seconds_sum{mount=\"/mnt\",fstype=\"fuse.x\",opcode=\"READ\"} 0.000005"));
         assert!(text.contains("claudefs_fuse_request_duration_seconds_count{mount=\"/mnt\",fstype=\"fuse.x\",opcode=\"READ\"} 2"));

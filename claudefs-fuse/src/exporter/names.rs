@@ -72,8 +72,8 @@ families! {
     PROBE_MAP_FULL = "claudefs_fuse_probe_map_full_total", [],
         "New keys the probes could not store because a statistics map was full.";
     /// Gauge, 0/1: whether a probe program is attached.
-    PROBE_ATTACHED = "claudefs_fuse_probe_attached", ["program"],
-        "1 if the eBPF program is attached, 0 if it could not be.";
+    PROBE_ATTACHED = "claudefs_fuse_probe_attached", ["program", "attach_type"],
+        "1 if the eBPF program of the hook is attached, 0 if it could not be; attach_type: tp_btf (BTF tracepoint), tracepoint (classic fallback) or none.";
 
     // ---- from the daemon (one mount) ----
     /// Gauge, 0/1: one-hot state of each storage path.

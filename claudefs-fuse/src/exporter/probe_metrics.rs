@@ -15,10 +15,12 @@ use prometheus::proto::MetricFamily;
 use super::model::{descs, FamilyBuilder};
 use super::names::{self, Family};
 use crate::probes::dev::format_dev;
-use crate::probes::hist::Log2Histogram;
+use crate::probes::hist::LatencyHistogram;
 use crate::probes::mountinfo::MountTable;
 use crate::probes::opcodes::opcode_label;
-use crate::probes::snapshot::{FlockKind, FlockMode, FlockTarget, ProbeSnapshot};
+use crate::probes::snapshot::{
+    AttachKind, AttachedProgram, FlockKind, FlockMode, FlockTarget, ProbeSnapshot,
+};
 use crate::probes::{ProbeCounters, Probes};
 
 /// The families this module emits.
@@ -43,7 +45,7 @@ const DEPARTED_LIMIT: usize = 1024;
 pub struct ProbeReadout {
     pub snapshot: ProbeSnapshot,
     pub counters: ProbeCounters,
-    pub attached: Vec<(String, bool)>,
+    pub attached: Vec<AttachedProgram>,
 }
 
 fn mount_of(mounts: &MountTable, dev: u32) -> (String, String) {
@@ -95,7 +97,7 @@ impl FlockFamilies {
         mode: FlockMode,
         calls: u64,
         refused: u64,
-        (hist, total_ns): (&Log2Histogram, u64),
+        (hist, total_ns): (&LatencyHistogram, u64),
     ) {
         let labels = vec![
             mount,
@@ -147,8 +149,12 @@ pub fn probe_families(r: &ProbeReadout, mounts: &MountTable) -> Vec<MetricFamily
     let mut map_full = FamilyBuilder::counter(names::PROBE_MAP_FULL);
     map_full.add(vec![], c.map_full as f64);
     let mut attached = FamilyBuilder::gauge(names::PROBE_ATTACHED);
-    for (program, ok) in &r.attached {
-        attached.add(vec![program.clone()], if *ok { 1.0 } else { 0.0 });
+    for a in &r.attached {
+        let kind = a.kind.map_or("none", AttachKind::as_str);
+        attached.add(
+            vec![a.hook.to_string(), kind.to_string()],
+            if a.kind.is_some() { 1.0 } else { 0.0 },
+        );
     }
     [
         requests, errors, duration, flocks, refused, wait, dropped, delivered, map_full, attached,
@@ -277,7 +283,7 @@ mod tests {
     use crate::probes::snapshot::{FlockSample, LatencyStats, OpSample};
 
     fn stats(values: &[u64], errors: u64) -> LatencyStats {
-        let mut hist = Log2Histogram::default();
+        let mut hist = LatencyHistogram::default();
         for v in values {
             hist.record(*v);
         }
@@ -372,8 +378,14 @@ mod tests {
                 ..Default::default()
             },
             attached: vec![
-                ("fuse_request_send".into(), true),
-                ("flock_enter".into(), false),
+                AttachedProgram {
+                    hook: "fuse_request_send",
+                    kind: Some(AttachKind::Btf),
+                },
+                AttachedProgram {
+                    hook: "flock_lock_inode",
+                    kind: None,
+                },
             ],
         };
         let text = String::from_utf8(encode(&probe_families(&r, &mounts()))).unwrap();
@@ -386,10 +398,10 @@ mod tests {
             "claudefs_fuse_request_duration_seconds_sum{mount=\"/mnt/cfs\",fstype=\"fuse.claudefs\",opcode=\"GETATTR\"} 0.000007",
             "claudefs_fuse_flock_requests_total{mount=\"/mnt/cfs\",kind=\"exclusive\",mode=\"nonblocking\"} 4",
             "claudefs_fuse_flock_refused_total{mount=\"/mnt/cfs\",kind=\"exclusive\",mode=\"nonblocking\"} 2",
-            "claudefs_fuse_flock_wait_seconds_bucket{mount=\"/mnt/cfs\",kind=\"exclusive\",mode=\"nonblocking\",le=\"0.000001024\"} 4",
+            "claudefs_fuse_flock_wait_seconds_bucket{mount=\"/mnt/cfs\",kind=\"exclusive\",mode=\"nonblocking\",le=\"0.0000019073486328125\"} 4",
             "claudefs_fuse_probe_events_dropped_total 7",
-            "claudefs_fuse_probe_attached{program=\"fuse_request_send\"} 1",
-            "claudefs_fuse_probe_attached{program=\"flock_enter\"} 0",
+            "claudefs_fuse_probe_attached{program=\"fuse_request_send\",attach_type=\"tp_btf\"} 1",
+            "claudefs_fuse_probe_attached{program=\"flock_lock_inode\",attach_type=\"none\"} 0",
         ];
         for w in want {
             assert!(text.contains(w), "missing {w} in\n{text}");

@@ -153,7 +153,7 @@ fn task_cpu_ns(pid: u32) -> u64 {
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
 }
-use claudefs_fuse::probes::{EventFilter, ProbeOptions, Probes};
+use claudefs_fuse::probes::{EventFilter, ProbeOptions, ProbeSet, Probes};
 
 const BPFTRACE_SCRIPT: &str = r#"
 BEGIN { printf("READY\n"); }
@@ -270,7 +270,12 @@ fn attach(setup: Setup) -> Result<Attached, String> {
             let opts = ProbeOptions {
                 events,
                 only_conn: None,
-                fuse_only: setup == Setup::OursFuseOnly,
+                set: if setup == Setup::OursFuseOnly {
+                    ProbeSet::Fuse
+                } else {
+                    ProbeSet::All
+                },
+                classic_only: false,
             };
             Probes::load(&opts)
                 .map(|p| Attached::Ours(Box::new(p)))
@@ -493,7 +498,8 @@ fn drain_benchmark(fs: &BenchFs, fill_secs: f64) -> Result<(usize, Duration, u64
     let opts = ProbeOptions {
         events: EventFilter::All,
         only_conn: Some(fs.conn()),
-        fuse_only: false,
+        set: ProbeSet::All,
+        classic_only: false,
     };
     let mut probes = Probes::load(&opts).map_err(|e| e.to_string())?;
     let mut nothing = Attached::Nothing;
