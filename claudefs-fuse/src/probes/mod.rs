@@ -318,8 +318,8 @@ impl Probes {
             procs,
             flocks,
             flock_waiters,
-            // Reading the in-flight table costs about 12 ms (one lookup per
-            // group): callers that want it ask `in_flight()` themselves.
+            // Reading the in-flight table costs a lookup per group (a few
+            // ms): callers that want it ask `in_flight()` themselves.
             in_flight: Vec::new(),
             events_lost: readout::read_counter(&self.ebpf, counter::EVENTS_LOST)?,
             events_delivered: self.queue.delivered,
@@ -330,7 +330,7 @@ impl Probes {
 
     /// FUSE requests sent and not answered yet, waiting at least
     /// [`IN_FLIGHT_THRESHOLD_NS`], per (conn, opcode). Reads the whole
-    /// in-flight table (one lookup per group, about 12 ms), so it is not
+    /// in-flight table (one lookup per group, a few ms), so it is not
     /// part of [`Probes::snapshot`], which runs per scrape.
     pub fn in_flight(&mut self) -> Result<Vec<InFlightSample>, ProbeError> {
         if self.fuse_attach.is_none() {
