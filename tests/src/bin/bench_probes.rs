@@ -636,9 +636,11 @@ fn print_table(setups: &[Setup], results: &[Vec<Run>]) {
             pct(ratio(i, |r| r.cpu_ns_per_op)),
             med(i, |r| r.getpid_per_sec),
             pct(ratio(i, |r| r.getpid_per_sec)),
-            (!bpf.is_empty())
-                .then(|| format!("{:.0}", median(&mut bpf)))
-                .unwrap_or_else(|| "-".to_string())
+            if bpf.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.0}", median(&mut bpf))
+            }
         );
     }
     if let Some(floor) = setups.iter().position(|s| *s == Setup::Floor) {
