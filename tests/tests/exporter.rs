@@ -75,13 +75,13 @@ fn promtool_accepts_a_real_scrape_with_ebpf() {
         "claudefs_fuse_flock_registry_acquires_total",
         "claudefs_fuse_spans_dropped_total",
         "claudefs_fuse_probe_events_dropped_total",
-        "claudefs_fuse_probe_attached{program=\"fuse_request_send\"} 1",
+        "claudefs_fuse_probe_attached{program=\"fuse_request_send\",attach_type=\"tp_btf\"} 1",
         "claudefs_fuse_build_info{version=",
     ] {
         assert!(text.contains(family), "missing {family}:\n{text}");
     }
     // The daemon serves and measures flock itself: no flock programs.
-    assert!(!text.contains("program=\"sys_enter_flock\""), "{text}");
+    assert!(!text.contains("program=\"flock_lock_inode\""), "{text}");
     assert!(
         !m.log_text().contains("cannot load the probes"),
         "{}",
@@ -398,11 +398,11 @@ fn daemon_reports_flock_contention_and_waiting_requests_without_probes() {
         series(&format!("{wait}_count"), "exclusive", "blocking"),
         2.0
     );
-    // The waiter's wait is in the sum, and above the 2^27 ns bucket.
+    // The waiter's wait is in the sum, and above the 2^-3 s bucket.
     let sum = series(&format!("{wait}_sum"), "exclusive", "blocking");
     assert!(sum >= hold.as_secs_f64() * 0.9, "wait sum {sum}");
     let below = format!(
-        "{wait}_bucket{{mount=\"{mount}\",kind=\"exclusive\",mode=\"blocking\",le=\"0.134217728\"}}"
+        "{wait}_bucket{{mount=\"{mount}\",kind=\"exclusive\",mode=\"blocking\",le=\"0.125\"}}"
     );
     assert_eq!(sample(&text, &below), Some(1.0), "{below}:\n{text}");
     if prometheus_unavailable().is_none() {
@@ -452,7 +452,9 @@ fn observe_counts_requests_of_a_bindfs_mount() {
         "requests of {mount} did not grow from {before}:\n{text}"
     );
     assert!(
-        text.contains("claudefs_fuse_probe_attached{program=\"fuse_request_send\"} 1"),
+        text.contains(
+            "claudefs_fuse_probe_attached{program=\"fuse_request_send\",attach_type=\"tp_btf\"} 1"
+        ),
         "{text}"
     );
     let waiting = format!("claudefs_fuse_requests_waiting{{mount=\"{mount}\",fstype=\"fuse\"}} 0");
