@@ -9,10 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
-
-use super::model::{descs, FamilyBuilder};
+use super::model::{Collector, FamilyBuilder, MetricFamily};
 use super::names::{self, Family};
 use crate::probes::dev::format_dev;
 use crate::probes::hist::LatencyHistogram;
@@ -173,7 +170,7 @@ pub struct ProbeCollector {
     /// Only this FUSE connection (the daemon's own mount); None for all.
     only_conn: Option<u32>,
     mounts: Mutex<MountTable>,
-    descs: Vec<Desc>,
+    families: Vec<Family>,
     /// Leave out the flock families (someone else reports them).
     no_flock: bool,
 }
@@ -199,7 +196,7 @@ impl ProbeCollector {
             probes,
             only_conn,
             mounts: Mutex::new(MountTable::read_self().unwrap_or_default()),
-            descs: descs(FAMILIES),
+            families: FAMILIES.to_vec(),
             no_flock: false,
         }
     }
@@ -212,7 +209,7 @@ impl ProbeCollector {
             .filter(|f| !FLOCK_FAMILIES.iter().any(|x| x.name == f.name))
             .copied()
             .collect();
-        self.descs = descs(&kept);
+        self.families = kept;
         self.no_flock = true;
         self
     }
@@ -251,8 +248,8 @@ fn only_connection(mut snapshot: ProbeSnapshot, conn: u32) -> ProbeSnapshot {
 }
 
 impl Collector for ProbeCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+    fn families(&self) -> &[Family] {
+        &self.families
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -279,7 +276,7 @@ impl Collector for ProbeCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exporter::model::encode;
+    use crate::exporter::text::encode;
     use crate::probes::snapshot::{FlockSample, LatencyStats, OpSample};
 
     fn stats(values: &[u64], errors: u64) -> LatencyStats {
