@@ -1,5 +1,6 @@
-//! Helpers of the exporter tests: free ports, a tiny HTTP GET, promtool,
-//! a real Prometheus server, and an OTLP trace receiver (gRPC with tonic,
+//! Helpers of the exporter tests: free ports, a tiny HTTP GET, a protobuf
+//! scrape, `kernel.bpf_stats_enabled` on for a while, promtool, a real
+//! Prometheus server, and an OTLP trace receiver (gRPC with tonic,
 //! HTTP/protobuf on `claudefs_testkit::serve`) that keeps every span it
 //! gets.
 

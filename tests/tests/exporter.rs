@@ -1,10 +1,12 @@
-//! The exporters end to end: a real scrape checked by promtool, a real
+//! The exporters end to end: a real scrape checked by promtool (and its
+//! protobuf form decoded: native and classic histograms), a real
 //! Prometheus server scraping a daemon under load (GETATTR rate, a failed
 //! path, recovery gauges), and OTLP spans over gRPC and HTTP/protobuf
 //! received by a test collector (ids, kernel parent / daemon child,
 //! timing, attributes); the daemon's own flock metrics (no probes
-//! needed); and `claudefs-fuse observe` counting the requests of another
-//! FUSE mount (bindfs).
+//! needed); `claudefs-fuse observe` counting the requests of another
+//! FUSE mount (bindfs); and the probes' run counters while
+//! `kernel.bpf_stats_enabled` is on.
 
 use std::fs;
 use std::io::Write;
