@@ -11,10 +11,7 @@
 
 use std::sync::Arc;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
-
-use super::model::{descs, FamilyBuilder};
+use super::model::{Collector, FamilyBuilder, MetricFamily};
 use super::names::{self, Family};
 use super::probe_metrics::FlockFamilies;
 use crate::daemon::journal::RecoverySummary;
@@ -256,7 +253,7 @@ pub type ViewFn = Arc<dyn Fn() -> DaemonView + Send + Sync>;
 /// A `Collector` over a [`ViewFn`].
 pub struct DaemonCollector {
     view: ViewFn,
-    descs: Vec<Desc>,
+    families: Vec<Family>,
 }
 
 impl std::fmt::Debug for DaemonCollector {
@@ -269,14 +266,14 @@ impl DaemonCollector {
     pub fn new(view: ViewFn) -> Self {
         Self {
             view,
-            descs: descs(FAMILIES),
+            families: FAMILIES.to_vec(),
         }
     }
 }
 
 impl Collector for DaemonCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+    fn families(&self) -> &[Family] {
+        &self.families
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -287,7 +284,7 @@ impl Collector for DaemonCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exporter::model::encode;
+    use crate::exporter::text::encode;
 
     #[test]
     fn recovery_labels() {
