@@ -546,35 +546,53 @@ fn main() -> std::process::ExitCode {
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); setups.len()];
     // Warm-up (page cache, dentries, CPU frequency).
     let _ = run_stat_loop(&fs, &mut Attached::Nothing, secs.max(1.0));
+    // Every setup runs right next to a run without probes (in alternating
+    // order), and its ratio is taken against that neighbour: the VM's
+    // throughput drifts over seconds, far more than what is measured.
+    let mut paired_none: Vec<Vec<Run>> = vec![Vec::new(); setups.len()];
+    let steal_before = steal_share();
     for round in 0..rounds {
-        for k in 0..setups.len() {
-            let i = (k + round) % setups.len();
-            let mut attached = match attach(setups[i]) {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("{}: {e}", setups[i].label());
-                    return std::process::ExitCode::FAILURE;
+        for k in 1..setups.len() {
+            let i = 1 + (k - 1 + round) % (setups.len() - 1);
+            let order = if (round + k) % 2 == 0 { [0, i] } else { [i, 0] };
+            for j in order {
+                let mut attached = match attach(setups[j]) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("{}: {e}", setups[j].label());
+                        return std::process::ExitCode::FAILURE;
+                    }
+                };
+                let r = run_stat_loop(&fs, &mut attached, secs);
+                drop(attached);
+                eprintln!(
+                    "  round {round:>2} {:<36} {:>8.0} op/s {:>8.0} CPU ns/op{}",
+                    setups[j].label(),
+                    r.ops_per_sec,
+                    r.cpu_ns_per_op,
+                    r.bpf_ns_per_run
+                        .map(|b| format!(" {b:>6.0} ns/BPF run"))
+                        .unwrap_or_default()
+                        + &r.per_hook
+                            .iter()
+                            .map(|(h, ns)| format!(" {h} {ns:.0}"))
+                            .collect::<String>()
+                );
+                if j == 0 {
+                    paired_none[i].push(r.clone());
                 }
-            };
-            let r = run_stat_loop(&fs, &mut attached, secs);
-            drop(attached);
-            eprintln!(
-                "  round {round:>2} {:<36} {:>8.0} op/s {:>8.0} CPU ns/op{}",
-                setups[i].label(),
-                r.ops_per_sec,
-                r.cpu_ns_per_op,
-                r.bpf_ns_per_run
-                    .map(|b| format!(" {b:>6.0} ns/BPF run"))
-                    .unwrap_or_default()
-                    + &r.per_hook
-                        .iter()
-                        .map(|(h, ns)| format!(" {h} {ns:.0}"))
-                        .collect::<String>()
-            );
-            results[i].push(r);
+                results[j].push(r);
+            }
         }
     }
-    print_table(&setups, &results);
+    let steal = steal_share().zip(steal_before).map(|(a, b)| a.since(&b));
+    print_table(&setups, &results, &paired_none);
+    if let Some(steal) = steal {
+        println!(
+            "(CPU time the hypervisor took from this VM meanwhile: {:.1}%)",
+            steal * 100.0
+        );
+    }
     if !have_bpftrace {
         println!("(bpftrace not installed: its rows are missing)");
     }
@@ -599,16 +617,50 @@ fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-fn print_table(setups: &[Setup], results: &[Vec<Run>]) {
-    // results[i][round]: every setup ran once per round.
-    let ratio = |i: usize, f: fn(&Run) -> f64| {
-        let mut r: Vec<f64> = results[i]
+/// Steal and total jiffies of all CPUs so far (`/proc/stat`).
+#[derive(Clone, Copy)]
+struct CpuTimes {
+    steal: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    /// The share of CPU time stolen between `earlier` and this reading.
+    fn since(&self, earlier: &CpuTimes) -> f64 {
+        let total = self.total.saturating_sub(earlier.total).max(1);
+        self.steal.saturating_sub(earlier.steal) as f64 / total as f64
+    }
+}
+
+fn steal_share() -> Option<CpuTimes> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Some(CpuTimes {
+        steal: *fields.get(7)?,
+        total: fields.iter().take(8).sum(),
+    })
+}
+
+fn print_table(setups: &[Setup], results: &[Vec<Run>], paired_none: &[Vec<Run>]) {
+    // results[i][k] ran next to paired_none[i][k] (results[0]: every run
+    // without probes).
+    let ratios = |i: usize, f: fn(&Run) -> f64| -> Vec<f64> {
+        if i == 0 {
+            return vec![1.0; results[0].len()];
+        }
+        results[i]
             .iter()
-            .zip(&results[0])
+            .zip(&paired_none[i])
             .map(|(a, none)| f(a) / f(none))
-            .collect();
-        median(&mut r)
+            .collect()
     };
+    let ratio = |i: usize, f: fn(&Run) -> f64| median(&mut ratios(i, f));
     let med = |i: usize, f: fn(&Run) -> f64| {
         let mut v: Vec<f64> = results[i].iter().map(f).collect();
         median(&mut v)
@@ -645,11 +697,11 @@ fn print_table(setups: &[Setup], results: &[Vec<Run>]) {
     }
     if let Some(floor) = setups.iter().position(|s| *s == Setup::Floor) {
         if let Some(ours) = setups.iter().position(|s| *s == Setup::Ours) {
-            let mut r: Vec<f64> = results[ours]
-                .iter()
-                .zip(&results[floor])
-                .map(|(a, f)| a.ops_per_sec / f.ops_per_sec)
-                .collect();
+            let (o, f) = (
+                ratios(ours, |r| r.ops_per_sec),
+                ratios(floor, |r| r.ops_per_sec),
+            );
+            let mut r: Vec<f64> = o.iter().zip(&f).map(|(o, f)| o / f).collect();
             println!(
                 "claudefs probes vs the floor (stat op/s, median of per-round ratios): {:+.2}%",
                 pct(median(&mut r))
@@ -660,7 +712,7 @@ fn print_table(setups: &[Setup], results: &[Vec<Run>]) {
         "(stat op/s: wall-clock throughput of one stat thread; CPU ns/stat: CPU of this \
          process and of the FUSE daemon's threads per stat, eBPF programs included; getpid/s: \
          a raw getpid(2) loop on one thread; \"vs none\": median of the per-round ratios to no \
-         probes; BPF ns/run: the kernel's average run time of the attached programs, with \
+         probes, each run against the run without probes next to it; BPF ns/run: the kernel's average run time of the attached programs, with \
          --bpf-stats)"
     );
 }
