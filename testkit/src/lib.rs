@@ -33,44 +33,81 @@ fn invalid(what: &str) -> std::io::Error {
 /// connection), giving up after `timeout` without an answer: (status,
 /// body).
 pub fn get(port: u16, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let r = get_with(port, path, &[], timeout)?;
+    Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+}
+
+/// The answer of [`get_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The body as sent (dechunked).
+    pub body: Vec<u8>,
+}
+
+/// [`get`] with extra request headers (`("Accept", "...")`) and the body
+/// as bytes (a binary exposition format).
+pub fn get_with(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> std::io::Result<Answer> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(timeout))?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| invalid("no end of the HTTP header"))?;
-    let code = head
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let body = &raw[end + 4..];
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| invalid("no HTTP status"))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Ok((
-        code,
-        if chunked {
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    Ok(Answer {
+        status,
+        content_type: header("content-type"),
+        body: if chunked {
             dechunk(body)
         } else {
-            body.to_string()
+            body.to_vec()
         },
-    ))
+    })
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(p) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&body[..p]);
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        let rest = &body[p + 2..];
         if n == 0 || rest.len() < n {
             break;
         }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
+        out.extend_from_slice(&rest[..n]);
+        body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
     }
     out
 }
@@ -172,25 +209,50 @@ mod tests {
                 "abcde",
             ),
         ] {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = l.local_addr().unwrap().port();
-            let t = std::thread::spawn(move || {
-                let (mut c, _) = l.accept().unwrap();
-                let mut req = Vec::new();
-                let mut b = [0u8; 256];
-                while !req.ends_with(b"\r\n\r\n") {
-                    let n = c.read(&mut b).unwrap();
-                    assert!(n > 0, "the request ended early");
-                    req.extend_from_slice(&b[..n]);
-                }
-                assert!(req.starts_with(b"GET /x?q=1 HTTP/1.0\r\n"));
-                c.write_all(raw.as_bytes()).unwrap();
-            });
+            let (port, t) = answer_once(raw.as_bytes().to_vec());
             let (code, got) = get(port, "/x?q=1", Duration::from_secs(5)).unwrap();
-            t.join().unwrap();
+            assert!(t.join().unwrap().starts_with(b"GET /x?q=1 HTTP/1.0\r\n"));
             assert_eq!(code, if body == "nope" { 404 } else { 200 });
             assert_eq!(got, body);
         }
         assert_eq!(urlencode("up{a=\"b\"}"), "up%7Ba%3D%22b%22%7D");
+    }
+
+    /// A server on a free port that reads one request, answers `raw` and
+    /// hands back the request.
+    fn answer_once(raw: Vec<u8>) -> (u16, std::thread::JoinHandle<Vec<u8>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut req = Vec::new();
+            let mut b = [0u8; 256];
+            while !req.ends_with(b"\r\n\r\n") {
+                let n = c.read(&mut b).unwrap();
+                assert!(n > 0, "the request ended early");
+                req.extend_from_slice(&b[..n]);
+            }
+            c.write_all(&raw).unwrap();
+            req
+        });
+        (port, t)
+    }
+
+    #[test]
+    fn get_with_sends_headers_and_keeps_a_binary_body() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/x\r\n\r\n\xff\x00\r\n\x80";
+        let (port, t) = answer_once(raw.to_vec());
+        let a = get_with(
+            port,
+            "/m",
+            &[("Accept", "application/x")],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let req = String::from_utf8(t.join().unwrap()).unwrap();
+        assert!(req.contains("\r\nAccept: application/x\r\n"), "{req}");
+        assert_eq!(a.status, 200);
+        assert_eq!(a.content_type.as_deref(), Some("application/x"));
+        assert_eq!(a.body, b"\xff\x00\r\n\x80");
     }
 }

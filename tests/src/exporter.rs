@@ -1,5 +1,6 @@
-//! Helpers of the exporter tests: free ports, a tiny HTTP GET, promtool,
-//! a real Prometheus server, and an OTLP trace receiver (gRPC with tonic,
+//! Helpers of the exporter tests: free ports, a tiny HTTP GET, a protobuf
+//! scrape, `kernel.bpf_stats_enabled` on for a while, promtool, a real
+//! Prometheus server, and an OTLP trace receiver (gRPC with tonic,
 //! HTTP/protobuf on `claudefs_testkit::serve`) that keeps every span it
 //! gets.
 
@@ -29,6 +30,52 @@ pub fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     match claudefs_testkit::get(port, path, Duration::from_secs(10))? {
         (200, body) => Ok(body),
         (code, body) => anyhow::bail!("HTTP {code}: {body}"),
+    }
+}
+
+/// `GET /metrics` with the Accept header of a Prometheus that ingests
+/// native histograms: (Content-Type, the decoded families).
+pub fn scrape_protobuf(
+    port: u16,
+) -> anyhow::Result<(
+    Option<String>,
+    Vec<claudefs_fuse::exporter::proto::MetricFamily>,
+)> {
+    let accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.8,application/openmetrics-text;version=1.0.0;q=0.7,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let a = claudefs_testkit::get_with(
+        port,
+        "/metrics",
+        &[("Accept", accept)],
+        Duration::from_secs(10),
+    )?;
+    if a.status != 200 {
+        anyhow::bail!("HTTP {}", a.status);
+    }
+    let families = claudefs_fuse::exporter::proto::decode(&a.body)?;
+    Ok((a.content_type, families))
+}
+
+/// `kernel.bpf_stats_enabled` set to 1 while it lives, set back to what it
+/// was on drop (the kernel counts program run time only while it is 1).
+pub struct BpfStatsOn {
+    was: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStatsOn {
+    pub fn enable() -> std::io::Result<Self> {
+        let was = std::fs::read_to_string(BPF_STATS)?.trim().to_string();
+        std::fs::write(BPF_STATS, "1")?;
+        Ok(Self { was })
+    }
+}
+
+impl Drop for BpfStatsOn {
+    fn drop(&mut self) {
+        if self.was != "1" {
+            let _ = std::fs::write(BPF_STATS, &self.was);
+        }
     }
 }
 

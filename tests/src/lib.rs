@@ -241,6 +241,97 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// bpftrace running a script as our child, the independent tracer the
+/// probes are checked and measured against. The script must print
+/// `READY` from `BEGIN` (which runs once every probe is attached).
+pub struct Bpftrace {
+    child: Option<Child>,
+    output: std::sync::mpsc::Receiver<String>,
+}
+
+impl Bpftrace {
+    /// Starts `script` and waits until it is attached (at most 20 s).
+    pub fn start(script: &str) -> anyhow::Result<Bpftrace> {
+        use std::io::BufRead;
+        let mut child = Command::new("bpftrace")
+            .args(["-e", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run bpftrace: {e}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no bpftrace stdout"))?;
+        // Read on a thread (draining all along, so bpftrace never blocks
+        // on a full pipe).
+        let (tx, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let b = Bpftrace {
+            child: Some(child),
+            output,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match b.output.recv_timeout(left) {
+                Ok(l) if l.trim() == "READY" => return Ok(b),
+                Ok(_) => {}
+                Err(_) => anyhow::bail!("bpftrace did not attach within 20 s"),
+            }
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Stops bpftrace (SIGINT makes it print its maps) and returns what it
+    /// printed after `READY`.
+    pub fn stop(mut self) -> String {
+        self.end();
+        let mut out = String::new();
+        while let Ok(l) = self.output.recv_timeout(Duration::from_secs(2)) {
+            out.push_str(&l);
+            out.push('\n');
+        }
+        out
+    }
+
+    fn end(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // A bpftrace that missed SIGINT (seen when it arrives right after
+        // BEGIN) is terminated, then killed.
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
+            // SAFETY: kill(2) on the pid of our own, not yet reaped child.
+            unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Bpftrace {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 /// A bindfs mount of `src` at `dst`, run in the foreground as our child.
 pub struct Bindfs {
     pub dst: PathBuf,
@@ -249,9 +340,15 @@ pub struct Bindfs {
 
 impl Bindfs {
     pub fn start(src: &Path, dst: &Path) -> anyhow::Result<Self> {
+        Self::start_with(src, dst, &[])
+    }
+
+    /// With extra bindfs arguments (e.g. `-o attr_timeout=0`).
+    pub fn start_with(src: &Path, dst: &Path, args: &[&str]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dst)?;
         let child = Command::new("bindfs")
             .arg("-f")
+            .args(args)
             .arg(src)
             .arg(dst)
             .stderr(Stdio::null())

@@ -58,8 +58,8 @@ const F_UNLCK: i32 = libc::F_UNLCK;
 pub struct TestFsOptions {
     /// Negotiate FUSE_FLOCK_LOCKS: flock(2) arrives as SETLK/SETLKW.
     pub flock_locks: bool,
-    /// Sleep this long in lookup and getattr of this name.
-    pub delay: Option<(String, Duration)>,
+    /// Sleep this long in lookup and getattr of these names.
+    pub delays: Vec<(String, Duration)>,
     /// Sleep this long in open of this name (lookups stay fast).
     pub open_delay: Option<(String, Duration)>,
     /// Answer FLUSH (a close) of this name with this errno.
@@ -188,10 +188,14 @@ impl TestFs {
     }
 
     fn maybe_delay(&self, ino: u64) {
-        if let Some((name, d)) = &self.opts.delay {
-            if name_of(ino) == Some(name.as_str()) {
-                std::thread::sleep(*d);
-            }
+        let name = name_of(ino);
+        if let Some((_, d)) = self
+            .opts
+            .delays
+            .iter()
+            .find(|(n, _)| Some(n.as_str()) == name)
+        {
+            std::thread::sleep(*d);
         }
     }
 

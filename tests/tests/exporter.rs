@@ -1,10 +1,12 @@
-//! The exporters end to end: a real scrape checked by promtool, a real
+//! The exporters end to end: a real scrape checked by promtool (and its
+//! protobuf form decoded: native and classic histograms), a real
 //! Prometheus server scraping a daemon under load (GETATTR rate, a failed
 //! path, recovery gauges), and OTLP spans over gRPC and HTTP/protobuf
 //! received by a test collector (ids, kernel parent / daemon child,
 //! timing, attributes); the daemon's own flock metrics (no probes
-//! needed); and `claudefs-fuse observe` counting the requests of another
-//! FUSE mount (bindfs).
+//! needed); `claudefs-fuse observe` counting the requests of another
+//! FUSE mount (bindfs); and the probes' run counters while
+//! `kernel.bpf_stats_enabled` is on.
 
 use std::fs;
 use std::io::Write;
@@ -14,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use claudefs_e2e::exporter::{
     free_port, grpc_receiver, http_get, http_receiver, prometheus_unavailable, promtool_check,
-    spans, GotSpan, Observe, PrometheusServer, Received,
+    scrape_protobuf, spans, BpfStatsOn, GotSpan, Observe, PrometheusServer, Received,
 };
 use claudefs_e2e::{fuse_unavailable, wait_until, Bindfs, MountGuard};
+use claudefs_fuse::exporter::proto;
 
 fn workload(mnt: &Path, rounds: usize) {
     for r in 0..rounds {
@@ -44,22 +47,79 @@ fn scrape(port: u16) -> String {
     text
 }
 
+/// Whether the scrape says the program of `hook` is attached (as tp_btf
+/// or, without BTF, as a classic tracepoint).
+fn attached(text: &str, hook: &str) -> bool {
+    let prefix = format!("claudefs_fuse_probe_attached{{program=\"{hook}\",attach_type=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .any(|rest| !rest.starts_with("none\"") && rest.ends_with("} 1"))
+}
+
+/// A scrape with the Accept header of a Prometheus that ingests native
+/// histograms is protobuf, decodes, has the families of the text scrape
+/// `text` (taken just before), and its request latency histograms are
+/// native (schema 3) as well as classic, each consistent in itself.
+fn check_protobuf_scrape(port: u16, text: &str) {
+    let (ctype, families) = scrape_protobuf(port).unwrap();
+    assert_eq!(ctype.as_deref(), Some(proto::CONTENT_TYPE));
+    let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
+    let text_names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    assert_eq!(names, text_names);
+    let duration = families
+        .iter()
+        .find(|f| f.name() == "claudefs_fuse_request_duration_seconds")
+        .expect("no request latency histogram in the protobuf scrape");
+    assert_eq!(duration.r#type(), proto::MetricType::Histogram);
+    assert!(!duration.metric.is_empty());
+    for m in &duration.metric {
+        let h = m.histogram.as_ref().expect("a histogram");
+        assert_eq!(h.schema(), 3);
+        assert_eq!(h.zero_threshold(), 2f64.powi(-20));
+        let native: u64 = proto::positive_buckets(h).iter().map(|b| b.1).sum();
+        assert_eq!(h.zero_count() + native, h.sample_count(), "{h:?}");
+        let last = h.bucket.last().expect("classic buckets");
+        assert_eq!(last.upper_bound(), 64.0);
+        assert!(last.cumulative_count() <= h.sample_count());
+        // The classic count of a series is the text scrape's, or grew since.
+        let labels: Vec<String> = m
+            .label
+            .iter()
+            .map(|l| format!("{}=\"{}\"", l.name(), l.value()))
+            .collect();
+        let count = format!(
+            "claudefs_fuse_request_duration_seconds_count{{{}}}",
+            labels.join(",")
+        );
+        if let Some(n) = sample(text, &count) {
+            assert!(h.sample_count() as f64 >= n, "{count}: {n} then {h:?}");
+        }
+    }
+}
+
+/// A daemon on one storage path under `dir` with `--ebpf` and metrics on
+/// a free port: (port, storage, mount).
+fn ebpf_daemon(dir: &Path) -> (u16, std::path::PathBuf, MountGuard) {
+    let port = free_port();
+    let args = [
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--ebpf".into(),
+    ];
+    let (src, m) = MountGuard::single_path(dir, &args).unwrap();
+    (port, src, m)
+}
+
 #[test]
 fn promtool_accepts_a_real_scrape_with_ebpf() {
     if fuse_unavailable().is_some() || prometheus_unavailable().is_some() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let (_src, m) = MountGuard::single_path(
-        tmp.path(),
-        &[
-            "--metrics-addr".into(),
-            format!("127.0.0.1:{port}"),
-            "--ebpf".into(),
-        ],
-    )
-    .unwrap();
+    let (port, _src, m) = ebpf_daemon(tmp.path());
     workload(&m.mnt, 5);
     let text = scrape(port);
     assert_eq!(http_get(port, "/healthz").unwrap().trim(), "ok");
@@ -75,11 +135,12 @@ fn promtool_accepts_a_real_scrape_with_ebpf() {
         "claudefs_fuse_flock_registry_acquires_total",
         "claudefs_fuse_spans_dropped_total",
         "claudefs_fuse_probe_events_dropped_total",
-        "claudefs_fuse_probe_attached{program=\"fuse_request_send\"} 1",
         "claudefs_fuse_build_info{version=",
     ] {
         assert!(text.contains(family), "missing {family}:\n{text}");
     }
+    assert!(attached(&text, "fuse_request_send"), "{text}");
+    check_protobuf_scrape(port, &text);
     // The daemon serves and measures flock itself: no flock programs.
     assert!(!text.contains("program=\"sys_enter_flock\""), "{text}");
     assert!(
@@ -398,11 +459,11 @@ fn daemon_reports_flock_contention_and_waiting_requests_without_probes() {
         series(&format!("{wait}_count"), "exclusive", "blocking"),
         2.0
     );
-    // The waiter's wait is in the sum, and above the 2^27 ns bucket.
+    // The waiter's wait is in the sum, and above the 2^-2 s bucket.
     let sum = series(&format!("{wait}_sum"), "exclusive", "blocking");
     assert!(sum >= hold.as_secs_f64() * 0.9, "wait sum {sum}");
     let below = format!(
-        "{wait}_bucket{{mount=\"{mount}\",kind=\"exclusive\",mode=\"blocking\",le=\"0.134217728\"}}"
+        "{wait}_bucket{{mount=\"{mount}\",kind=\"exclusive\",mode=\"blocking\",le=\"0.25\"}}"
     );
     assert_eq!(sample(&text, &below), Some(1.0), "{below}:\n{text}");
     if prometheus_unavailable().is_none() {
@@ -451,13 +512,69 @@ fn observe_counts_requests_of_a_bindfs_mount() {
         grew,
         "requests of {mount} did not grow from {before}:\n{text}"
     );
-    assert!(
-        text.contains("claudefs_fuse_probe_attached{program=\"fuse_request_send\"} 1"),
-        "{text}"
-    );
+    assert!(attached(&text, "fuse_request_send"), "{text}");
     let waiting = format!("claudefs_fuse_requests_waiting{{mount=\"{mount}\",fstype=\"fuse\"}} 0");
     assert!(text.contains(&waiting), "no {waiting}:\n{text}");
     let (ok, msg) = promtool_check(&text).unwrap();
     assert!(ok && msg.trim().is_empty(), "promtool: {msg}\n{text}");
     assert_eq!(http_get(obs.port, "/healthz").unwrap().trim(), "ok");
+}
+
+/// `claudefs_fuse_probe_{runs,run_seconds}_total` of `hook` in a scrape.
+fn program_runs(text: &str, hook: &str) -> (Option<f64>, Option<f64>) {
+    let pick = |name: &str| {
+        let prefix = format!("{name}{{program=\"{hook}\",attach_type=\"");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.rsplit(' ').next()?.parse().ok())
+    };
+    (
+        pick("claudefs_fuse_probe_runs_total"),
+        pick("claudefs_fuse_probe_run_seconds_total"),
+    )
+}
+
+#[test]
+fn bpf_stats_count_the_runs_of_the_fuse_programs() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, _src, m) = ebpf_daemon(tmp.path());
+    let on = BpfStatsOn::enable().unwrap();
+    workload(&m.mnt, 2);
+    let first = scrape(port);
+    workload(&m.mnt, 5);
+    let mut text = String::new();
+    for hook in ["fuse_request_send", "fuse_request_end"] {
+        let (Some(runs0), Some(secs0)) = program_runs(&first, hook) else {
+            panic!("no run counters of {hook} with bpf_stats on:\n{first}");
+        };
+        let grew = wait_until(Duration::from_secs(5), || {
+            text = scrape(port);
+            let (runs, secs) = program_runs(&text, hook);
+            runs.is_some_and(|r| r > runs0) && secs.is_some_and(|s| s > secs0)
+        });
+        assert!(
+            grew,
+            "runs of {hook} did not grow from {runs0} ({secs0} s):\n{text}"
+        );
+        // At least one run per request of the workload, each well under
+        // a millisecond.
+        let (runs, secs) = program_runs(&text, hook);
+        let (runs, secs) = (runs.unwrap(), secs.unwrap());
+        assert!(runs - runs0 >= 50.0, "{hook}: {runs0} -> {runs}");
+        let ns_per_run = (secs - secs0) * 1e9 / (runs - runs0);
+        assert!(
+            ns_per_run > 0.0 && ns_per_run < 1e6,
+            "{hook}: {ns_per_run} ns a run"
+        );
+    }
+    drop(on);
+    // With bpf_stats off again the counters are not exported (the
+    // kernel no longer counts), unless something else turned it on.
+    if fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "0") {
+        let off = scrape(port);
+        assert!(!off.contains("claudefs_fuse_probe_runs_total"), "{off}");
+    }
 }

@@ -6,14 +6,17 @@
 //! required metric family of the exporters issue appears on some panel;
 //! `promtool check rules` and `promtool test rules` pass.
 //!
-//! Live part (unless `--static`): a real Prometheus scrapes a live
+//! Live part (unless `--static`): two real Prometheus servers (one that
+//! ingests native histograms, one that does not) scrape a live
 //! `claudefs-fuse mount --metrics-addr ... --ebpf` under a workload that
 //! exercises every panel (see [`live`]); then every expanded panel query
 //! returns at least one series with a finite value, every variable query
 //! finds its label, every metric a dashboard or rule names is one the
 //! exporter emits (a scrape of its `/metrics`, plus Prometheus' own
 //! `up`/`scrape_*`), every rule evaluates without error, and the path and
-//! recovery alerts go active when their condition is produced.
+//! recovery alerts go active when their condition is produced: each on
+//! both Prometheus servers, each of which must store the histograms its
+//! way (native only, classic only).
 //!
 //! Failures are listed (dashboard, panel, query, why) and make the command
 //! exit non-zero.
@@ -34,7 +37,8 @@ use crate::{cmd, workspace_root};
 
 use promql::{Dashboard, Rule};
 
-/// The metric families issue 5 requires; each must appear on some panel.
+/// The metric families issues 5 and 15 require; each must appear on some
+/// panel.
 pub const REQUIRED: &[&str] = &[
     "claudefs_fuse_requests_total",
     "claudefs_fuse_request_errors_total",
@@ -64,6 +68,8 @@ pub const REQUIRED: &[&str] = &[
     "claudefs_fuse_spans_dropped_total",
     "claudefs_fuse_probe_events_dropped_total",
     "claudefs_fuse_probe_attached",
+    "claudefs_fuse_probe_run_seconds_total",
+    "claudefs_fuse_probe_runs_total",
     "claudefs_fuse_build_info",
 ];
 

@@ -45,7 +45,7 @@ use serde::Serialize;
 use crate::session::Reply;
 
 use crate::flock::{FlockConflict, FlockHandle, FlockRegistry, FlockType};
-use crate::probes::hist::Log2Histogram;
+use crate::probes::hist::LatencyHistogram;
 use crate::probes::snapshot::{FlockKind, FlockMode};
 
 /// How long an interrupt for a request not parked (yet) is kept.
@@ -90,7 +90,7 @@ pub struct FlockCalls {
     /// Arrival to answer, summed (ns).
     pub total_ns: u64,
     /// Arrival to answer, log2 ns buckets (as the probes keep them).
-    pub hist: Log2Histogram,
+    pub hist: LatencyHistogram,
 }
 
 #[derive(Debug)]

@@ -507,7 +507,8 @@ fn start_exporter(
         let opts = crate::probes::ProbeOptions {
             events: crate::probes::EventFilter::All,
             only_conn: conn,
-            fuse_only: true,
+            set: crate::probes::ProbeSet::Fuse,
+            classic_only: false,
         };
         match ex::load_probes(&opts) {
             Ok(p) => {

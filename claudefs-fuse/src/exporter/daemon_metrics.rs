@@ -11,10 +11,7 @@
 
 use std::sync::Arc;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
-
-use super::model::{descs, FamilyBuilder};
+use super::model::{Collector, FamilyBuilder, MetricFamily};
 use super::names::{self, Family};
 use super::probe_metrics::FlockFamilies;
 use crate::daemon::journal::RecoverySummary;
@@ -263,7 +260,7 @@ pub type ViewFn = Arc<dyn Fn() -> DaemonView + Send + Sync>;
 /// A `Collector` over a [`ViewFn`].
 pub struct DaemonCollector {
     view: ViewFn,
-    descs: Vec<Desc>,
+    families: Vec<Family>,
 }
 
 impl std::fmt::Debug for DaemonCollector {
@@ -276,14 +273,14 @@ impl DaemonCollector {
     pub fn new(view: ViewFn) -> Self {
         Self {
             view,
-            descs: descs(FAMILIES),
+            families: FAMILIES.to_vec(),
         }
     }
 }
 
 impl Collector for DaemonCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+    fn families(&self) -> &[Family] {
+        &self.families
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -294,7 +291,7 @@ impl Collector for DaemonCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exporter::model::encode;
+    use crate::exporter::text::encode;
 
     #[test]
     fn recovery_labels() {
@@ -395,8 +392,11 @@ mod tests {
             format!("claudefs_fuse_flock_refused_total{{{l}}} 0"),
             format!("claudefs_fuse_flock_wait_seconds_count{{{l}}} 2"),
             format!("claudefs_fuse_flock_wait_seconds_sum{{{l}}} 0.300002"),
-            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.000004096\"}} 1"),
-            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.536870912\"}} 2"),
+            // 2 us <= 2^-18 s; 300 ms <= 2^-1 s.
+            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.0000019073486328125\"}} 0"),
+            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.000003814697265625\"}} 1"),
+            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.25\"}} 1"),
+            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.5\"}} 2"),
             "claudefs_fuse_flock_refused_total{mount=\"/mnt/cfs\",kind=\"shared\",mode=\"nonblocking\"} 2".to_string(),
         ] {
             assert!(text.contains(&w), "missing {w} in\n{text}");

@@ -9,11 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
-
-use super::model::{descs, FamilyBuilder};
-use super::names;
+use super::model::{Collector, FamilyBuilder, MetricFamily};
+use super::names::{self, Family};
 use crate::probes::mountinfo::MountTable;
 
 /// Where fusectl is normally mounted, and where it is mounted if missing.
@@ -93,7 +90,7 @@ pub fn waiting_family(
 pub struct WaitingCollector {
     fusectl: Fusectl,
     only_conn: Option<u32>,
-    descs: Vec<Desc>,
+    families: Vec<Family>,
     warned: AtomicBool,
 }
 
@@ -109,15 +106,15 @@ impl WaitingCollector {
         Self {
             fusectl,
             only_conn,
-            descs: descs(&[names::REQUESTS_WAITING]),
+            families: vec![names::REQUESTS_WAITING],
             warned: AtomicBool::new(false),
         }
     }
 }
 
 impl Collector for WaitingCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+    fn families(&self) -> &[Family] {
+        &self.families
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -139,7 +136,7 @@ impl Collector for WaitingCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exporter::model::encode;
+    use crate::exporter::text::encode;
 
     const MOUNTINFO: &str = "\
 36 1 0:55 / /mnt/cfs rw,nosuid - fuse.claudefs claudefs rw,user_id=0

@@ -3,10 +3,12 @@
 //! and for the probes alone (`claudefs-fuse observe`).
 //!
 //! Roles: `names` (every metric name, help, unit and labels), `model`
-//! (building families; log2 histograms to Prometheus histograms),
-//! `probe_metrics` and `daemon_metrics` (the two collectors), `http`
-//! (`/metrics`, `/healthz`), `otlp` (spans to a collector), `observe`
-//! (the node-agent command).
+//! (the metric model: families, series, collectors), `text` and `proto`
+//! (its two exposition formats: text 0.0.4 with classic histograms,
+//! protobuf with classic and native ones), `probe_metrics`,
+//! `daemon_metrics` and `fusectl` (the collectors), `http` (`/metrics`,
+//! `/healthz`), `otlp` (spans to a collector), `observe` (the node-agent
+//! command).
 //!
 //! Everything runs on one exporter thread with its own small tokio
 //! runtime ([`Exporter::start`]): the HTTP server, the span drain timer,
@@ -22,21 +24,20 @@ pub mod names;
 pub mod observe;
 pub mod otlp;
 pub mod probe_metrics;
+pub mod proto;
+pub mod text;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-
-use prometheus::core::Collector;
-use prometheus::Registry;
 
 use crate::daemon::kernel_join::{join_events, Joiner};
 use crate::daemon::router::Router;
 use crate::daemon::spans::Spans;
 use crate::otel_trace::{OtelExportBuffer, OtelSpan};
 use crate::probes::Probes;
-use model::FamilyBuilder;
+use model::{Collector, FamilyBuilder, MetricFamily};
 use otlp::{ExportStats, OtlpTarget, SpanPipeline};
 use probe_metrics::SharedProbes;
 
@@ -48,10 +49,29 @@ pub const PROBE_POLL: Duration = Duration::from_millis(100);
 /// How often spans move from the daemon's buffer to the OTLP pipeline.
 pub const SPAN_DRAIN: Duration = Duration::from_millis(200);
 
-/// The registry plus the exporter's own families.
+/// An exposition format of `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Text 0.0.4: classic histograms only.
+    Text,
+    /// Length-delimited protobuf: histograms classic and native.
+    Protobuf,
+}
+
+impl Format {
+    /// The `Content-Type` of a scrape in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => text::CONTENT_TYPE,
+            Format::Protobuf => proto::CONTENT_TYPE,
+        }
+    }
+}
+
+/// The registered collectors plus the exporter's own families.
 #[derive(Default)]
 pub struct Metrics {
-    registry: Registry,
+    collectors: RwLock<Vec<Box<dyn Collector>>>,
     last_scrape_ns: AtomicU64,
 }
 
@@ -66,17 +86,32 @@ impl Metrics {
         Self::default()
     }
 
-    /// Adds a collector (its families must not clash with others').
+    /// Adds a collector; its families must not be another's (nor the
+    /// exporter's own).
     pub fn register(&self, c: Box<dyn Collector>) -> anyhow::Result<()> {
-        self.registry
-            .register(c)
-            .map_err(|e| anyhow::anyhow!("metrics registry: {e}"))
+        let mut all = self.collectors.write().unwrap_or_else(|e| e.into_inner());
+        let own = [names::BUILD_INFO, names::SCRAPE_DURATION];
+        for f in c.families() {
+            let taken = own.iter().chain(all.iter().flat_map(|o| o.families()));
+            if taken.clone().any(|t| t.name == f.name) {
+                anyhow::bail!("metrics registry: {} is already registered", f.name);
+            }
+        }
+        all.push(c);
+        Ok(())
     }
 
-    /// One scrape in the text exposition format.
-    pub fn render(&self) -> Vec<u8> {
-        let t0 = Instant::now();
-        let mut families = self.registry.gather();
+    /// Every family now: the collectors' (sorted by name), then the
+    /// exporter's own.
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        let collected: Vec<MetricFamily> = self
+            .collectors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flat_map(|c| c.collect())
+            .collect();
+        let mut families = model::gather(collected);
         let mut build = FamilyBuilder::gauge(names::BUILD_INFO);
         build.add(vec![env!("CARGO_PKG_VERSION").to_string()], 1.0);
         let mut scrape = FamilyBuilder::gauge(names::SCRAPE_DURATION);
@@ -85,7 +120,17 @@ impl Metrics {
             self.last_scrape_ns.load(Ordering::Relaxed) as f64 / 1e9,
         );
         families.extend([build, scrape].into_iter().filter_map(FamilyBuilder::build));
-        let body = model::encode(&families);
+        families
+    }
+
+    /// One scrape in `format`.
+    pub fn render(&self, format: Format) -> Vec<u8> {
+        let t0 = Instant::now();
+        let families = self.gather();
+        let body = match format {
+            Format::Text => text::encode(&families),
+            Format::Protobuf => proto::encode(&families),
+        };
         self.last_scrape_ns
             .store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         body
@@ -304,11 +349,69 @@ mod tests {
     #[test]
     fn render_has_build_info_and_scrape_duration() {
         let m = Metrics::new();
-        let text = String::from_utf8(m.render()).unwrap();
+        let text = String::from_utf8(m.render(Format::Text)).unwrap();
         assert!(text.contains(&format!(
             "claudefs_fuse_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         )));
         assert!(text.contains("# TYPE claudefs_fuse_scrape_duration_seconds gauge"));
+    }
+
+    struct Fixed(Vec<names::Family>, f64);
+
+    impl Collector for Fixed {
+        fn families(&self) -> &[names::Family] {
+            &self.0
+        }
+
+        fn collect(&self) -> Vec<MetricFamily> {
+            self.0
+                .iter()
+                .filter_map(|f| {
+                    let mut b = FamilyBuilder::gauge(*f);
+                    b.add(vec![], self.1);
+                    b.build()
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_family_is_registered_once() {
+        let m = Metrics::new();
+        m.register(Box::new(Fixed(vec![names::PATHS_USABLE], 1.0)))
+            .unwrap();
+        let clash = Fixed(vec![names::OPEN_FILES, names::PATHS_USABLE], 2.0);
+        assert!(m.register(Box::new(clash)).is_err());
+        assert!(m
+            .register(Box::new(Fixed(vec![names::BUILD_INFO], 1.0)))
+            .is_err());
+        m.register(Box::new(Fixed(vec![names::OPEN_FILES], 3.0)))
+            .unwrap();
+        let got: Vec<&str> = m.gather().iter().map(MetricFamily::name).collect();
+        assert_eq!(
+            got,
+            [
+                "claudefs_fuse_open_files",
+                "claudefs_fuse_paths_usable",
+                "claudefs_fuse_build_info",
+                "claudefs_fuse_scrape_duration_seconds"
+            ]
+        );
+    }
+
+    #[test]
+    fn both_formats_carry_the_same_families() {
+        let m = Metrics::new();
+        m.register(Box::new(Fixed(vec![names::PATHS_USABLE], 2.0)))
+            .unwrap();
+        let text = String::from_utf8(m.render(Format::Text)).unwrap();
+        let decoded = proto::decode(&m.render(Format::Protobuf)).unwrap();
+        let names: Vec<&str> = decoded.iter().map(|f| f.name()).collect();
+        for n in &names {
+            assert!(text.contains(&format!("# TYPE {n} ")), "{n} not in\n{text}");
+        }
+        assert_eq!(names.len(), text.matches("# TYPE ").count());
+        assert_eq!(decoded[0].metric[0].gauge.as_ref().unwrap().value(), 2.0);
     }
 }

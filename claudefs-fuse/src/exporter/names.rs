@@ -34,7 +34,7 @@ families! {
         "FUSE requests answered with a non-zero error.";
     /// Histogram, seconds: kernel send to end (includes queueing in /dev/fuse).
     REQUEST_DURATION = "claudefs_fuse_request_duration_seconds", ["mount", "fstype", "opcode"],
-        "FUSE request latency from the kernel sending it to the end of the reply (queueing in /dev/fuse included); buckets at powers of two nanoseconds.";
+        "FUSE request latency from the kernel sending it to the end of the reply (queueing in /dev/fuse included); classic buckets at powers of two seconds, native histogram of schema 3 (8 buckets per power of two) in the protobuf format.";
     /// Counter, requests: answered by the mount daemon, per operation.
     DAEMON_REQUESTS = "claudefs_fuse_daemon_requests_total", ["op"],
         "FUSE requests the mount daemon answered, by operation (counted by the daemon itself; no probes needed).";
@@ -64,7 +64,7 @@ families! {
         "flock(2) calls refused with EWOULDBLOCK.";
     /// Histogram, seconds: time spent inside flock(2).
     FLOCK_WAIT = "claudefs_fuse_flock_wait_seconds", ["mount", "kind", "mode"],
-        "Time spent inside flock(2); buckets at powers of two nanoseconds.";
+        "Time spent inside flock(2); classic buckets at powers of two seconds, native histogram of schema 3 (8 buckets per power of two) in the protobuf format.";
     /// Counter, events: per-request events lost (ring full or not taken in time).
     PROBE_EVENTS_DROPPED = "claudefs_fuse_probe_events_dropped_total", [],
         "Per-request probe events lost because the kernel ring buffer or the userspace queue was full.";
@@ -75,8 +75,15 @@ families! {
     PROBE_MAP_FULL = "claudefs_fuse_probe_map_full_total", [],
         "New keys the probes could not store because a statistics map was full.";
     /// Gauge, 0/1: whether a probe program is attached.
-    PROBE_ATTACHED = "claudefs_fuse_probe_attached", ["program"],
-        "1 if the eBPF program is attached, 0 if it could not be.";
+    PROBE_ATTACHED = "claudefs_fuse_probe_attached", ["program", "attach_type"],
+        "1 if the eBPF program of the hook is attached, 0 if it could not be; attach_type: tp_btf (BTF tracepoint), tracepoint (classic fallback) or none.";
+
+    /// Counter, seconds: run time of the hook's program (kernel bpf_stats).
+    PROBE_RUN_SECONDS = "claudefs_fuse_probe_run_seconds_total", ["program", "attach_type"],
+        "Time the kernel spent running the eBPF program of the hook (bpf_stats); exported only while kernel.bpf_stats_enabled is 1 (the kernel counts only then, at the cost of a clock read per run).";
+    /// Counter, runs: runs of the hook's program (kernel bpf_stats).
+    PROBE_RUNS = "claudefs_fuse_probe_runs_total", ["program", "attach_type"],
+        "Runs of the eBPF program of the hook (bpf_stats); exported only while kernel.bpf_stats_enabled is 1 (the kernel counts only then).";
 
     // ---- from the daemon (one mount) ----
     /// Gauge, 0/1: one-hot state of each storage path.

@@ -9,16 +9,15 @@
 
 use std::sync::{Arc, Mutex};
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
-
-use super::model::{descs, FamilyBuilder};
+use super::model::{Collector, FamilyBuilder, MetricFamily};
 use super::names::{self, Family};
 use crate::probes::dev::format_dev;
-use crate::probes::hist::Log2Histogram;
+use crate::probes::hist::LatencyHistogram;
 use crate::probes::mountinfo::MountTable;
 use crate::probes::opcodes::opcode_label;
-use crate::probes::snapshot::{FlockKind, FlockMode, FlockTarget, ProbeSnapshot};
+use crate::probes::snapshot::{
+    AttachKind, AttachedProgram, FlockKind, FlockMode, FlockTarget, ProbeSnapshot, ProgramStats,
+};
 use crate::probes::{ProbeCounters, Probes};
 
 /// The families this module emits.
@@ -33,6 +32,8 @@ pub const FAMILIES: &[Family] = &[
     names::PROBE_EVENTS_DELIVERED,
     names::PROBE_MAP_FULL,
     names::PROBE_ATTACHED,
+    names::PROBE_RUN_SECONDS,
+    names::PROBE_RUNS,
 ];
 
 /// Departed mounts remembered at most (then forgotten).
@@ -43,7 +44,10 @@ const DEPARTED_LIMIT: usize = 1024;
 pub struct ProbeReadout {
     pub snapshot: ProbeSnapshot,
     pub counters: ProbeCounters,
-    pub attached: Vec<(String, bool)>,
+    pub attached: Vec<AttachedProgram>,
+    /// The kernel's run time and count per program (empty unless
+    /// `kernel.bpf_stats_enabled` is 1).
+    pub program_stats: Vec<ProgramStats>,
 }
 
 fn mount_of(mounts: &MountTable, dev: u32) -> (String, String) {
@@ -95,7 +99,7 @@ impl FlockFamilies {
         mode: FlockMode,
         calls: u64,
         refused: u64,
-        (hist, total_ns): (&Log2Histogram, u64),
+        (hist, total_ns): (&LatencyHistogram, u64),
     ) {
         let labels = vec![
             mount,
@@ -147,11 +151,33 @@ pub fn probe_families(r: &ProbeReadout, mounts: &MountTable) -> Vec<MetricFamily
     let mut map_full = FamilyBuilder::counter(names::PROBE_MAP_FULL);
     map_full.add(vec![], c.map_full as f64);
     let mut attached = FamilyBuilder::gauge(names::PROBE_ATTACHED);
-    for (program, ok) in &r.attached {
-        attached.add(vec![program.clone()], if *ok { 1.0 } else { 0.0 });
+    for a in &r.attached {
+        let kind = a.kind.map_or("none", AttachKind::as_str);
+        attached.add(
+            vec![a.hook.to_string(), kind.to_string()],
+            if a.kind.is_some() { 1.0 } else { 0.0 },
+        );
+    }
+    let mut run_seconds = FamilyBuilder::counter(names::PROBE_RUN_SECONDS);
+    let mut runs = FamilyBuilder::counter(names::PROBE_RUNS);
+    for p in &r.program_stats {
+        let labels = vec![p.hook.to_string(), p.kind.as_str().to_string()];
+        run_seconds.add(labels.clone(), p.run_time_ns as f64 / 1e9);
+        runs.add(labels, p.run_count as f64);
     }
     [
-        requests, errors, duration, flocks, refused, wait, dropped, delivered, map_full, attached,
+        requests,
+        errors,
+        duration,
+        flocks,
+        refused,
+        wait,
+        dropped,
+        delivered,
+        map_full,
+        attached,
+        run_seconds,
+        runs,
     ]
     .into_iter()
     .filter_map(FamilyBuilder::build)
@@ -167,7 +193,7 @@ pub struct ProbeCollector {
     /// Only this FUSE connection (the daemon's own mount); None for all.
     only_conn: Option<u32>,
     mounts: Mutex<MountTable>,
-    descs: Vec<Desc>,
+    families: Vec<Family>,
     /// Leave out the flock families (someone else reports them).
     no_flock: bool,
 }
@@ -193,7 +219,7 @@ impl ProbeCollector {
             probes,
             only_conn,
             mounts: Mutex::new(MountTable::read_self().unwrap_or_default()),
-            descs: descs(FAMILIES),
+            families: FAMILIES.to_vec(),
             no_flock: false,
         }
     }
@@ -206,7 +232,7 @@ impl ProbeCollector {
             .filter(|f| !FLOCK_FAMILIES.iter().any(|x| x.name == f.name))
             .copied()
             .collect();
-        self.descs = descs(&kept);
+        self.families = kept;
         self.no_flock = true;
         self
     }
@@ -229,6 +255,7 @@ impl ProbeCollector {
             snapshot,
             counters,
             attached: p.attached_programs(),
+            program_stats: p.program_stats(),
         })
     }
 }
@@ -245,8 +272,8 @@ fn only_connection(mut snapshot: ProbeSnapshot, conn: u32) -> ProbeSnapshot {
 }
 
 impl Collector for ProbeCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+    fn families(&self) -> &[Family] {
+        &self.families
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -273,11 +300,11 @@ impl Collector for ProbeCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exporter::model::encode;
+    use crate::exporter::text::encode;
     use crate::probes::snapshot::{FlockSample, LatencyStats, OpSample};
 
     fn stats(values: &[u64], errors: u64) -> LatencyStats {
-        let mut hist = Log2Histogram::default();
+        let mut hist = LatencyHistogram::default();
         for v in values {
             hist.record(*v);
         }
@@ -372,8 +399,28 @@ mod tests {
                 ..Default::default()
             },
             attached: vec![
-                ("fuse_request_send".into(), true),
-                ("flock_enter".into(), false),
+                AttachedProgram {
+                    hook: "fuse_request_send",
+                    kind: Some(AttachKind::Btf),
+                },
+                AttachedProgram {
+                    hook: "flock_lock_inode",
+                    kind: None,
+                },
+            ],
+            program_stats: vec![
+                ProgramStats {
+                    hook: "fuse_request_send",
+                    kind: AttachKind::Btf,
+                    run_time_ns: 2_500_000_000,
+                    run_count: 10_000_000,
+                },
+                ProgramStats {
+                    hook: "fuse_request_end",
+                    kind: AttachKind::Tracepoint,
+                    run_time_ns: 7_000,
+                    run_count: 35,
+                },
             ],
         };
         let text = String::from_utf8(encode(&probe_families(&r, &mounts()))).unwrap();
@@ -386,10 +433,14 @@ mod tests {
             "claudefs_fuse_request_duration_seconds_sum{mount=\"/mnt/cfs\",fstype=\"fuse.claudefs\",opcode=\"GETATTR\"} 0.000007",
             "claudefs_fuse_flock_requests_total{mount=\"/mnt/cfs\",kind=\"exclusive\",mode=\"nonblocking\"} 4",
             "claudefs_fuse_flock_refused_total{mount=\"/mnt/cfs\",kind=\"exclusive\",mode=\"nonblocking\"} 2",
-            "claudefs_fuse_flock_wait_seconds_bucket{mount=\"/mnt/cfs\",kind=\"exclusive\",mode=\"nonblocking\",le=\"0.000001024\"} 4",
+            "claudefs_fuse_flock_wait_seconds_bucket{mount=\"/mnt/cfs\",kind=\"exclusive\",mode=\"nonblocking\",le=\"0.0000019073486328125\"} 4",
             "claudefs_fuse_probe_events_dropped_total 7",
-            "claudefs_fuse_probe_attached{program=\"fuse_request_send\"} 1",
-            "claudefs_fuse_probe_attached{program=\"flock_enter\"} 0",
+            "claudefs_fuse_probe_attached{program=\"fuse_request_send\",attach_type=\"tp_btf\"} 1",
+            "claudefs_fuse_probe_attached{program=\"flock_lock_inode\",attach_type=\"none\"} 0",
+            "claudefs_fuse_probe_run_seconds_total{program=\"fuse_request_send\",attach_type=\"tp_btf\"} 2.5",
+            "claudefs_fuse_probe_runs_total{program=\"fuse_request_send\",attach_type=\"tp_btf\"} 10000000",
+            "claudefs_fuse_probe_run_seconds_total{program=\"fuse_request_end\",attach_type=\"tracepoint\"} 0.000007",
+            "claudefs_fuse_probe_runs_total{program=\"fuse_request_end\",attach_type=\"tracepoint\"} 35",
         ];
         for w in want {
             assert!(text.contains(w), "missing {w} in\n{text}");
@@ -400,5 +451,20 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn no_run_counters_while_bpf_stats_is_off() {
+        // program_stats() is empty while kernel.bpf_stats_enabled is 0.
+        let r = ProbeReadout {
+            attached: vec![AttachedProgram {
+                hook: "fuse_request_send",
+                kind: Some(AttachKind::Btf),
+            }],
+            ..Default::default()
+        };
+        let text = String::from_utf8(encode(&probe_families(&r, &mounts()))).unwrap();
+        assert!(text.contains("claudefs_fuse_probe_attached{"), "{text}");
+        assert!(!text.contains("claudefs_fuse_probe_run"), "{text}");
     }
 }

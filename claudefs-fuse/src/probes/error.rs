@@ -35,12 +35,12 @@ pub enum ProbeError {
         reason: String,
     },
 
-    /// None of the tracepoints the probes need exist on this kernel.
+    /// None of the hooks the probes need could be attached.
     #[error(
-        "this kernel has none of the tracepoints the probes need ({missing}); the FUSE \
-         tracepoints need Linux >= 6.12, the flock ones CONFIG_FTRACE_SYSCALLS"
+        "none of the probes could be attached on this kernel: {reasons}; the FUSE \
+         tracepoints need Linux >= 6.12"
     )]
-    NoTracepoints { missing: String },
+    NoTracepoints { reasons: String },
 
     /// The embedded BPF object could not be parsed or its maps created.
     #[error("cannot load the eBPF object: {0}")]
@@ -77,10 +77,6 @@ pub enum ProbeError {
         #[source]
         source: aya::maps::MapError,
     },
-
-    /// The aya-log bridge could not be set up.
-    #[error("cannot read eBPF log records: {0}")]
-    Log(#[source] aya_log::Error),
 }
 
 impl ProbeError {

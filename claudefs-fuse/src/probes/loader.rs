@@ -1,204 +1,308 @@
-//! Loading and attaching the probes: privilege check, tracefs, reading the
-//! tracepoint layouts of the running kernel into load-time globals, map
-//! sizing, program load (verifier errors keep their log) and attach.
+//! Loading and attaching the probes: the layouts of the running kernel
+//! (`layout`) into load-time globals, map sizing, program load (verifier
+//! errors keep their log) and attach.
 //!
-//! Tracepoints come in three groups that load independently: FUSE requests
-//! (Linux >= 6.12), flock syscalls, and `filelock/flock_lock_inode` (device
-//! attribution). A kernel without one group still gets the others, with a
-//! warning; only a kernel with none of them is an error.
+//! Hooks come in two groups that load independently: FUSE requests
+//! (`fuse/fuse_request_send|end`, Linux >= 6.12) and kernel-served flock
+//! (`filelock/flock_lock_inode`, `signal/signal_deliver`). Each group is
+//! attached as BTF tracepoints (`tp_btf`) when the kernel's BTF has the
+//! hooks and the structure members the programs read (offsets looked up
+//! in that BTF, no tracefs needed), else as classic tracepoints (offsets
+//! from tracefs `format` files, tracefs mounted if needed), with a warning
+//! saying which and why. A kernel without either group is an error.
 
-use aya::programs::TracePoint;
+use std::path::Path;
+
+use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use claudefs_ebpf_common::{
     globals, map_names, program_names, FlockStats, OpStats, ProcStats, WaiterStats,
 };
 
+use crate::probes::btf::{Btf, SYS_BTF_DIR};
 use crate::probes::error::ProbeError;
-use crate::probes::tracefs::{Tracefs, TracepointFormat};
+use crate::probes::layout::{
+    flock_btf_globals, flock_classic_globals, fuse_btf_globals, fuse_classic_globals,
+};
+use crate::probes::snapshot::{AttachKind, AttachedProgram};
+use crate::probes::tracefs::Tracefs;
+use crate::probes::{ProbeOptions, ProbeSet};
 
-/// FUSE_SETLK / FUSE_SETLKW when the print fmt does not list them (the
-/// numbers of `include/uapi/linux/fuse.h`).
-const DEFAULT_OPCODE_SETLK: u32 = 32;
-const DEFAULT_OPCODE_SETLKW: u32 = 33;
+/// Load-time globals: (name, value).
+pub(crate) type Globals = Vec<(&'static str, u32)>;
+
+/// The globals a group of programs needs, or why it cannot be used.
+pub(crate) type Layout = Result<Globals, String>;
+
+/// What [`load`] made.
+pub(crate) struct Loaded {
+    pub ebpf: Ebpf,
+    pub warnings: Vec<String>,
+    pub attached: Vec<AttachedProgram>,
+    /// (hook, kind, program name) of each attached program.
+    pub programs: Vec<(&'static str, AttachKind, &'static str)>,
+    pub fuse_attach: Option<AttachKind>,
+    pub flock_attach: Option<AttachKind>,
+}
+
+/// Reads the layouts, loads the object and attaches each group of hooks
+/// `opts` asks for: BTF first, classic as the fallback. An error only when
+/// no group could be attached.
+pub(crate) fn load(opts: &ProbeOptions, object: &[u8]) -> Result<Loaded, ProbeError> {
+    let mut warnings = Vec::new();
+    let btf = if opts.classic_only {
+        Err("classic tracepoints were asked for".to_string())
+    } else {
+        kernel_btf()
+    };
+    let (fuse_hooks, flock_hooks): (&[Hook], &[Hook]) = match opts.set {
+        ProbeSet::All => (&FUSE_HOOKS, &FLOCK_HOOKS),
+        ProbeSet::Fuse => (&FUSE_HOOKS, &[]),
+        ProbeSet::Floor => (&FLOOR_HOOKS, &[]),
+    };
+    let from_btf = |f: fn(&Btf) -> Layout| match &btf {
+        Ok(b) => f(&b.ours),
+        Err(e) => Err(e.clone()),
+    };
+    let mut fuse_btf = from_btf(fuse_btf_globals);
+    if fuse_btf.is_ok() && fuse_is_module() {
+        fuse_btf = Err(
+            "fuse is a kernel module here, and this loader attaches BTF \
+                        tracepoints of the kernel image only"
+                .to_string(),
+        );
+    }
+    let flock_btf = from_btf(flock_btf_globals);
+
+    // The classic layouts are read from a tracefs that is mounted (so a
+    // BTF program the verifier refuses can still fall back); tracefs is
+    // mounted only when a group cannot use BTF at all.
+    let needs_classic = (!fuse_hooks.is_empty() && fuse_btf.is_err())
+        || (!flock_hooks.is_empty() && flock_btf.is_err());
+    let tfs: Result<Tracefs, String> = match Tracefs::find() {
+        Some(t) => Ok(t),
+        None if needs_classic => match Tracefs::find_or_mount() {
+            Ok(t) => {
+                let msg = format!(
+                    "tracefs was not mounted; mounted it at {}",
+                    t.root().display()
+                );
+                tracing::info!("{msg}");
+                warnings.push(msg);
+                Ok(t)
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        None => Err(
+            "tracefs is not mounted (and was not mounted: BTF tracepoints were \
+                     expected to work)"
+                .to_string(),
+        ),
+    };
+    let from_tracefs = |f: fn(&Tracefs) -> Layout| match &tfs {
+        Ok(t) => f(t),
+        Err(e) => Err(e.clone()),
+    };
+    let fuse_classic = from_tracefs(fuse_classic_globals);
+    let flock_classic = from_tracefs(flock_classic_globals);
+
+    let mut all: Globals = vec![(globals::FUSE_FLOCKS, u32::from(opts.set == ProbeSet::All))];
+    for g in [&fuse_btf, &flock_btf, &fuse_classic, &flock_classic]
+        .into_iter()
+        .flatten()
+    {
+        all.extend(g.iter().copied());
+    }
+    let aya_btf = btf.as_ref().ok().map(|b| &b.aya);
+    let ebpf = load_object(object, &all, aya_btf)?;
+
+    let mut loaded = Loaded {
+        ebpf,
+        warnings,
+        attached: Vec::new(),
+        programs: Vec::new(),
+        fuse_attach: None,
+        flock_attach: None,
+    };
+    let mut reasons = Vec::new();
+    let groups = [
+        ("FUSE request", fuse_hooks, &fuse_btf, &fuse_classic),
+        ("flock", flock_hooks, &flock_btf, &flock_classic),
+    ];
+    for (i, (what, hooks, btf_layout, classic_layout)) in groups.into_iter().enumerate() {
+        let kind = attach_group(
+            &mut loaded,
+            (what, hooks),
+            (btf_layout, aya_btf),
+            classic_layout,
+            opts.classic_only,
+            &mut reasons,
+        );
+        if i == 0 {
+            loaded.fuse_attach = kind;
+        } else {
+            loaded.flock_attach = kind;
+        }
+    }
+    if loaded.fuse_attach.is_none() && loaded.flock_attach.is_none() {
+        return Err(ProbeError::NoTracepoints {
+            reasons: reasons.join("; "),
+        });
+    }
+    Ok(loaded)
+}
+
+/// Attaches one group: BTF programs if their layout is there and they
+/// load, else the classic ones; records what was attached, and warns of
+/// a fallback or a group left out.
+fn attach_group(
+    loaded: &mut Loaded,
+    (what, hooks): (&str, &[Hook]),
+    (btf_layout, aya_btf): (&Layout, Option<&aya::Btf>),
+    classic_layout: &Layout,
+    classic_only: bool,
+    reasons: &mut Vec<String>,
+) -> Option<AttachKind> {
+    if hooks.is_empty() {
+        return None;
+    }
+    let mut kind = None;
+    let why_not_btf = match (btf_layout, aya_btf) {
+        (Ok(_), Some(b)) => match attach_btf(&mut loaded.ebpf, hooks, b) {
+            Ok(()) => {
+                kind = Some(AttachKind::Btf);
+                None
+            }
+            Err(e) => {
+                tracing::debug!("{what} BTF programs: {e}");
+                Some(first_line(&e))
+            }
+        },
+        (Err(e), _) => Some(e.clone()),
+        (Ok(_), None) => Some("no kernel BTF".to_string()),
+    };
+    let has_classic = hooks[0].btf_program != hooks[0].tp_program;
+    let mut why_not_classic = None;
+    if kind.is_none() && has_classic {
+        match classic_layout {
+            Ok(_) => match attach_classic(&mut loaded.ebpf, hooks) {
+                Ok(()) => kind = Some(AttachKind::Tracepoint),
+                Err(e) => why_not_classic = Some(first_line(&e)),
+            },
+            Err(e) => why_not_classic = Some(e.clone()),
+        }
+    }
+    match (kind, &why_not_btf) {
+        (Some(AttachKind::Tracepoint), Some(why)) if !classic_only => loaded.warnings.push(
+            format!("{what} probes use classic tracepoints (slower than BTF ones): {why}"),
+        ),
+        (None, _) => {
+            let mut why = format!(
+                "{what}: BTF tracepoints: {}",
+                why_not_btf.clone().unwrap_or_default()
+            );
+            if let Some(c) = why_not_classic {
+                why.push_str(&format!("; classic tracepoints: {c}"));
+            }
+            loaded.warnings.push(format!("probes unavailable: {why}"));
+            reasons.push(why);
+        }
+        _ => {}
+    }
+    for hook in hooks {
+        loaded.attached.push(AttachedProgram {
+            hook: hook.name,
+            kind,
+        });
+        if let Some(k) = kind {
+            loaded.programs.push((hook.name, k, program_of(hook, k)));
+        }
+    }
+    kind
+}
+
+/// The first line of a (possibly multi-line, verifier-log) error message.
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}
 
 /// Memory budget per per-CPU statistics map; on machines with many CPUs
 /// the maps get fewer entries so each stays under it.
 const PER_CPU_MAP_BUDGET: usize = 64 << 20;
 
-/// What the running kernel offers, read from tracefs.
-#[derive(Debug, Default)]
-pub(crate) struct Layout {
-    /// (global name, value) to set at load.
-    pub globals: Vec<(&'static str, u32)>,
-    pub fuse: bool,
-    pub flock: bool,
-    pub lock_inode: bool,
-    /// Opcode number -> name, from the print fmt of `fuse_request_send`.
-    pub opcode_names: Vec<(u32, String)>,
-}
-
-/// One program and the tracepoint it attaches to.
-pub(crate) struct ProgramSpec {
-    pub program: &'static str,
+/// One hook and its two programs.
+#[derive(Debug)]
+pub(crate) struct Hook {
+    /// The tracepoint's name (`btf_trace_<name>` in BTF).
+    pub name: &'static str,
+    /// Its tracefs category, for the classic program.
     pub category: &'static str,
-    pub tracepoint: &'static str,
+    pub btf_program: &'static str,
+    pub tp_program: &'static str,
 }
 
-pub(crate) const FUSE_PROGRAMS: [ProgramSpec; 2] = [
-    ProgramSpec {
-        program: program_names::FUSE_REQUEST_SEND,
+pub(crate) const FUSE_HOOKS: [Hook; 2] = [
+    Hook {
+        name: "fuse_request_send",
         category: "fuse",
-        tracepoint: "fuse_request_send",
+        btf_program: program_names::FUSE_SEND_BTF,
+        tp_program: program_names::FUSE_SEND_TP,
     },
-    ProgramSpec {
-        program: program_names::FUSE_REQUEST_END,
+    Hook {
+        name: "fuse_request_end",
         category: "fuse",
-        tracepoint: "fuse_request_end",
+        btf_program: program_names::FUSE_END_BTF,
+        tp_program: program_names::FUSE_END_TP,
     },
 ];
 
-pub(crate) const FLOCK_PROGRAMS: [ProgramSpec; 2] = [
-    ProgramSpec {
-        program: program_names::SYS_ENTER_FLOCK,
-        category: "syscalls",
-        tracepoint: "sys_enter_flock",
+pub(crate) const FLOCK_HOOKS: [Hook; 2] = [
+    Hook {
+        name: "flock_lock_inode",
+        category: "filelock",
+        btf_program: program_names::FLOCK_LOCK_INODE_BTF,
+        tp_program: program_names::FLOCK_LOCK_INODE_TP,
     },
-    ProgramSpec {
-        program: program_names::SYS_EXIT_FLOCK,
-        category: "syscalls",
-        tracepoint: "sys_exit_flock",
+    Hook {
+        name: "signal_deliver",
+        category: "signal",
+        btf_program: program_names::SIGNAL_DELIVER_BTF,
+        tp_program: program_names::SIGNAL_DELIVER_TP,
     },
 ];
 
-pub(crate) const LOCK_INODE_PROGRAM: ProgramSpec = ProgramSpec {
-    program: program_names::FLOCK_LOCK_INODE,
-    category: "filelock",
-    tracepoint: "flock_lock_inode",
-};
+/// The floor of `bench_probes`: empty BTF programs on the FUSE hooks.
+pub(crate) const FLOOR_HOOKS: [Hook; 2] = [
+    Hook {
+        name: "fuse_request_send",
+        category: "fuse",
+        btf_program: program_names::FLOOR_SEND_BTF,
+        tp_program: program_names::FLOOR_SEND_BTF,
+    },
+    Hook {
+        name: "fuse_request_end",
+        category: "fuse",
+        btf_program: program_names::FLOOR_END_BTF,
+        tp_program: program_names::FLOOR_END_BTF,
+    },
+];
 
-/// Reads every layout the probes need. Missing tracepoints and unexpected
-/// layouts turn into warnings and a disabled group.
-pub(crate) fn read_layout(tfs: &Tracefs, warnings: &mut Vec<String>) -> Result<Layout, ProbeError> {
-    let mut layout = Layout::default();
-
-    let send = tfs.format("fuse", "fuse_request_send")?;
-    let end = tfs.format("fuse", "fuse_request_end")?;
-    match (send, end) {
-        (Some(send), Some(end)) => match fuse_globals(&send, &end, warnings) {
-            Ok(g) => {
-                layout.globals.extend(g);
-                layout.opcode_names = send
-                    .symbolic("opcode")
-                    .into_iter()
-                    .filter_map(|(v, n)| u32::try_from(v).ok().map(|v| (v, n)))
-                    .collect();
-                layout.fuse = true;
-            }
-            Err(e) => warnings.push(format!("per-op FUSE data unavailable: {e}")),
-        },
-        _ => warnings.push(
-            "this kernel has no fuse/fuse_request_send and fuse_request_end tracepoints \
-             (they need Linux >= 6.12): per-op FUSE data is unavailable, flock data still works"
-                .to_string(),
-        ),
-    }
-
-    let enter = tfs.format("syscalls", "sys_enter_flock")?;
-    let exit = tfs.format("syscalls", "sys_exit_flock")?;
-    match (enter, exit) {
-        (Some(enter), Some(exit)) => match flock_globals(&enter, &exit) {
-            Ok(g) => {
-                layout.globals.extend(g);
-                layout.flock = true;
-            }
-            Err(e) => warnings.push(format!("flock data unavailable: {e}")),
-        },
-        _ => warnings.push(
-            "this kernel has no syscalls/sys_enter_flock and sys_exit_flock tracepoints \
-             (CONFIG_FTRACE_SYSCALLS): flock data is unavailable"
-                .to_string(),
-        ),
-    }
-
-    if layout.flock {
-        match tfs.format("filelock", "flock_lock_inode")? {
-            Some(f) => match f.require("s_dev", &[4]) {
-                Ok(dev) => {
-                    layout
-                        .globals
-                        .push((globals::LOCK_INODE_DEV_OFF, dev.offset));
-                    layout.lock_inode = true;
-                }
-                Err(e) => warnings.push(format!("flock device attribution unavailable: {e}")),
-            },
-            None => warnings.push(
-                "no filelock/flock_lock_inode tracepoint: flocks the kernel serves itself \
-                 are reported as local instead of per device"
-                    .to_string(),
-            ),
-        }
-    }
-    Ok(layout)
+/// The kernel's BTF, for member offsets (ours) and for attaching (aya's).
+pub(crate) struct KernelBtf {
+    pub ours: Btf,
+    pub aya: aya::Btf,
 }
 
-fn fuse_globals(
-    send: &TracepointFormat,
-    end: &TracepointFormat,
-    warnings: &mut Vec<String>,
-) -> Result<Vec<(&'static str, u32)>, ProbeError> {
-    let mut opcode = |label: &str, default: u32| match send.symbol_value("opcode", label) {
-        Some(v) => u32::try_from(v).unwrap_or(default),
-        None => {
-            warnings.push(format!(
-                "{label} is not in the print fmt of fuse_request_send; assuming {default}"
-            ));
-            default
-        }
-    };
-    let setlk = opcode("FUSE_SETLK", DEFAULT_OPCODE_SETLK);
-    let setlkw = opcode("FUSE_SETLKW", DEFAULT_OPCODE_SETLKW);
-    Ok(vec![
-        (
-            globals::SEND_CONN_OFF,
-            send.require("connection", &[4])?.offset,
-        ),
-        (
-            globals::SEND_UNIQUE_OFF,
-            send.require("unique", &[8])?.offset,
-        ),
-        (
-            globals::SEND_OPCODE_OFF,
-            send.require("opcode", &[4])?.offset,
-        ),
-        (globals::SEND_LEN_OFF, send.require("len", &[4])?.offset),
-        (
-            globals::END_CONN_OFF,
-            end.require("connection", &[4])?.offset,
-        ),
-        (globals::END_UNIQUE_OFF, end.require("unique", &[8])?.offset),
-        (globals::END_LEN_OFF, end.require("len", &[4])?.offset),
-        (globals::END_ERROR_OFF, end.require("error", &[4])?.offset),
-        (globals::OPCODE_SETLK, setlk),
-        (globals::OPCODE_SETLKW, setlkw),
-    ])
+/// Reads the running kernel's BTF; `Err` says why it cannot be used.
+pub(crate) fn kernel_btf() -> Result<KernelBtf, String> {
+    let ours = Btf::running_kernel(Some("fuse")).map_err(|e| e.to_string())?;
+    let aya = aya::Btf::from_sys_fs().map_err(|e| format!("cannot parse the kernel's BTF: {e}"))?;
+    Ok(KernelBtf { ours, aya })
 }
 
-fn flock_globals(
-    enter: &TracepointFormat,
-    exit: &TracepointFormat,
-) -> Result<Vec<(&'static str, u32)>, ProbeError> {
-    // Syscall arguments are 8-byte slots on 64-bit kernels; the programs
-    // read the low 4 bytes (little endian), right for both sizes.
-    let ret = exit.require("ret", &[4, 8])?;
-    Ok(vec![
-        (globals::FLOCK_FD_OFF, enter.require("fd", &[4, 8])?.offset),
-        (
-            globals::FLOCK_CMD_OFF,
-            enter.require("cmd", &[4, 8])?.offset,
-        ),
-        (globals::FLOCK_RET_OFF, ret.offset),
-        (globals::FLOCK_RET_IS_32, u32::from(ret.size == 4)),
-    ])
+/// Whether fuse is a module here (it then has BTF of its own).
+pub(crate) fn fuse_is_module() -> bool {
+    Path::new(SYS_BTF_DIR).join("fuse").exists()
 }
 
 /// Entries of a per-CPU map so that `entries * value_size * cpus` stays
@@ -229,11 +333,16 @@ fn raise_memlock() {
 }
 
 /// Parses the object, sets the globals and creates the maps.
-pub(crate) fn load_object(object: &[u8], layout: &Layout) -> Result<Ebpf, ProbeError> {
+pub(crate) fn load_object(
+    object: &[u8],
+    globals: &[(&'static str, u32)],
+    btf: Option<&aya::Btf>,
+) -> Result<Ebpf, ProbeError> {
     raise_memlock();
     let cpus = aya::util::nr_cpus().unwrap_or(1);
     let mut loader = EbpfLoader::new();
-    for (name, value) in &layout.globals {
+    loader.btf(btf);
+    for (name, value) in globals {
         loader.override_global(name, value, true);
     }
     loader
@@ -256,55 +365,93 @@ pub(crate) fn load_object(object: &[u8], layout: &Layout) -> Result<Ebpf, ProbeE
     loader.load(object).map_err(ProbeError::from_object)
 }
 
-/// Loads and attaches one program. `Ok(false)` when the tracepoint vanished
-/// between reading its format and attaching (reported as a warning).
-pub(crate) fn attach(
-    ebpf: &mut Ebpf,
-    spec: &ProgramSpec,
-    warnings: &mut Vec<String>,
-) -> Result<bool, ProbeError> {
-    let missing = || ProbeError::Missing {
-        what: "program",
-        name: spec.program.to_string(),
-    };
-    let program = ebpf.program_mut(spec.program).ok_or_else(missing)?;
-    let tp: &mut TracePoint = program
-        .try_into()
-        .map_err(|e| ProbeError::from_program(spec.program, e))?;
-    tp.load()
-        .map_err(|e| ProbeError::from_program(spec.program, e))?;
-    match tp.attach(spec.category, spec.tracepoint) {
-        Ok(_link) => Ok(true),
-        Err(e) => {
-            warnings.push(format!(
-                "could not attach {} to {}/{}: {e}",
-                spec.program, spec.category, spec.tracepoint
-            ));
-            Ok(false)
+/// Loads and attaches the BTF programs of `hooks`; on the first failure
+/// the ones already attached are detached (the group falls back whole).
+pub(crate) fn attach_btf(ebpf: &mut Ebpf, hooks: &[Hook], btf: &aya::Btf) -> Result<(), String> {
+    let mut done: Vec<(&'static str, aya::programs::tp_btf::BtfTracePointLinkId)> = Vec::new();
+    let mut result = Ok(());
+    for hook in hooks {
+        let attached = (|| -> Result<_, ProbeError> {
+            let program = ebpf
+                .program_mut(hook.btf_program)
+                .ok_or(ProbeError::Missing {
+                    what: "program",
+                    name: hook.btf_program.to_string(),
+                })?;
+            let p: &mut BtfTracePoint = program
+                .try_into()
+                .map_err(|e| ProbeError::from_program(hook.btf_program, e))?;
+            p.load(hook.name, btf)
+                .map_err(|e| ProbeError::from_program(hook.btf_program, e))?;
+            p.attach()
+                .map_err(|e| ProbeError::from_program(hook.btf_program, e))
+        })();
+        match attached {
+            Ok(link) => done.push((hook.btf_program, link)),
+            Err(e) => {
+                result = Err(e.to_string());
+                break;
+            }
         }
     }
+    if result.is_err() {
+        for (name, link) in done {
+            if let Some(p) = ebpf.program_mut(name) {
+                if let Ok(p) = <&mut BtfTracePoint>::try_from(p) {
+                    let _ = p.detach(link);
+                }
+            }
+        }
+    }
+    result
 }
 
-/// Forwards aya-log records from the probes to `tracing`.
-pub(crate) struct TracingLog;
-
-impl log::Log for TracingLog {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        let msg = record.args();
-        match record.level() {
-            log::Level::Error => tracing::error!(target: "claudefs_ebpf", "{msg}"),
-            log::Level::Warn => tracing::warn!(target: "claudefs_ebpf", "{msg}"),
-            log::Level::Info => tracing::info!(target: "claudefs_ebpf", "{msg}"),
-            log::Level::Debug => tracing::debug!(target: "claudefs_ebpf", "{msg}"),
-            log::Level::Trace => tracing::trace!(target: "claudefs_ebpf", "{msg}"),
+/// Loads and attaches the classic programs of `hooks` (all or none).
+pub(crate) fn attach_classic(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
+    let mut done: Vec<(&'static str, aya::programs::trace_point::TracePointLinkId)> = Vec::new();
+    let mut result = Ok(());
+    for hook in hooks {
+        let attached = (|| -> Result<_, ProbeError> {
+            let program = ebpf
+                .program_mut(hook.tp_program)
+                .ok_or(ProbeError::Missing {
+                    what: "program",
+                    name: hook.tp_program.to_string(),
+                })?;
+            let tp: &mut TracePoint = program
+                .try_into()
+                .map_err(|e| ProbeError::from_program(hook.tp_program, e))?;
+            tp.load()
+                .map_err(|e| ProbeError::from_program(hook.tp_program, e))?;
+            tp.attach(hook.category, hook.name)
+                .map_err(|e| ProbeError::from_program(hook.tp_program, e))
+        })();
+        match attached {
+            Ok(link) => done.push((hook.tp_program, link)),
+            Err(e) => {
+                result = Err(e.to_string());
+                break;
+            }
         }
     }
+    if result.is_err() {
+        for (name, link) in done {
+            if let Some(p) = ebpf.program_mut(name) {
+                if let Ok(p) = <&mut TracePoint>::try_from(p) {
+                    let _ = p.detach(link);
+                }
+            }
+        }
+    }
+    result
+}
 
-    fn flush(&self) {}
+/// The name of a hook's program for `kind`.
+pub(crate) fn program_of(hook: &Hook, kind: AttachKind) -> &'static str {
+    match kind {
+        AttachKind::Btf => hook.btf_program,
+        AttachKind::Tracepoint => hook.tp_program,
+    }
 }
 
 #[cfg(test)]
@@ -314,90 +461,10 @@ mod tests {
     #[test]
     fn per_cpu_entries_fit_the_budget() {
         assert_eq!(per_cpu_entries(1024, 544, 2), 1024);
-        let many = per_cpu_entries(1024, 544, 512);
+        let many = per_cpu_entries(1024, 2600, 128);
         assert!((64..1024).contains(&many));
-        assert!(many as usize * 544 * 512 <= PER_CPU_MAP_BUDGET);
+        assert!(many as usize * 2600 * 128 <= PER_CPU_MAP_BUDGET);
         assert_eq!(per_cpu_entries(1024, 1 << 20, 4096), 64, "floor");
         assert_eq!(per_cpu_entries(16, 8, 1), 64, "never below the floor");
-    }
-
-    #[test]
-    fn layout_from_a_fake_tracefs() {
-        let dir = tempfile::tempdir().unwrap();
-        let write = |cat: &str, name: &str, body: &str| {
-            let d = dir.path().join("events").join(cat).join(name);
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("format"), body).unwrap();
-        };
-        let common = "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
-                      \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\
-                      \tfield:unsigned char common_extra;\toffset:8;\tsize:1;\tsigned:0;\n";
-        write(
-            "syscalls",
-            "sys_enter_flock",
-            &format!(
-                "name: sys_enter_flock\nID: 1\nformat:\n{common}\
-                 \tfield:int __syscall_nr;\toffset:12;\tsize:4;\tsigned:1;\n\
-                 \tfield:unsigned int fd;\toffset:16;\tsize:8;\tsigned:0;\n\
-                 \tfield:unsigned int cmd;\toffset:24;\tsize:8;\tsigned:0;\n\nprint fmt: \"\"\n"
-            ),
-        );
-        write(
-            "syscalls",
-            "sys_exit_flock",
-            &format!(
-                "name: sys_exit_flock\nID: 2\nformat:\n{common}\
-                 \tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n\nprint fmt: \"\"\n"
-            ),
-        );
-        let tfs = Tracefs::at(dir.path());
-        let mut warnings = Vec::new();
-        let layout = read_layout(&tfs, &mut warnings).unwrap();
-        assert!(!layout.fuse && layout.flock && !layout.lock_inode);
-        assert!(warnings.iter().any(|w| w.contains("6.12")), "{warnings:?}");
-        assert!(
-            warnings.iter().any(|w| w.contains("flock_lock_inode")),
-            "{warnings:?}"
-        );
-        let get = |n: &str| {
-            layout
-                .globals
-                .iter()
-                .find(|(k, _)| *k == n)
-                .map(|(_, v)| *v)
-        };
-        assert_eq!(get(globals::FLOCK_FD_OFF), Some(16));
-        assert_eq!(get(globals::FLOCK_CMD_OFF), Some(24));
-        assert_eq!(get(globals::FLOCK_RET_IS_32), Some(0));
-        assert_eq!(get(globals::SEND_CONN_OFF), None);
-    }
-
-    #[test]
-    fn layout_of_the_running_kernel() {
-        // Read-only and harmless; skipped where tracefs is not mounted.
-        let root = std::path::Path::new(crate::probes::tracefs::DEFAULT_TRACEFS);
-        if !root.join("events/fuse/fuse_request_send/format").exists() {
-            eprintln!(
-                "skipped: no readable fuse tracepoints under {}",
-                root.display()
-            );
-            return;
-        }
-        let mut warnings = Vec::new();
-        let layout = read_layout(&Tracefs::at(root), &mut warnings).unwrap();
-        assert!(layout.fuse, "{warnings:?}");
-        let get = |n: &str| {
-            layout
-                .globals
-                .iter()
-                .find(|(k, _)| *k == n)
-                .map(|(_, v)| *v)
-        };
-        assert_eq!(get(globals::OPCODE_SETLK), Some(32));
-        assert_eq!(get(globals::OPCODE_SETLKW), Some(33));
-        assert!(layout
-            .opcode_names
-            .iter()
-            .any(|(v, n)| *v == 1 && n == "FUSE_LOOKUP"));
     }
 }

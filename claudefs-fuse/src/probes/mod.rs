@@ -3,20 +3,25 @@
 //! [`Probes::load`] attaches the eBPF programs embedded in this binary (see
 //! `build.rs`) to the FUSE and flock tracepoints of the running kernel;
 //! [`Probes::poll`] must then be called about every 100 ms to drain the
-//! event ring, forward the probes' log records and resolve process and file
-//! names while the processes are alive; [`Probes::snapshot`] reads the
+//! event ring and resolve process and file names while the processes are
+//! alive; [`Probes::snapshot`] reads the
 //! cumulative statistics. Dropping [`Probes`] detaches everything.
 //!
-//! Modules: `tracefs` (formats and offsets), `loader` (load/attach),
-//! `readout` (per-CPU merge), `events` (ring buffer), `clock` (monotonic to
-//! unix time), `dev` (`dev_t` encodings), `procfs` (names, capabilities),
-//! `error`; `hist` and `snapshot` are the types the report consumes.
+//! Modules: `btf` (kernel structure offsets), `tracefs` (formats and
+//! offsets for the classic fallback), `layout` (both into load-time
+//! globals), `loader` (load/attach), `readout`
+//! (per-CPU merge), `events` (ring buffer), `clock` (monotonic to unix
+//! time), `dev` (`dev_t` encodings), `procfs` (names, capabilities, the
+//! files of flock waiters), `error`; `hist` and `snapshot` are the types
+//! the report consumes.
 
+pub mod btf;
 pub mod clock;
 pub mod dev;
 pub mod error;
 pub mod events;
 pub mod hist;
+mod layout;
 mod loader;
 pub mod mountinfo;
 pub mod opcodes;
@@ -26,12 +31,10 @@ pub mod snapshot;
 pub mod tracefs;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::Ebpf;
-use aya_log::EbpfLogger;
-use claudefs_ebpf_common::{counter, map_names, EventConfig, FlockInflight, ProcKey, WaiterKey};
+use claudefs_ebpf_common::{counter, map_names, EventConfig, FlockPending, ProcKey, WaiterKey};
 
 use crate::probes::clock::MonoToUnix;
 pub use crate::probes::error::ProbeError;
@@ -39,8 +42,8 @@ use crate::probes::events::EventQueue;
 pub use crate::probes::events::{EventFilter, RequestEvent};
 use crate::probes::procfs::NameCache;
 use crate::probes::snapshot::{
-    FlockSample, FlockWaiterSample, InFlightSample, OpSample, ProbeSnapshot, ProcSample,
-    IN_FLIGHT_THRESHOLD_NS,
+    AttachKind, AttachedProgram, FlockSample, FlockTarget, FlockWaiterSample, InFlightSample,
+    OpSample, ProbeSnapshot, ProcSample, ProgramStats, IN_FLIGHT_THRESHOLD_NS,
 };
 
 /// The eBPF object built by `build.rs` (or `CLAUDEFS_EBPF_OBJECT`).
@@ -56,6 +59,20 @@ const PROC_SCAN_EVERY: u64 = 5;
 /// Bound of the sets of map keys whose names were already resolved.
 const KNOWN_KEYS_LIMIT: usize = 100_000;
 
+/// Which programs to attach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProbeSet {
+    /// FUSE requests and flock(2) (`observe`, `triage`).
+    #[default]
+    All,
+    /// FUSE requests only, without counting FUSE flock requests: the mount
+    /// daemon serves flock itself and reports its own lock contention.
+    Fuse,
+    /// Empty programs on the FUSE hooks: the floor of what a probe there
+    /// costs, for benchmarks.
+    Floor,
+}
+
 /// What to collect besides the statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProbeOptions {
@@ -65,11 +82,10 @@ pub struct ProbeOptions {
     /// [`dev::kernel_dev_of_path`]); `None` for all. Statistics always
     /// cover every connection.
     pub only_conn: Option<u32>,
-    /// Attach only the FUSE request programs, not the flock ones. The
-    /// mount daemon, which serves flock itself and measures its waits,
-    /// sets this: the flock syscall tracepoints would put every task on
-    /// the host on the slower traced-syscall path.
-    pub fuse_only: bool,
+    pub set: ProbeSet,
+    /// Attach classic tracepoints even where the BTF ones work (to test
+    /// and measure the fallback).
+    pub classic_only: bool,
 }
 
 /// Counters the probes keep about themselves (summed over CPUs).
@@ -85,8 +101,9 @@ pub struct ProbeCounters {
     pub events_dropped_in_queue: u64,
     /// Request ends without a recorded send (in flight at attach time).
     pub unmatched_ends: u64,
-    /// flock exits without a recorded enter.
-    pub unmatched_flock_exits: u64,
+    /// Pending flock waits whose end was never seen (the thread started
+    /// another request first).
+    pub flock_waits_lost: u64,
     /// New keys that did not fit a full statistics map.
     pub map_full: u64,
     /// In-flight requests evicted from a full group of the in-flight table
@@ -99,22 +116,20 @@ pub struct ProbeCounters {
 /// Loaded and attached probes. Detached when dropped.
 pub struct Probes {
     ebpf: Ebpf,
-    /// Must stay alive: dropping it closes the log map the programs use.
-    logger: Option<EbpfLogger<loader::TracingLog>>,
     ring: Option<RingBuf<MapData>>,
     queue: EventQueue,
     clock: MonoToUnix,
     warnings: Vec<String>,
-    attached: Vec<(String, bool)>,
-    fuse_attached: bool,
-    flock_attached: bool,
+    attached: Vec<AttachedProgram>,
+    /// (hook, kind, program name) of each attached program.
+    programs: Vec<(&'static str, AttachKind, &'static str)>,
+    fuse_attach: Option<AttachKind>,
+    flock_attach: Option<AttachKind>,
     started_unix_ns: u64,
     names: NameCache,
     known_procs: HashSet<ProcKey>,
     known_waiters: HashSet<WaiterKey>,
     polls: u64,
-    opcode_names: Vec<(u32, String)>,
-    tracefs_root: PathBuf,
 }
 
 impl std::fmt::Debug for Probes {
@@ -127,10 +142,11 @@ impl std::fmt::Debug for Probes {
 }
 
 impl Probes {
-    /// Mounts tracefs if needed (and says so in [`Probes::warnings`]),
-    /// loads the embedded probes and attaches them. A kernel without the
-    /// FUSE tracepoints still gets the flock probes (`fuse_attached` false
-    /// and a warning).
+    /// Loads the embedded probes and attaches them: as BTF tracepoints
+    /// where the kernel's BTF allows, else as classic tracepoints (tracefs
+    /// mounted if needed), each fallback said in [`Probes::warnings`]. A
+    /// kernel without the FUSE tracepoints still gets the flock probes
+    /// (and a warning).
     pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
         Probes::load_object(opts, PROBES_OBJECT)
     }
@@ -143,62 +159,9 @@ impl Probes {
                 missing: missing.join(", "),
             });
         }
-        let mut warnings = Vec::new();
-        let tfs = tracefs::Tracefs::find_or_mount()?;
-        if tfs.mounted_by_us {
-            let msg = format!(
-                "tracefs was not mounted; mounted it at {}",
-                tfs.root().display()
-            );
-            tracing::info!("{msg}");
-            warnings.push(msg);
-        }
-        let layout = loader::read_layout(&tfs, &mut warnings)?;
-        if !layout.fuse && !layout.flock {
-            return Err(ProbeError::NoTracepoints {
-                missing: "fuse/fuse_request_send, fuse/fuse_request_end, \
-                          syscalls/sys_enter_flock, syscalls/sys_exit_flock"
-                    .to_string(),
-            });
-        }
-        let mut ebpf = loader::load_object(object, &layout)?;
-        let logger = match EbpfLogger::init_with_logger(&mut ebpf, loader::TracingLog) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                warnings.push(format!(
-                    "probe log records unavailable: {}",
-                    ProbeError::Log(e)
-                ));
-                None
-            }
-        };
+        let loaded = loader::load(opts, object)?;
+        let mut ebpf = loaded.ebpf;
         set_event_config(&mut ebpf, opts.events.to_config(opts.only_conn))?;
-
-        let mut attached = Vec::new();
-        // (wanted, tracepoints present, programs); programs not wanted are
-        // not listed as attached or missing.
-        let groups = [
-            (true, layout.fuse, &loader::FUSE_PROGRAMS[..]),
-            (!opts.fuse_only, layout.flock, &loader::FLOCK_PROGRAMS[..]),
-            (
-                !opts.fuse_only,
-                layout.flock && layout.lock_inode,
-                std::slice::from_ref(&loader::LOCK_INODE_PROGRAM),
-            ),
-        ];
-        let mut group_ok = [false; 3];
-        for (i, (wanted, enabled, specs)) in groups.iter().enumerate() {
-            if !wanted {
-                continue;
-            }
-            let mut all = *enabled;
-            for spec in specs.iter() {
-                let ok = *enabled && loader::attach(&mut ebpf, spec, &mut warnings)?;
-                all &= ok;
-                attached.push((spec.program.to_string(), ok));
-            }
-            group_ok[i] = all;
-        }
         let ring = match ebpf.take_map(map_names::EVENTS) {
             Some(m) => Some(RingBuf::try_from(m).map_err(|source| ProbeError::Map {
                 map: map_names::EVENTS,
@@ -208,21 +171,19 @@ impl Probes {
         };
         Ok(Probes {
             ebpf,
-            logger,
             ring,
             queue: EventQueue::new(EVENT_QUEUE_CAPACITY),
             clock: MonoToUnix::calibrate(),
-            warnings,
-            attached,
-            fuse_attached: group_ok[0],
-            flock_attached: group_ok[1],
+            warnings: loaded.warnings,
+            attached: loaded.attached,
+            programs: loaded.programs,
+            fuse_attach: loaded.fuse_attach,
+            flock_attach: loaded.flock_attach,
             started_unix_ns: clock::realtime_ns(),
             names: NameCache::default(),
             known_procs: HashSet::new(),
             known_waiters: HashSet::new(),
             polls: 0,
-            opcode_names: layout.opcode_names,
-            tracefs_root: tfs.root().to_path_buf(),
         })
     }
 
@@ -231,7 +192,6 @@ impl Probes {
     /// `/proc/PID/fd/FD` of flock waiters and new processes while alive.
     pub fn poll(&mut self) -> Result<(), ProbeError> {
         self.drain_events();
-        self.flush_log();
         self.resolve_inflight_flocks()?;
         // The kernel maps are LRU-bounded; keep the "seen" sets bounded too
         // (clearing only costs re-resolving names that are cached anyway).
@@ -260,7 +220,12 @@ impl Probes {
         )? {
             if self.known_waiters.insert(key) {
                 self.names.resolve_comm(key.tgid);
-                self.names.resolve_fd(key.tgid, key.fd);
+                self.names.resolve_file(&waiter_file(
+                    key.target_type,
+                    key.target_id,
+                    key.tgid,
+                    key.ino,
+                ));
             }
         }
         Ok(())
@@ -326,7 +291,9 @@ impl Probes {
             .into_iter()
             .map(|(k, w)| {
                 self.names.resolve_comm(k.tgid);
-                self.names.resolve_fd(k.tgid, k.fd);
+                let wf = waiter_file(k.target_type, k.target_id, k.tgid, k.ino);
+                self.names.resolve_file(&wf);
+                let file = self.names.file(&wf);
                 FlockWaiterSample {
                     target: readout::flock_target(k.target_type, k.target_id),
                     tgid: k.tgid,
@@ -335,8 +302,9 @@ impl Probes {
                         .comm(k.tgid)
                         .map(str::to_string)
                         .unwrap_or(w.comm),
-                    fd: k.fd,
-                    file: self.names.fd_path(k.tgid, k.fd).map(str::to_string),
+                    ino: k.ino,
+                    fd: file.map(|(fd, _)| fd),
+                    file: file.map(|(_, p)| p.to_string()),
                     calls: w.calls,
                     total_wait_ns: w.total_wait_ns,
                     max_wait_ns: w.max_wait_ns,
@@ -344,14 +312,14 @@ impl Probes {
             })
             .collect();
         Ok(ProbeSnapshot {
-            fuse_attached: self.fuse_attached,
-            flock_attached: self.flock_attached,
+            fuse_attach: self.fuse_attach,
+            flock_attach: self.flock_attach,
             ops,
             procs,
             flocks,
             flock_waiters,
-            // Reading the in-flight table costs about 12 ms (one lookup per
-            // group): callers that want it ask `in_flight()` themselves.
+            // Reading the in-flight table costs a lookup per group (a few
+            // ms): callers that want it ask `in_flight()` themselves.
             in_flight: Vec::new(),
             events_lost: readout::read_counter(&self.ebpf, counter::EVENTS_LOST)?,
             events_delivered: self.queue.delivered,
@@ -362,10 +330,10 @@ impl Probes {
 
     /// FUSE requests sent and not answered yet, waiting at least
     /// [`IN_FLIGHT_THRESHOLD_NS`], per (conn, opcode). Reads the whole
-    /// in-flight table (one lookup per group, about 12 ms), so it is not
+    /// in-flight table (one lookup per group, a few ms), so it is not
     /// part of [`Probes::snapshot`], which runs per scrape.
     pub fn in_flight(&mut self) -> Result<Vec<InFlightSample>, ProbeError> {
-        if !self.fuse_attached {
+        if self.fuse_attach.is_none() {
             return Ok(Vec::new());
         }
         let slots = readout::read_inflight(&self.ebpf)?;
@@ -403,7 +371,7 @@ impl Probes {
             events_delivered: self.queue.delivered,
             events_dropped_in_queue: self.queue.dropped,
             unmatched_ends: c[counter::UNMATCHED_ENDS as usize],
-            unmatched_flock_exits: c[counter::UNMATCHED_FLOCK_EXITS as usize],
+            flock_waits_lost: c[counter::FLOCK_WAITS_LOST as usize],
             map_full: c[counter::MAP_FULL as usize],
             inflight_evicted: c[counter::INFLIGHT_EVICTED as usize],
             read_errors: c[counter::READ_ERRORS as usize],
@@ -416,20 +384,31 @@ impl Probes {
         &self.warnings
     }
 
-    /// Every program and whether it is attached.
-    pub fn attached_programs(&self) -> Vec<(String, bool)> {
+    /// Every hook and how its program is attached.
+    pub fn attached_programs(&self) -> Vec<AttachedProgram> {
         self.attached.clone()
     }
 
-    /// Opcode number -> name as this kernel's `fuse_request_send` prints
-    /// them (empty without the FUSE tracepoints).
-    pub fn opcode_names(&self) -> &[(u32, String)] {
-        &self.opcode_names
-    }
-
-    /// Where tracefs is mounted.
-    pub fn tracefs_root(&self) -> &std::path::Path {
-        &self.tracefs_root
+    /// The kernel's run time and run count of each attached program
+    /// (`bpf_stats`). Empty unless `kernel.bpf_stats_enabled` is 1: the
+    /// kernel only counts while it is (which costs a clock read per run).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        if !bpf_stats_enabled() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for &(hook, kind, program) in &self.programs {
+            let Some(info) = self.ebpf.program(program).and_then(|p| p.info().ok()) else {
+                continue;
+            };
+            out.push(ProgramStats {
+                hook,
+                kind,
+                run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                run_count: info.run_count(),
+            });
+        }
+        out
     }
 
     /// The monotonic-to-unix converter the events use.
@@ -456,37 +435,45 @@ impl Probes {
         n
     }
 
-    fn flush_log(&mut self) {
-        let Some(logger) = self.logger.as_mut() else {
-            return;
-        };
-        // aya-log unwraps on a malformed record; never let that take the
-        // caller down. The programs already hold the map, so dropping the
-        // logger after a failure is safe.
-        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logger.flush())).is_ok();
-        if !ok {
-            self.warnings
-                .push("a malformed probe log record stopped log forwarding".to_string());
-            self.logger = None;
-        }
-    }
-
-    /// Resolves names of threads currently inside flock(2): a blocked
-    /// waiter is alive now, and may be gone by the time it is reported.
+    /// Resolves the names and files of threads waiting for a flock now:
+    /// a blocked waiter is alive now, and may be gone by the time it is
+    /// reported.
     fn resolve_inflight_flocks(&mut self) -> Result<(), ProbeError> {
-        let name = map_names::FLOCK_INFLIGHT;
+        let name = map_names::FLOCK_PENDING;
         let Some(m) = self.ebpf.map(name) else {
             return Ok(());
         };
-        let map: HashMap<&MapData, u32, FlockInflight> =
+        let map: HashMap<&MapData, u32, FlockPending> =
             HashMap::try_from(m).map_err(|source| ProbeError::Map { map: name, source })?;
-        let entries: Vec<FlockInflight> =
+        let entries: Vec<FlockPending> =
             map.iter().filter_map(Result::ok).map(|(_, v)| v).collect();
         for e in entries {
             self.names.resolve_comm(e.tgid);
-            self.names.refresh_fd(e.tgid, e.fd);
+            self.names
+                .resolve_file(&waiter_file(e.target_type, e.target_id, e.tgid, e.ino));
         }
         Ok(())
+    }
+}
+
+/// Whether the kernel counts BPF program run time (`kernel.bpf_stats_enabled`).
+pub fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
+
+/// The file a flock map entry names, as `procfs` looks it up.
+fn waiter_file(target_type: u32, target_id: u32, tgid: u32, ino: u64) -> procfs::WaiterFile {
+    let target = readout::flock_target(target_type, target_id);
+    let dev = match target {
+        FlockTarget::Fuse { conn } => conn,
+        FlockTarget::Device { dev } => dev,
+        FlockTarget::Local => 0,
+    };
+    procfs::WaiterFile {
+        tgid,
+        dev: dev::user_dev_from_kernel(dev),
+        ino,
+        fuse: matches!(target, FlockTarget::Fuse { .. }),
     }
 }
 

@@ -1,7 +1,8 @@
 //! `/proc` look-ups the loader needs: the effective capabilities (to fail
 //! early with a clear message), and the names the report shows — a
-//! process's `comm` and the file behind one of its fds — resolved while the
-//! process is still alive and cached.
+//! process's `comm`, and the descriptor and path of a file a flock waiter
+//! waited on (found by device and inode among its fds) — resolved while
+//! the process is still alive and cached.
 
 use std::collections::HashMap;
 
@@ -52,18 +53,67 @@ pub fn read_comm(tgid: u32) -> Option<String> {
     Some(s.trim_end_matches('\n').to_string())
 }
 
-/// The target of `/proc/PID/fd/FD` (a path, or e.g. `socket:[123]`).
-pub fn read_fd_path(tgid: u32, fd: u32) -> Option<String> {
-    let p = std::fs::read_link(format!("/proc/{tgid}/fd/{fd}")).ok()?;
-    Some(p.to_string_lossy().into_owned())
+/// Descriptors looked at per process when finding a waiter's file.
+const MAX_FDS_SCANNED: usize = 4096;
+
+/// A file a flock waiter waited on: the process, the device it is on (the
+/// `st_dev` userspace sees) and the inode number (or, `fuse`, the FUSE
+/// node id, which may differ from the `st_ino` the daemon reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WaiterFile {
+    pub tgid: u32,
+    pub dev: libc::dev_t,
+    pub ino: u64,
+    pub fuse: bool,
 }
 
-/// Cached process names and fd paths, bounded so a long run with many
-/// short-lived processes cannot grow it without limit.
+/// The descriptor of `f.tgid` open on that file, and its path: an fd whose
+/// target has that device and inode; for a FUSE file whose node id matches
+/// no `st_ino`, the process's only fd on that device.
+pub fn find_waiter_fd(f: &WaiterFile) -> Option<(u32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = format!("/proc/{}/fd", f.tgid);
+    let mut on_device = Vec::new();
+    for entry in std::fs::read_dir(&dir).ok()?.take(MAX_FDS_SCANNED) {
+        let Ok(entry) = entry else { continue };
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // stat follows the link to the open file itself.
+        let Ok(meta) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
+        if meta.dev() != f.dev {
+            continue;
+        }
+        let path = || {
+            std::fs::read_link(entry.path())
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned())
+        };
+        if meta.ino() == f.ino {
+            return path().map(|p| (fd, p));
+        }
+        if f.fuse {
+            on_device.push((fd, path()));
+        }
+    }
+    match on_device.as_slice() {
+        [(fd, Some(p))] => Some((*fd, p.clone())),
+        _ => None,
+    }
+}
+
+/// Cached process names and waiters' files, bounded so a long run with
+/// many short-lived processes cannot grow it without limit.
 #[derive(Debug, Default)]
 pub struct NameCache {
     comms: HashMap<u32, String>,
-    fd_paths: HashMap<(u32, u32), String>,
+    files: HashMap<WaiterFile, (u32, String)>,
 }
 
 /// Entries per table before new ones are no longer cached.
@@ -80,19 +130,14 @@ impl NameCache {
         }
     }
 
-    /// Re-reads `/proc/tgid/fd/fd` (fd numbers get reused) and caches it.
-    pub fn refresh_fd(&mut self, tgid: u32, fd: u32) {
-        if let Some(p) = read_fd_path(tgid, fd) {
-            if self.fd_paths.len() < MAX_ENTRIES || self.fd_paths.contains_key(&(tgid, fd)) {
-                self.fd_paths.insert((tgid, fd), p);
-            }
+    /// Finds and caches the descriptor and path of a waiter's file, unless
+    /// already found.
+    pub fn resolve_file(&mut self, f: &WaiterFile) {
+        if self.files.contains_key(f) || self.files.len() >= MAX_ENTRIES {
+            return;
         }
-    }
-
-    /// Resolves the fd once if it is not cached yet.
-    pub fn resolve_fd(&mut self, tgid: u32, fd: u32) {
-        if !self.fd_paths.contains_key(&(tgid, fd)) {
-            self.refresh_fd(tgid, fd);
+        if let Some(found) = find_waiter_fd(f) {
+            self.files.insert(*f, found);
         }
     }
 
@@ -100,8 +145,9 @@ impl NameCache {
         self.comms.get(&tgid).map(String::as_str)
     }
 
-    pub fn fd_path(&self, tgid: u32, fd: u32) -> Option<&str> {
-        self.fd_paths.get(&(tgid, fd)).map(String::as_str)
+    /// The waiter's descriptor and its path, if found.
+    pub fn file(&self, f: &WaiterFile) -> Option<(u32, &str)> {
+        self.files.get(f).map(|(fd, p)| (*fd, p.as_str()))
     }
 }
 
@@ -130,13 +176,36 @@ mod tests {
         let mut cache = NameCache::default();
         cache.resolve_comm(me);
         assert!(cache.comm(me).is_some_and(|c| !c.is_empty()));
-        let f = std::fs::File::open("/proc/self/status").unwrap();
         use std::os::fd::AsRawFd;
-        let fd = f.as_raw_fd() as u32;
-        cache.resolve_fd(me, fd);
-        assert!(cache
-            .fd_path(me, fd)
-            .is_some_and(|p| p.ends_with("/status")));
-        assert!(cache.fd_path(me, 99_999).is_none());
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lockfile");
+        let f = std::fs::File::create(&path).unwrap();
+        let meta = f.metadata().unwrap();
+        let wf = WaiterFile {
+            tgid: me,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            fuse: false,
+        };
+        cache.resolve_file(&wf);
+        let (fd, p) = cache.file(&wf).unwrap();
+        assert_eq!(fd, f.as_raw_fd() as u32);
+        assert!(p.ends_with("/lockfile"), "{p}");
+        // An inode this process has no descriptor of.
+        let other = WaiterFile {
+            ino: meta.ino() + 1_000_000,
+            ..wf
+        };
+        cache.resolve_file(&other);
+        assert!(cache.file(&other).is_none());
+        // A FUSE node id matching no st_ino: with two of our fds on the
+        // device, which one is meant stays unknown.
+        let _second = std::fs::File::create(dir.path().join("other")).unwrap();
+        let fuse = WaiterFile {
+            fuse: true,
+            ..other
+        };
+        assert_eq!(find_waiter_fd(&fuse), None);
     }
 }

@@ -17,7 +17,7 @@ use claudefs_ebpf_common::{
 };
 
 use crate::probes::error::ProbeError;
-use crate::probes::hist::Log2Histogram;
+use crate::probes::hist::LatencyHistogram;
 use crate::probes::snapshot::{FlockKind, FlockMode, FlockTarget, LatencyStats};
 
 /// Merges per-CPU request statistics of one key.
@@ -28,7 +28,7 @@ pub fn merge_op_stats(per_cpu: &[OpStats]) -> LatencyStats {
         out.errors = out.errors.saturating_add(s.errors);
         out.total_ns = out.total_ns.saturating_add(s.total_ns);
         out.max_ns = out.max_ns.max(s.max_ns);
-        out.hist.merge(&Log2Histogram { buckets: s.hist });
+        out.hist.merge(&LatencyHistogram { buckets: s.hist });
     }
     out
 }
@@ -49,7 +49,7 @@ pub fn merge_flock_stats(per_cpu: &[FlockStats]) -> MergedFlock {
         wait.errors = wait.errors.saturating_add(s.refused);
         wait.total_ns = wait.total_ns.saturating_add(s.total_ns);
         wait.max_ns = wait.max_ns.max(s.max_ns);
-        wait.hist.merge(&Log2Histogram { buckets: s.hist });
+        wait.hist.merge(&LatencyHistogram { buckets: s.hist });
     }
     (calls, refused, waited, wait)
 }
@@ -332,7 +332,7 @@ pub(crate) fn read_waiters(ebpf: &aya::Ebpf) -> Result<Vec<(WaiterKey, MergedWai
         .into_iter()
         .map(|(k, v)| (k, merge_waiter_stats(&v)))
         .collect();
-    out.sort_by_key(|(k, _)| (k.target_type, k.target_id, k.tgid, k.fd));
+    out.sort_by_key(|(k, _)| (k.target_type, k.target_id, k.tgid, k.ino));
     Ok(out)
 }
 

@@ -2,7 +2,7 @@
 //! merged: plain userspace values, independent of aya. The loader produces
 //! it; the triage report and the exporters consume it.
 
-use crate::probes::hist::Log2Histogram;
+use crate::probes::hist::LatencyHistogram;
 
 /// Latency statistics of one key (all times in nanoseconds).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -12,7 +12,7 @@ pub struct LatencyStats {
     pub errors: u64,
     pub total_ns: u64,
     pub max_ns: u64,
-    pub hist: Log2Histogram,
+    pub hist: LatencyHistogram,
 }
 
 /// FUSE requests of one (connection, opcode).
@@ -87,8 +87,12 @@ pub struct FlockWaiterSample {
     pub target: FlockTarget,
     pub tgid: u32,
     pub comm: String,
-    pub fd: u32,
-    /// `/proc/PID/fd/FD` resolved while collecting; None if it could not be.
+    /// Inode number of the file (a device target) or its FUSE node id.
+    pub ino: u64,
+    /// The process's descriptor of that file, found in `/proc/PID/fd` by
+    /// device and inode while collecting; None if it could not be.
+    pub fd: Option<u32>,
+    /// The path behind that descriptor; None if it could not be resolved.
     pub file: Option<String>,
     pub calls: u64,
     pub total_wait_ns: u64,
@@ -116,13 +120,55 @@ pub struct InFlightSample {
     pub oldest_comm: String,
 }
 
+/// How a hook's program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttachKind {
+    /// A BTF-typed raw tracepoint (`tp_btf`): reads the kernel's
+    /// structures directly, the cheapest kind.
+    Btf,
+    /// A classic tracepoint (the fallback where BTF is missing).
+    Tracepoint,
+}
+
+impl AttachKind {
+    /// The `attach_type` label value and JSON string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachKind::Btf => "tp_btf",
+            AttachKind::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// One kernel hook and how its program is attached (`None`: not attached).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedProgram {
+    /// The tracepoint: `fuse_request_send`, `flock_lock_inode`, ...
+    pub hook: &'static str,
+    pub kind: Option<AttachKind>,
+}
+
+/// The kernel's own accounting of one attached program (`bpf_stats`):
+/// only counted while `kernel.bpf_stats_enabled` is 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub hook: &'static str,
+    pub kind: AttachKind,
+    /// Total time spent running the program, ns.
+    pub run_time_ns: u64,
+    /// Times it ran.
+    pub run_count: u64,
+}
+
 /// One read-out of every probe map, merged over CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProbeSnapshot {
-    /// The fuse_request_send/end tracepoints were attached (Linux >= 6.12).
-    pub fuse_attached: bool,
-    /// The flock syscall tracepoints were attached.
-    pub flock_attached: bool,
+    /// How the FUSE request programs are attached (`fuse_request_send` /
+    /// `fuse_request_end`, Linux >= 6.12); None: not attached.
+    pub fuse_attach: Option<AttachKind>,
+    /// How the kernel-served flock programs are attached
+    /// (`filelock/flock_lock_inode`, `signal/signal_deliver`); None: not.
+    pub flock_attach: Option<AttachKind>,
     pub ops: Vec<OpSample>,
     pub procs: Vec<ProcSample>,
     pub flocks: Vec<FlockSample>,

@@ -45,6 +45,11 @@ impl Tracefs {
         }
     }
 
+    /// A mounted tracefs, if there is one (nothing is mounted).
+    pub fn find() -> Option<Tracefs> {
+        find_mounted().map(Tracefs::at)
+    }
+
     /// Finds a mounted tracefs, or mounts one at [`DEFAULT_TRACEFS`].
     pub fn find_or_mount() -> Result<Tracefs, ProbeError> {
         if let Some(root) = find_mounted() {
@@ -431,12 +436,12 @@ print fmt: \"0x%lx\", REC->ret
         let text = "name: x\nID: 1\nformat:\n\
             \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\
             \tfield:u64 odd;\toffset:12;\tsize:8;\tsigned:0;\n\
-            \tfield:u32 far;\toffset:64;\tsize:4;\tsigned:0;\n\
-            \tfield:u32 last;\toffset:60;\tsize:4;\tsigned:0;\n";
+            \tfield:u32 far;\toffset:128;\tsize:4;\tsigned:0;\n\
+            \tfield:u32 last;\toffset:124;\tsize:4;\tsigned:0;\n";
         let f = TracepointFormat::parse("c", "x", text).unwrap();
         assert!(f.require("odd", &[8]).is_err(), "unaligned");
         assert!(f.require("far", &[4]).is_err(), "beyond the copied bytes");
-        assert_eq!(f.require("last", &[4]).unwrap().offset, 60);
+        assert_eq!(f.require("last", &[4]).unwrap().offset, 124);
     }
 
     #[test]

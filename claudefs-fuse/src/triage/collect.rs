@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::probes::mountinfo::MountTable;
-use crate::probes::{EventFilter, ProbeOptions, Probes};
+use crate::probes::{EventFilter, ProbeOptions, ProbeSet, Probes};
 use crate::triage::args::TriageArgs;
 use crate::triage::{build_report, render};
 
@@ -48,7 +48,8 @@ async fn collect(args: &TriageArgs) -> Result<()> {
     let mut probes = Probes::load(&ProbeOptions {
         events: EventFilter::Off,
         only_conn,
-        fuse_only: false,
+        set: ProbeSet::All,
+        classic_only: false,
     })?;
     for warning in probes.warnings() {
         eprintln!("triage: {warning}");

@@ -83,27 +83,18 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-/// `2^exp` with a binary suffix as bpftrace labels histogram buckets:
-/// `512`, `1K`, `4K`, `1M`, `16E` (K = 2^10, M = 2^20, ... E = 2^60).
-pub fn pow2_label(exp: u32) -> String {
-    const SUFFIXES: [&str; 7] = ["", "K", "M", "G", "T", "P", "E"];
-    let group = (exp / 10) as usize;
-    match SUFFIXES.get(group) {
-        Some(suffix) => format!("{}{suffix}", 1u64 << (exp % 10)),
-        None => format!("2^{exp}"),
-    }
-}
-
-/// The label of log2 bucket `index` (values `v` with
-/// `floor(log2(v)) == index`; bucket 0 also holds 0): `[0, 2)`, `[2, 4)`,
-/// `[4K, 8K)`.
-pub fn bucket_label(index: u32) -> String {
-    let lower = if index == 0 {
-        "0".to_owned()
+/// The label of a histogram bucket holding `lower_ns..=upper_ns`:
+/// `[22ms, 24ms]`; the last bucket, which has no upper bound, `[11.1d, ...)`.
+pub fn bucket_label(lower_ns: u64, upper_ns: u64) -> String {
+    if upper_ns == u64::MAX {
+        format!("[{}, ...)", format_duration_ns(lower_ns))
     } else {
-        pow2_label(index)
-    };
-    format!("[{lower}, {})", pow2_label(index.saturating_add(1)))
+        format!(
+            "[{}, {}]",
+            format_duration_ns(lower_ns),
+            format_duration_ns(upper_ns)
+        )
+    }
 }
 
 #[cfg(test)]
@@ -163,14 +154,9 @@ mod tests {
     }
 
     #[test]
-    fn bucket_labels_like_bpftrace() {
-        assert_eq!(bucket_label(0), "[0, 2)");
-        assert_eq!(bucket_label(1), "[2, 4)");
-        assert_eq!(bucket_label(9), "[512, 1K)");
-        assert_eq!(bucket_label(12), "[4K, 8K)");
-        assert_eq!(bucket_label(20), "[1M, 2M)");
-        assert_eq!(bucket_label(33), "[8G, 16G)");
-        assert_eq!(bucket_label(63), "[8E, 16E)");
-        assert_eq!(pow2_label(70), "2^70");
+    fn bucket_labels_show_both_bounds() {
+        assert_eq!(bucket_label(0, 953), "[0ns, 953ns]");
+        assert_eq!(bucket_label(22_006_779, 24_000_000), "[22ms, 24ms]");
+        assert_eq!(bucket_label(1_000_000_001, u64::MAX), "[1s, ...)");
     }
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::probes::dev::format_dev;
-use crate::probes::hist::Log2Histogram;
+use crate::probes::hist::LatencyHistogram;
 use crate::probes::mountinfo::MountTable;
 use crate::probes::opcodes::opcode_name;
 use crate::probes::snapshot::{
@@ -19,7 +19,7 @@ use crate::triage::format::{format_duration_ns, format_opt_duration_ns, format_u
 
 /// Version of the JSON document; bumped when a field changes meaning or
 /// disappears (adding fields does not bump it).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// Processes listed per mount, by requests and by time.
 pub const TOP_PROCESSES: usize = 10;
 /// Opcodes per mount whose histogram is shown (the heaviest by total time).
@@ -66,7 +66,10 @@ pub struct Window {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeStatus {
     pub fuse_attached: bool,
+    /// `"tp_btf"` or `"tracepoint"`; None when not attached.
+    pub fuse_attach_type: Option<String>,
     pub flock_attached: bool,
+    pub flock_attach_type: Option<String>,
     pub events_delivered: u64,
     pub events_lost: u64,
 }
@@ -226,8 +229,10 @@ pub struct HistogramReport {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistBucket {
-    /// `floor(log2(ns))`; bucket 0 also holds 0.
-    pub index: u32,
+    /// Index of the Prometheus native histogram bucket of schema 3 (in
+    /// seconds): the bucket holds `(2^((index-1)/8), 2^(index/8)]` s.
+    /// None for the zero bucket (values up to 2^-20 s, about 954 ns).
+    pub index: Option<i32>,
     /// Smallest value of the bucket, inclusive.
     pub lower_ns: u64,
     /// Largest value of the bucket, inclusive.
@@ -236,14 +241,14 @@ pub struct HistBucket {
 }
 
 impl HistogramReport {
-    pub fn from_hist(opcode: u32, hist: &Log2Histogram) -> Self {
+    pub fn from_hist(opcode: u32, hist: &LatencyHistogram) -> Self {
         let nonempty = || hist.buckets.iter().enumerate().filter(|(_, &n)| n > 0);
         let buckets = match (nonempty().next(), nonempty().next_back()) {
             (Some((lo, _)), Some((hi, _))) => (lo..=hi)
                 .map(|i| HistBucket {
-                    index: i as u32,
-                    lower_ns: Log2Histogram::bucket_lower(i),
-                    upper_ns: Log2Histogram::bucket_upper(i),
+                    index: LatencyHistogram::native_index(i),
+                    lower_ns: LatencyHistogram::bucket_lower(i),
+                    upper_ns: LatencyHistogram::bucket_upper(i),
                     count: hist.buckets[i],
                 })
                 .collect(),
@@ -368,7 +373,10 @@ pub struct FlockWaiterRow {
     pub target: FlockTargetRef,
     pub tgid: u32,
     pub comm: String,
-    pub fd: u32,
+    /// Inode number of the file (FUSE: its node id).
+    pub ino: u64,
+    /// The process's descriptor of the file, None if it was not found.
+    pub fd: Option<u32>,
     /// Path behind the fd, None if it could not be resolved.
     pub file: Option<String>,
     pub calls: u64,
@@ -528,12 +536,14 @@ pub fn build_report(
 
     let flock = build_flock(snapshot, mounts, filter_conn);
 
-    if !snapshot.fuse_attached {
+    if snapshot.fuse_attach.is_none() {
         notes.push(Note::warning(FUSE_UNAVAILABLE.to_owned()));
     }
-    if !snapshot.flock_attached {
+    if snapshot.flock_attach.is_none() {
         notes.push(Note::warning(
-            "flock data unavailable: the flock syscall tracepoints were not attached".to_owned(),
+            "flock data unavailable: the filelock/flock_lock_inode and signal/signal_deliver \
+             tracepoints were not attached"
+                .to_owned(),
         ));
     }
     if snapshot.events_lost > 0 {
@@ -599,8 +609,10 @@ pub fn build_report(
             duration: format_duration_ns(duration_ns),
         },
         probes: ProbeStatus {
-            fuse_attached: snapshot.fuse_attached,
-            flock_attached: snapshot.flock_attached,
+            fuse_attached: snapshot.fuse_attach.is_some(),
+            fuse_attach_type: snapshot.fuse_attach.map(|k| k.as_str().to_owned()),
+            flock_attached: snapshot.flock_attach.is_some(),
+            flock_attach_type: snapshot.flock_attach.map(|k| k.as_str().to_owned()),
             events_delivered: snapshot.events_delivered,
             events_lost: snapshot.events_lost,
         },
@@ -774,7 +786,7 @@ fn build_flock(
     waiters.sort_by(|a, b| {
         (b.total_wait_ns, b.max_wait_ns)
             .cmp(&(a.total_wait_ns, a.max_wait_ns))
-            .then((a.tgid, a.fd).cmp(&(b.tgid, b.fd)))
+            .then((a.tgid, a.ino).cmp(&(b.tgid, b.ino)))
     });
     let top_waiters = waiters
         .into_iter()
@@ -783,6 +795,7 @@ fn build_flock(
             target: FlockTargetRef::resolve(w.target, mounts),
             tgid: w.tgid,
             comm: w.comm.clone(),
+            ino: w.ino,
             fd: w.fd,
             file: w.file.clone(),
             calls: w.calls,

@@ -305,7 +305,7 @@ fn flock_section(out: &mut String, flock: &FlockReport) {
                 w.target.label.clone(),
                 match &w.file {
                     Some(file) => file.clone(),
-                    None => format!("fd {} (unresolved)", w.fd),
+                    None => format!("inode {} (no open fd found)", w.ino),
                 },
             ]
         })
@@ -337,27 +337,41 @@ fn mode_name(mode: LockMode) -> &'static str {
     }
 }
 
+/// Lines a histogram is drawn with at most: wider ranges merge neighbouring
+/// buckets.
+pub const HIST_MAX_LINES: usize = 40;
+
 /// A histogram drawn like bpftrace's `hist()`: a title line, then one line
-/// per bucket from the lowest to the highest non-empty one, with the bucket
-/// range in ns (K = 2^10), the count and a bar of `@` scaled to the largest
-/// bucket. Every line starts with `indent`.
+/// per bucket (about 9% wide) from the lowest to the highest non-empty one,
+/// with the bucket's bounds, the count and a bar of `@` scaled to the
+/// largest line; a range of more than [`HIST_MAX_LINES`] buckets is drawn
+/// with neighbouring buckets merged. Every line starts with `indent`.
 pub fn render_histogram(hist: &HistogramReport, indent: &str) -> String {
-    let mut out = format!("{indent}{} latency (ns):\n", hist.name);
-    let max = hist.buckets.iter().map(|b| b.count).max().unwrap_or(0);
-    for bucket in &hist.buckets {
+    let mut out = format!("{indent}{} latency:\n", hist.name);
+    let per_line = hist.buckets.len().div_ceil(HIST_MAX_LINES).max(1);
+    let lines: Vec<(u64, u64, u64)> = hist
+        .buckets
+        .chunks(per_line)
+        .map(|c| {
+            let count = c.iter().fold(0u64, |a, b| a.saturating_add(b.count));
+            (c[0].lower_ns, c[c.len() - 1].upper_ns, count)
+        })
+        .collect();
+    let max = lines.iter().map(|l| l.2).max().unwrap_or(0);
+    let labels: Vec<String> = lines.iter().map(|l| bucket_label(l.0, l.1)).collect();
+    let width = labels.iter().map(String::len).max().unwrap_or(0);
+    for ((_, _, count), label) in lines.iter().zip(&labels) {
         let bar = if max == 0 {
             0
         } else {
             // u128: count * width cannot overflow.
-            (u128::from(bucket.count) * HIST_BAR_WIDTH as u128 / u128::from(max)) as usize
+            (u128::from(*count) * HIST_BAR_WIDTH as u128 / u128::from(max)) as usize
         };
         let _ = writeln!(
             out,
-            "{indent}{:<16}{:>8} |{:<width$}|",
-            bucket_label(bucket.index),
-            bucket.count,
+            "{indent}{label:<width$}  {count:>8} |{:<bar_width$}|",
             "@".repeat(bar),
-            width = HIST_BAR_WIDTH
+            bar_width = HIST_BAR_WIDTH
         );
     }
     out

@@ -1,17 +1,17 @@
 //! Tests of the report, its table and its JSON, on shared fixtures.
 
 use crate::probes::dev::kernel_dev;
-use crate::probes::hist::Log2Histogram;
+use crate::probes::hist::LatencyHistogram;
 use crate::probes::mountinfo::MountTable;
 use crate::probes::snapshot::{
-    FlockKind, FlockMode, FlockSample, FlockTarget, FlockWaiterSample, InFlightSample,
+    AttachKind, FlockKind, FlockMode, FlockSample, FlockTarget, FlockWaiterSample, InFlightSample,
     LatencyStats, OpSample, ProbeSnapshot, ProcSample, IN_FLIGHT_THRESHOLD_NS,
 };
 use crate::triage::report::{
     build_report, HistogramReport, LockKind, LockMode, NoteLevel, TargetKind, TriageReport,
     FUSE_UNAVAILABLE, SCHEMA_VERSION, TOP_PROCESSES,
 };
-use crate::triage::table::{render_histogram, render_table};
+use crate::triage::table::{render_histogram, render_table, HIST_MAX_LINES};
 use crate::triage::{json::render_json, render, OutputFormat};
 
 const MOUNTINFO: &str = "\
@@ -25,7 +25,7 @@ const START: u64 = 1_700_000_000_000_000_000;
 const ROOT_DEV: u32 = 254 << 20;
 
 fn stats(values: &[u64], errors: u64) -> LatencyStats {
-    let mut hist = Log2Histogram::default();
+    let mut hist = LatencyHistogram::default();
     values.iter().for_each(|&v| hist.record(v));
     LatencyStats {
         count: values.len() as u64,
@@ -77,7 +77,8 @@ fn waiter(
         target,
         tgid,
         comm: format!("proc{tgid}"),
-        fd,
+        ino: 1000 + u64::from(fd),
+        fd: file.is_some().then_some(fd),
         file: file.map(Into::into),
         calls: 1,
         total_wait_ns: wait,
@@ -87,8 +88,8 @@ fn waiter(
 
 fn snapshot() -> ProbeSnapshot {
     ProbeSnapshot {
-        fuse_attached: true,
-        flock_attached: true,
+        fuse_attach: Some(AttachKind::Btf),
+        flock_attach: Some(AttachKind::Btf),
         ops: vec![
             op(53, 1, &[5_000, 5_000, 10_000, 20_000], 2),
             op(53, 3, &[1_000; 5], 0),
@@ -241,11 +242,11 @@ fn ops_sorted_by_total_time_merged_and_summarised() {
     assert_eq!(lookup.latency.mean_ns, Some(10_000));
     assert_eq!(lookup.latency.display.max, "20us");
 
-    // READ: 500us in bucket 18, 1.5ms in bucket 20. p50 is the top of
-    // bucket 18; p99 falls in bucket 20, whose top (2097151) exceeds the
-    // recorded max, so it is capped at 1.5ms.
+    // READ: 500us in native bucket -87 ((488.3us, 532.5us]), 1.5ms in
+    // -75. p50 is the top of the first; p99 falls in the second, whose top
+    // (1506065 ns) exceeds the recorded max, so it is capped at 1.5ms.
     let read = &data.ops[0];
-    assert_eq!(read.latency.p50_ns, Some(524_287));
+    assert_eq!(read.latency.p50_ns, Some(532_474));
     assert_eq!(read.latency.p99_ns, Some(1_500_000));
     assert_eq!(read.latency.max_ns, 1_500_000);
     assert_eq!(read.latency.display.p99, "1.5ms");
@@ -259,20 +260,26 @@ fn histograms_for_the_three_heaviest_ops() {
     let names: Vec<&str> = data.histograms.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(names, ["READ", "LOOKUP", "GETATTR"]);
     let read = &data.histograms[0];
-    let buckets: Vec<(u32, u64, u64, u64)> = read
+    // READ: 500 us and 1.5 ms, native buckets (2^(i-1)/8 s, 2^(i/8) s].
+    let buckets: Vec<(Option<i32>, u64, u64, u64)> = read
         .buckets
         .iter()
         .map(|b| (b.index, b.lower_ns, b.upper_ns, b.count))
         .collect();
-    assert_eq!(
-        buckets,
-        [
-            (18, 262_144, 524_287, 1),
-            (19, 524_288, 1_048_575, 0),
-            (20, 1_048_576, 2_097_151, 1)
-        ]
-    );
-    assert!(HistogramReport::from_hist(1, &Log2Histogram::default())
+    assert_eq!(buckets.len(), 13, "{buckets:?}");
+    let first = buckets[0];
+    let last = buckets[buckets.len() - 1];
+    // ceil(8 log2(500e-6)) = -87, ceil(8 log2(1.5e-3)) = -75.
+    assert_eq!((first.0, first.3), (Some(-87), 1));
+    assert_eq!((last.0, last.3), (Some(-75), 1));
+    assert!(first.1 <= 500_000 && 500_000 <= first.2, "{first:?}");
+    assert!(last.1 <= 1_500_000 && 1_500_000 <= last.2, "{last:?}");
+    assert!(buckets[1..12].iter().all(|b| b.3 == 0));
+    for w in buckets.windows(2) {
+        assert_eq!(w[0].2 + 1, w[1].1, "contiguous");
+        assert_eq!(w[0].0.map(|i| i + 1), w[1].0);
+    }
+    assert!(HistogramReport::from_hist(1, &LatencyHistogram::default())
         .buckets
         .is_empty());
 }
@@ -399,8 +406,8 @@ fn filter_keeps_one_connection() {
 #[test]
 fn notes_for_missing_probes_lost_events_and_empty_window() {
     let mut snap = snapshot();
-    snap.fuse_attached = false;
-    snap.flock_attached = false;
+    snap.fuse_attach = None;
+    snap.flock_attach = None;
     snap.events_lost = 5;
     snap.ended_unix_ns = snap.started_unix_ns;
     let r = build_report(&snap, &MountTable::default(), None);
@@ -435,8 +442,8 @@ fn empty_snapshot_renders() {
     assert!(r.mounts.is_empty() && r.flock.rows.is_empty());
     assert_eq!(r.window.duration_ns, 0);
     let mut attached = ProbeSnapshot {
-        fuse_attached: true,
-        flock_attached: true,
+        fuse_attach: Some(AttachKind::Btf),
+        flock_attach: Some(AttachKind::Btf),
         ..ProbeSnapshot::default()
     };
     attached.ended_unix_ns = 1_000_000_000;
@@ -451,8 +458,8 @@ fn empty_snapshot_renders() {
 
 #[test]
 fn extreme_values_saturate_without_panicking() {
-    let mut hist = Log2Histogram::default();
-    hist.buckets[63] = u64::MAX;
+    let mut hist = LatencyHistogram::default();
+    hist.buckets[claudefs_ebpf_common::HIST_BUCKETS - 1] = u64::MAX;
     hist.buckets[0] = u64::MAX;
     let huge = LatencyStats {
         count: u64::MAX,
@@ -467,8 +474,8 @@ fn extreme_values_saturate_without_panicking() {
         stats: huge.clone(),
     };
     let snap = ProbeSnapshot {
-        fuse_attached: true,
-        flock_attached: true,
+        fuse_attach: Some(AttachKind::Btf),
+        flock_attach: Some(AttachKind::Btf),
         ops: vec![
             sample(u32::MAX, u32::MAX),
             sample(u32::MAX, u32::MAX),
@@ -510,17 +517,44 @@ fn extreme_values_saturate_without_panicking() {
 
 #[test]
 fn histogram_text_matches_bpftrace_layout() {
-    let mut hist = Log2Histogram::default();
-    hist.buckets[12] = 12;
-    hist.buckets[14] = 24;
-    hist.buckets[15] = 1;
+    let mut hist = LatencyHistogram::default();
+    // 1 ms is in (976.6us, 1064.9us], native bucket -79.
+    let one_ms = LatencyHistogram::bucket_of(1_000_000);
+    hist.buckets[one_ms] = 12;
+    hist.buckets[one_ms + 1] = 24;
+    hist.buckets[one_ms + 3] = 1;
     let text = render_histogram(&HistogramReport::from_hist(1, &hist), "  ");
-    let expected = "  LOOKUP latency (ns):\n\
-\x20 [4K, 8K)              12 |@@@@@@@@@@@@@@@@@@@@                    |\n\
-\x20 [8K, 16K)              0 |                                        |\n\
-\x20 [16K, 32K)            24 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n\
-\x20 [32K, 64K)             1 |@                                       |\n";
+    let expected = "  LOOKUP latency:\n\
+\x20 [977us, 1.06ms]         12 |@@@@@@@@@@@@@@@@@@@@                    |\n\
+\x20 [1.06ms, 1.16ms]        24 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n\
+\x20 [1.16ms, 1.27ms]         0 |                                        |\n\
+\x20 [1.27ms, 1.38ms]         1 |@                                       |\n";
     assert_eq!(text, expected);
+}
+
+#[test]
+fn wide_histograms_merge_neighbouring_buckets() {
+    let mut hist = LatencyHistogram::default();
+    hist.record(2_000);
+    hist.record(5_000_000_000);
+    let report = HistogramReport::from_hist(1, &hist);
+    assert!(report.buckets.len() > HIST_MAX_LINES);
+    let text = render_histogram(&report, "");
+    let lines = text.lines().count() - 1;
+    assert!(lines <= HIST_MAX_LINES, "{text}");
+    let counted: u64 = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            l.split('|')
+                .next()?
+                .split_whitespace()
+                .last()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(counted, 2, "{text}");
 }
 
 #[test]
@@ -545,15 +579,15 @@ fn table_layout() {
         table,
         [
             "  OPCODE   COUNT  ERRORS   RATE     P50    P90    P99    MAX  TOTAL",
-            "  READ         2       0    1/s   524us  1.5ms  1.5ms  1.5ms    2ms",
-            "  LOOKUP       4       2    2/s  8.19us   20us   20us   20us   40us",
-            // Ten calls of 1us all sit in bucket [512, 1K): the percentiles
-            // are interpolated inside it, p99 capped at the exact max.
-            "  GETATTR     10       0    5/s   767ns  971ns    1us    1us   10us",
+            "  READ         2       0    1/s   532us  1.5ms  1.5ms  1.5ms    2ms",
+            "  LOOKUP       4       2    2/s  5.39us   20us   20us   20us   40us",
+            // Ten calls of 1us all sit in bucket (953.7ns, 1.04us]: the
+            // percentiles are interpolated inside it, capped at the max.
+            "  GETATTR     10       0    5/s   996ns    1us    1us    1us   10us",
             "  WRITE        1       0  0.5/s     5us    5us    5us    5us    5us",
         ]
     );
-    assert!(text.contains("\n  READ latency (ns):\n"));
+    assert!(text.contains("\n  READ latency:\n"));
     // /mnt/bind: one process, one request; the two top lists are one table.
     let bind = text.split("== /mnt/data").next().unwrap();
     assert!(
@@ -572,7 +606,7 @@ fn table_layout() {
         .contains("top processes by time:\n    PID  COMM   REQUESTS   TOTAL    MEAN\n    200  ls"));
     assert!(text.contains("== flock =="));
     assert!(text.contains("/mnt/data/lock"));
-    assert!(text.contains("fd 5 (unresolved)"));
+    assert!(text.contains("inode 1005 (no open fd found)"));
 }
 
 #[test]
@@ -583,7 +617,7 @@ fn json_round_trips_and_has_the_documented_fields() {
     assert_eq!(back, r);
 
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["schema_version"], 2);
     assert_eq!(v["window"]["duration_ns"], 2_000_000_000u64);
     assert_eq!(v["window"]["started"], "2023-11-14T22:13:20.000Z");
     assert_eq!(v["probes"]["fuse_attached"], true);
@@ -596,7 +630,9 @@ fn json_round_trips_and_has_the_documented_fields() {
     assert_eq!(data["ops"][0]["rate_per_sec"], 1.0);
     assert_eq!(data["ops"][0]["latency"]["p99_ns"], 1_500_000);
     assert_eq!(data["ops"][0]["latency"]["display"]["p99"], "1.5ms");
-    assert_eq!(data["histograms"][0]["buckets"][0]["lower_ns"], 262_144);
+    assert_eq!(data["histograms"][0]["buckets"][0]["lower_ns"], 488_282);
+    assert_eq!(data["histograms"][0]["buckets"][0]["index"], -87);
+    assert_eq!(v["probes"]["fuse_attach_type"], "tp_btf");
     assert_eq!(data["top_processes_by_time"][0]["comm"], "ls");
     assert_eq!(
         v["mounts"][2]["mount"]["mount_point"],
@@ -747,7 +783,7 @@ fn every_json_field_is_documented() {
     }
     let doc = include_str!("../../../README.md");
     let mut snap = hung_snapshot();
-    snap.fuse_attached = false;
+    snap.fuse_attach = None;
     let mut all = std::collections::BTreeSet::new();
     for filter in [None, Some(53)] {
         let r = build_report(&snap, &MountTable::parse(MOUNTINFO), filter);

@@ -9,9 +9,107 @@
 //! contain uninitialised padding.
 #![no_std]
 
-/// Number of log2 latency buckets. Bucket `i` counts values `v` (in ns) with
-/// `floor(log2(v)) == i`; a value of 0 lands in bucket 0.
-pub const HIST_BUCKETS: usize = 64;
+/// Buckets of a latency histogram: the buckets of a Prometheus native
+/// histogram of schema 3 **in seconds** (8 buckets per power of two, each
+/// about 9% wide), so the export loses nothing. Bucket `j >= 1` is native
+/// bucket `j - HIST_NATIVE_OFFSET`, holding values `v` (ns) with
+/// `2^((i-1)/8) s < v <= 2^(i/8) s`; bucket 0 holds every value up to
+/// `2^-20 s` (about 954 ns, the native zero bucket's threshold), the last
+/// bucket everything above `2^((HIST_BUCKETS - 2 - HIST_NATIVE_OFFSET)/8) s`
+/// (about 11 days).
+pub const HIST_BUCKETS: usize = 320;
+
+/// `native index = bucket - HIST_NATIVE_OFFSET` for buckets `>= 1`.
+pub const HIST_NATIVE_OFFSET: i32 = 160;
+
+/// For each of the 8 sub-buckets of an octave `[2^k, 2^(k+1))` ns: the
+/// boundary `2^((n + f)/8)`, with `f` the fractional part of
+/// `8 * log2(1e9)` (which moves boundaries from powers of two in ns to
+/// powers of two in seconds), minus 1, times 2^32, rounded down.
+/// Computed with 60 significant digits; the last one is exact
+/// (`1e9 / 2^29 - 1`, times 2^32), so 1 s is the upper bound of its bucket.
+pub const HIST_SUB_THRESHOLDS: [u64; 8] = [
+    67_063_634,
+    461_861_164,
+    892_390_922,
+    1_361_886_953,
+    1_873_876_005,
+    2_432_204_026,
+    3_041_065_049,
+    3_705_032_704,
+];
+
+/// `floor(log2(v))` for `v >= 1`. Branchy on purpose: plain BPF has no
+/// count-leading-zeros.
+#[inline(always)]
+pub fn log2_floor(mut v: u64) -> u32 {
+    let mut r = 0u32;
+    if v >= 1 << 32 {
+        v >>= 32;
+        r += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >= 1 << 1 {
+        r += 1;
+    }
+    r
+}
+
+/// The histogram bucket of a latency of `ns` nanoseconds (see
+/// [`HIST_BUCKETS`]). The kernel and userspace both use this function,
+/// so the two agree on every boundary.
+#[inline(always)]
+pub fn hist_bucket(ns: u64) -> usize {
+    if ns == 0 {
+        return 0;
+    }
+    let k = log2_floor(ns);
+    // The bits below the leading one, as a 32-bit fraction of the octave
+    // (exact for values below 2^33 ns, within 2^-32 of it above).
+    let rest = ns - (1u64 << k);
+    let frac = if k <= 32 {
+        rest << (32 - k)
+    } else {
+        rest >> (k - 32)
+    };
+    let mut sub = 0u64;
+    let mut n = 0;
+    while n < 8 {
+        if frac > HIST_SUB_THRESHOLDS[n] {
+            sub += 1;
+        }
+        n += 1;
+    }
+    // 8k + sub + 1 is the schema-3 index of the value in ns, plus 240
+    // (native index 0 holds (2^(-1/8) s, 1 s]).
+    let full = 8 * u64::from(k) + sub + 1;
+    let zero_upto = (240 - HIST_NATIVE_OFFSET) as u64;
+    if full <= zero_upto {
+        0
+    } else {
+        let j = full - zero_upto;
+        if j >= HIST_BUCKETS as u64 {
+            HIST_BUCKETS - 1
+        } else {
+            j as usize
+        }
+    }
+}
 
 /// Flock kind index in [`FlockKey::kind`].
 pub const FLOCK_KIND_SHARED: u32 = 0;
@@ -38,10 +136,22 @@ pub const FLOCK_WAITED_NS: u64 = 1_000_000;
 /// `-EWOULDBLOCK` (== `-EAGAIN`), what a refused `LOCK_NB` returns.
 pub const EWOULDBLOCK_RET: i64 = -11;
 
-/// The probes copy this many bytes from the start of a tracepoint record
-/// (one helper call) and read fields from the copy; the loader only accepts
+/// The classic-tracepoint programs (the fallback where the kernel has no
+/// BTF) copy this many bytes from the start of a tracepoint record (one
+/// helper call) and read fields from the copy; the loader only accepts
 /// fields that are naturally aligned and end within these bytes.
-pub const RECORD_BYTES: usize = 64;
+pub const RECORD_BYTES: usize = 128;
+
+/// `FILE_LOCK_DEFERRED`: what `flock_lock_inode` returns to a blocking
+/// request that must wait (it is called again once woken).
+pub const FILE_LOCK_DEFERRED: i32 = 1;
+/// `FL_SLEEP` in a file lock's flags: a blocking request (no `LOCK_NB`).
+pub const FL_SLEEP: u32 = 128;
+/// `FL_CLOSE` in a file lock's flags: the unlock of a last close, not a
+/// flock(2) call.
+pub const FL_CLOSE: u32 = 64;
+/// `FUSE_LK_FLOCK` in `fuse_lk_in.lk_flags`: the lock request is a flock(2).
+pub const FUSE_LK_FLOCK: u32 = 1;
 
 /// Length of a task command name (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
@@ -114,9 +224,12 @@ pub struct InflightSlot {
 
 /// Ways per in-flight group (a power of two).
 pub const INFLIGHT_WAYS: usize = 4;
-/// Groups of the in-flight table (a power of two): 8192 x 4 ways = 32768
-/// requests in flight, 1.25 MiB.
-pub const INFLIGHT_GROUPS: u32 = 8192;
+/// Groups of the in-flight table (a power of two): 2048 x 4 ways = 8192
+/// requests in flight, 320 KiB. Each request's group is written by its
+/// sender's CPU and read by the answerer's: a small table keeps those
+/// lines in the caches (measured: 8192 groups cost about 15 ns more per
+/// request on a 2-vCPU VM).
+pub const INFLIGHT_GROUPS: u32 = 2048;
 
 /// One group of the set-associative in-flight table (an array-map value).
 /// A request always lands in group `inflight_group(conn, unique)`; when all
@@ -194,20 +307,28 @@ pub fn proc_cache_slot(key: &ProcKey) -> u32 {
     (key.tgid ^ key.conn.wrapping_mul(0x9E37_79B1)) & (PROC_CACHE_SLOTS - 1)
 }
 
-/// A flock(2) call in flight on one thread (key: tid).
+/// A flock(2) wait in progress on one thread (key: tid): a kernel-served
+/// request that `flock_lock_inode` deferred, or a FUSE_SETLK/SETLKW
+/// flock request sent and not answered yet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct FlockInflight {
-    /// `bpf_ktime_get_ns()` at `sys_enter_flock`.
+pub struct FlockPending {
+    /// `bpf_ktime_get_ns()` when the wait started.
     pub start_ns: u64,
-    pub tgid: u32,
-    pub fd: u32,
-    pub cmd: u32,
-    /// [`TARGET_LOCAL`], [`TARGET_FUSE`] or [`TARGET_DEVICE`].
+    /// Inode number ([`TARGET_DEVICE`]) or FUSE node id ([`TARGET_FUSE`]).
+    pub ino: u64,
+    /// [`TARGET_DEVICE`] or [`TARGET_FUSE`].
     pub target_type: u32,
-    /// Connection or device `dev_t` (kernel encoding), 0 for local.
+    /// Device or connection `dev_t` (kernel encoding).
     pub target_id: u32,
+    pub tgid: u32,
+    /// `FLOCK_KIND_*`.
+    pub kind: u32,
+    /// `FLOCK_MODE_*`.
+    pub mode: u32,
     pub _pad: u32,
+    /// Command name of the waiter (the thread that started the wait).
+    pub comm: [u8; COMM_LEN],
 }
 
 /// Key of the per-(target, kind, mode) flock statistics.
@@ -247,14 +368,18 @@ impl FlockStats {
     };
 }
 
-/// Key of the flock waiter map: one process waiting on one fd of a target.
+/// Key of the flock waiter map: one process waiting on one file of a
+/// target. Userspace finds the process's descriptor of that file by
+/// matching device and inode in `/proc/PID/fd`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct WaiterKey {
     pub target_type: u32,
     pub target_id: u32,
     pub tgid: u32,
-    pub fd: u32,
+    pub _pad: u32,
+    /// Inode number ([`TARGET_DEVICE`]) or FUSE node id ([`TARGET_FUSE`]).
+    pub ino: u64,
 }
 
 /// Per-CPU value of the flock waiter map (only calls that waited).
@@ -323,9 +448,10 @@ pub mod counter {
     pub const MAP_FULL: u32 = 3;
     /// Running per-CPU sequence for the 1-in-N event filter.
     pub const SAMPLE_SEQ: u32 = 4;
-    /// `sys_exit_flock` without a matching enter.
-    pub const UNMATCHED_FLOCK_EXITS: u32 = 5;
-    /// A tracepoint field could not be read.
+    /// A pending flock wait replaced by another request of its thread
+    /// before its end was seen (its wait is not counted).
+    pub const FLOCK_WAITS_LOST: u32 = 5;
+    /// A tracepoint record or request argument could not be read.
     pub const READ_ERRORS: u32 = 6;
     /// In-flight requests evicted from a full in-flight group.
     pub const INFLIGHT_EVICTED: u32 = 7;
@@ -340,7 +466,7 @@ pub mod map_names {
     pub const OP_CACHE: &str = "OP_CACHE";
     pub const PROC_CACHE: &str = "PROC_CACHE";
     pub const PROC_STATS: &str = "PROC_STATS";
-    pub const FLOCK_INFLIGHT: &str = "FLOCK_INFLIGHT";
+    pub const FLOCK_PENDING: &str = "FLOCK_PENDING";
     pub const FLOCK_STATS: &str = "FLOCK_STATS";
     pub const FLOCK_WAITERS: &str = "FLOCK_WAITERS";
     pub const EVENTS: &str = "EVENTS";
@@ -348,19 +474,30 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
 }
 
-/// Names of the programs (the functions in the probes crate).
+/// Names of the programs (the functions in the probes crate). Each hook
+/// has a BTF-typed program (`tp_btf`, reading the kernel's structures
+/// directly) and a classic-tracepoint fallback (reading the record).
 pub mod program_names {
-    pub const FUSE_REQUEST_SEND: &str = "fuse_request_send";
-    pub const FUSE_REQUEST_END: &str = "fuse_request_end";
-    pub const SYS_ENTER_FLOCK: &str = "sys_enter_flock";
-    pub const SYS_EXIT_FLOCK: &str = "sys_exit_flock";
-    pub const FLOCK_LOCK_INODE: &str = "flock_lock_inode";
+    pub const FUSE_SEND_BTF: &str = "fuse_send_btf";
+    pub const FUSE_END_BTF: &str = "fuse_end_btf";
+    pub const FUSE_SEND_TP: &str = "fuse_send_tp";
+    pub const FUSE_END_TP: &str = "fuse_end_tp";
+    pub const FLOCK_LOCK_INODE_BTF: &str = "flock_lock_inode_btf";
+    pub const FLOCK_LOCK_INODE_TP: &str = "flock_lock_inode_tp";
+    pub const SIGNAL_DELIVER_BTF: &str = "signal_deliver_btf";
+    pub const SIGNAL_DELIVER_TP: &str = "signal_deliver_tp";
+    /// Empty programs on the FUSE hooks: the floor of what any probe there
+    /// costs (`bench_probes`); never attached otherwise.
+    pub const FLOOR_SEND_BTF: &str = "floor_send_btf";
+    pub const FLOOR_END_BTF: &str = "floor_end_btf";
 }
 
-/// Names of the load-time globals (`Global<u32>` in the probes crate) that
-/// hold tracepoint field offsets and the few numbers read from tracefs.
-/// Each is set by the loader from `events/<cat>/<name>/format`.
+/// Names of the load-time globals (`Global<u32>` in the probes crate). The
+/// loader sets each: member offsets of kernel structures from the kernel's
+/// BTF (for the `tp_btf` programs), field offsets from tracefs `format`
+/// files (for the classic ones), and a few numbers and switches.
 pub mod globals {
+    // Classic tracepoint records (tracefs formats).
     pub const SEND_CONN_OFF: &str = "SEND_CONN_OFF";
     pub const SEND_UNIQUE_OFF: &str = "SEND_UNIQUE_OFF";
     pub const SEND_OPCODE_OFF: &str = "SEND_OPCODE_OFF";
@@ -369,16 +506,43 @@ pub mod globals {
     pub const END_UNIQUE_OFF: &str = "END_UNIQUE_OFF";
     pub const END_LEN_OFF: &str = "END_LEN_OFF";
     pub const END_ERROR_OFF: &str = "END_ERROR_OFF";
-    pub const FLOCK_FD_OFF: &str = "FLOCK_FD_OFF";
-    pub const FLOCK_CMD_OFF: &str = "FLOCK_CMD_OFF";
-    pub const FLOCK_RET_OFF: &str = "FLOCK_RET_OFF";
-    /// 1 when `sys_exit_flock`'s `ret` is 4 bytes wide (it is 8 on 64-bit).
-    pub const FLOCK_RET_IS_32: &str = "FLOCK_RET_IS_32";
+    pub const LOCK_INODE_INO_OFF: &str = "LOCK_INODE_INO_OFF";
     pub const LOCK_INODE_DEV_OFF: &str = "LOCK_INODE_DEV_OFF";
-    /// FUSE_SETLK and FUSE_SETLKW opcode numbers, from the print fmt of
-    /// `fuse_request_send`.
+    pub const LOCK_INODE_FLAGS_OFF: &str = "LOCK_INODE_FLAGS_OFF";
+    pub const LOCK_INODE_TYPE_OFF: &str = "LOCK_INODE_TYPE_OFF";
+    pub const LOCK_INODE_RET_OFF: &str = "LOCK_INODE_RET_OFF";
+    // Kernel structures (BTF member offsets, bytes).
+    /// `fuse_req.fm`, `fuse_mount.fc`, `fuse_conn.dev`: the connection.
+    pub const REQ_FM_OFF: &str = "REQ_FM_OFF";
+    pub const FM_FC_OFF: &str = "FM_FC_OFF";
+    pub const FC_DEV_OFF: &str = "FC_DEV_OFF";
+    /// `fuse_req.in.h.{len,opcode,unique,nodeid}`.
+    pub const REQ_IN_LEN_OFF: &str = "REQ_IN_LEN_OFF";
+    pub const REQ_IN_OPCODE_OFF: &str = "REQ_IN_OPCODE_OFF";
+    pub const REQ_IN_UNIQUE_OFF: &str = "REQ_IN_UNIQUE_OFF";
+    pub const REQ_IN_NODEID_OFF: &str = "REQ_IN_NODEID_OFF";
+    /// `fuse_req.out.h.{len,error}`.
+    pub const REQ_OUT_LEN_OFF: &str = "REQ_OUT_LEN_OFF";
+    pub const REQ_OUT_ERROR_OFF: &str = "REQ_OUT_ERROR_OFF";
+    /// `fuse_req.args`, `fuse_args.in_args[0].value`: a lock request's
+    /// `fuse_lk_in`, whose `lk.type` and `lk_flags` offsets follow.
+    pub const REQ_ARGS_OFF: &str = "REQ_ARGS_OFF";
+    pub const ARGS_IN0_VALUE_OFF: &str = "ARGS_IN0_VALUE_OFF";
+    pub const LK_IN_TYPE_OFF: &str = "LK_IN_TYPE_OFF";
+    pub const LK_IN_FLAGS_OFF: &str = "LK_IN_FLAGS_OFF";
+    /// `inode.i_ino`, `inode.i_sb`, `super_block.s_dev`.
+    pub const INODE_INO_OFF: &str = "INODE_INO_OFF";
+    pub const INODE_SB_OFF: &str = "INODE_SB_OFF";
+    pub const SB_DEV_OFF: &str = "SB_DEV_OFF";
+    /// `file_lock.c.flc_flags` and `file_lock.c.flc_type` (a byte).
+    pub const FL_FLAGS_OFF: &str = "FL_FLAGS_OFF";
+    pub const FL_TYPE_OFF: &str = "FL_TYPE_OFF";
+    /// FUSE_SETLK and FUSE_SETLKW opcode numbers.
     pub const OPCODE_SETLK: &str = "OPCODE_SETLK";
     pub const OPCODE_SETLKW: &str = "OPCODE_SETLKW";
+    /// 1: FUSE flock requests are counted in the flock maps (`observe`,
+    /// triage); 0: not (the mount daemon counts its own).
+    pub const FUSE_FLOCKS: &str = "FUSE_FLOCKS";
 }
 
 #[cfg(feature = "user")]
@@ -406,7 +570,7 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcCacheSlot {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::FlockInflight {}
+    unsafe impl aya::Pod for super::FlockPending {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlockKey {}
     // SAFETY: as above.
@@ -427,6 +591,7 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<OpKey>() == 8);
     assert!(size_of::<OpStats>() == 8 * (4 + HIST_BUCKETS));
+    assert!(HIST_BUCKETS <= 512);
     assert!(size_of::<InflightKey>() == 16);
     assert!(size_of::<InflightReq>() == 24);
     assert!(size_of::<InflightSlot>() == 40);
@@ -437,10 +602,10 @@ const _: () = {
     assert!(size_of::<OpCacheSlot>() == 8 + size_of::<OpStats>());
     assert!(size_of::<ProcCacheSlot>() == 24);
     assert!(OP_CACHE_SLOTS.is_power_of_two() && PROC_CACHE_SLOTS.is_power_of_two());
-    assert!(size_of::<FlockInflight>() == 32);
+    assert!(size_of::<FlockPending>() == 40 + COMM_LEN);
     assert!(size_of::<FlockKey>() == 16);
     assert!(size_of::<FlockStats>() == 8 * (5 + HIST_BUCKETS));
-    assert!(size_of::<WaiterKey>() == 16);
+    assert!(size_of::<WaiterKey>() == 24);
     assert!(size_of::<WaiterStats>() == 40);
     assert!(size_of::<RequestEventRaw>() == 56);
     assert!(size_of::<EventConfig>() == 24);
@@ -448,7 +613,96 @@ const _: () = {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+
+    /// The schema-3 bucket of `ns` computed in floating point: the
+    /// smallest `i` with `ns / 1e9 <= 2^(i/8)`.
+    fn reference_bucket(ns: u64) -> usize {
+        let s = ns as f64 / 1e9;
+        let i = (8.0 * s.log2()).ceil() as i64;
+        (i + i64::from(HIST_NATIVE_OFFSET)).clamp(0, HIST_BUCKETS as i64 - 1) as usize
+    }
+
+    #[test]
+    fn log2_floor_matches_leading_zeros() {
+        for v in [1u64, 2, 3, 4, 1023, 1024, 1 << 40, u64::MAX] {
+            assert_eq!(log2_floor(v), 63 - v.leading_zeros(), "{v}");
+        }
+    }
+
+    #[test]
+    fn buckets_are_schema_3_in_seconds() {
+        // Away from boundaries, the integer function and the float agree.
+        let mut v = 955u64;
+        while v < 1 << 50 {
+            let b = hist_bucket(v);
+            let r = reference_bucket(v);
+            if b != r {
+                // Only allowed within float error of a boundary.
+                let i = b as i32 - HIST_NATIVE_OFFSET;
+                let upper = 1e9 * 2f64.powf(f64::from(i) / 8.0);
+                let lower = 1e9 * 2f64.powf(f64::from(i - 1) / 8.0);
+                let near = (v as f64 - upper).abs() / upper < 1e-9
+                    || (v as f64 - lower).abs() / lower < 1e-9;
+                assert!(near, "{v} ns: bucket {b}, reference {r}");
+            }
+            v += v / 7 + 1;
+        }
+    }
+
+    #[test]
+    fn powers_of_two_in_seconds_are_upper_bounds() {
+        // 1 s, 2 s, ... and 1 s / 2^j while it is an integer number of ns.
+        let mut exact = std::vec::Vec::new();
+        for j in 0..20u32 {
+            exact.push((1_000_000_000u64 << j, 8 * j as i32));
+        }
+        for j in 1..=9u32 {
+            exact.push((1_000_000_000u64 >> j, -8 * j as i32));
+        }
+        for (ns, native) in exact {
+            let b = hist_bucket(ns);
+            assert_eq!(b as i32 - HIST_NATIVE_OFFSET, native, "{ns} ns");
+            // Exact below 2^33 ns; above, the fraction keeps 32 bits and a
+            // boundary may be off by up to 2^(k-32) ns (2 ns at 16 s).
+            if ns < 1 << 33 {
+                assert_eq!(hist_bucket(ns + 1), b + 1, "{} ns opens the next", ns + 1);
+            } else {
+                assert_eq!(hist_bucket(ns + (ns >> 31)), b + 1, "{ns} + 2^(k-32)");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_bucket_and_clamp() {
+        assert_eq!(hist_bucket(0), 0);
+        assert_eq!(hist_bucket(1), 0);
+        // 2^-20 s = 953.67 ns is the zero bucket's threshold.
+        assert_eq!(hist_bucket(953), 0);
+        assert_eq!(hist_bucket(954), 1);
+        assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn buckets_are_monotonic_and_about_9_percent_wide() {
+        let mut last = 0usize;
+        let mut first_of_bucket = 954u64;
+        let mut v = 954u64;
+        while v < 1u64 << 44 {
+            let b = hist_bucket(v);
+            assert!(b >= last && b <= last + 1, "{v}: {last} -> {b}");
+            if b != last {
+                if last >= 2 {
+                    let width = (v - first_of_bucket) as f64 / first_of_bucket as f64;
+                    assert!((0.085..0.095).contains(&width), "{v}: width {width}");
+                }
+                first_of_bucket = v;
+                last = b;
+            }
+            v += 1 + v / 4096;
+        }
+    }
 
     #[test]
     fn consecutive_requests_of_a_connection_use_distinct_groups() {

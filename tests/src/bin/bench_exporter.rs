@@ -204,7 +204,9 @@ fn scrape_busy(tmp: &Path, n: usize) -> anyhow::Result<ScrapeResult> {
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .count();
-        if !last.contains("claudefs_fuse_probe_attached{program=\"fuse_request_send\"} 1") {
+        if !last.contains(
+            "claudefs_fuse_probe_attached{program=\"fuse_request_send\",attach_type=\"tp_btf\"} 1",
+        ) {
             anyhow::bail!("the probes are not attached:\n{}", m.log_text());
         }
         Ok::<_, anyhow::Error>((ms, render_ms, last.len(), series))
@@ -305,7 +307,7 @@ fn main() -> anyhow::Result<()> {
                     http_get(port, "/metrics").is_ok_and(|t| {
                         !ebpf
                             || t.contains(
-                                "claudefs_fuse_probe_attached{program=\"fuse_request_send\"} 1",
+                                "claudefs_fuse_probe_attached{program=\"fuse_request_send\",attach_type=\"tp_btf\"} 1",
                             )
                     })
                 }) {

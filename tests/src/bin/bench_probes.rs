@@ -1,38 +1,41 @@
 //! Overhead benchmark of the eBPF probes (root).
 //!
-//! 1. FUSE metadata ops/s: a `stat(2)` loop on a file of the in-process
-//!    test file system (entry and attribute TTL 0, so every stat is a
-//!    LOOKUP and a GETATTR request), with no probes, with our probes, with
-//!    our FUSE programs only (what the mount daemon's `--ebpf` loads), with
-//!    our probes and every request sent to the ring buffer, and with an
-//!    equivalent bpftrace script (the same five tracepoints: FUSE latency
-//!    into a per-(conn, opcode) histogram, flock waits into a histogram).
-//!    A "floor" row attaches empty programs to the same tracepoints: what
-//!    any tool pays just for being there (tracepoint record and dispatch,
-//!    and the slow syscall path that syscall tracepoints turn on for every
-//!    task). Runs are interleaved (the order rotates every round); the table shows
-//!    medians and the best run of each setup (on a shared machine, other
-//!    load only ever makes a run slower, so the best run is the steadiest
-//!    estimate of the intrinsic cost). With `--bpf-stats` the benchmark
-//!    also turns on `kernel.bpf_stats_enabled` for its duration (restored
-//!    afterwards) and reports the kernel's own measure of the average run
-//!    time of each tool's programs.
+//! 1. Per setup, two loops: FUSE metadata ops/s, a `stat(2)` loop on a
+//!    file of the in-process test file system (entry and attribute TTL 0,
+//!    so every stat is a LOOKUP and a GETATTR request); and a `getpid(2)`
+//!    loop, which no probe should touch (a syscall tracepoint anywhere
+//!    would put it, and every task of the host, on the slow syscall path).
+//!    Setups: no probes; the floor (empty BTF programs on the two FUSE
+//!    hooks: what any probe there costs, tracepoint dispatch included);
+//!    our probes as `observe` loads them (BTF, FUSE + flock hooks), as the
+//!    mount daemon's `--ebpf` loads them (FUSE only), on classic
+//!    tracepoints (the fallback), with every request sent to the ring
+//!    buffer; and an equivalent bpftrace script on the same hooks (FUSE
+//!    latency into a per-(conn, opcode) histogram, kernel flock waits from
+//!    filelock/flock_lock_inode). Runs are interleaved (the order rotates
+//!    every round); the table shows medians, and as ratios against no
+//!    probes the median of the per-round ratios (a slow phase of the VM
+//!    then hits both sides of a ratio alike). With `--bpf-stats` the
+//!    benchmark also turns on `kernel.bpf_stats_enabled` for its duration
+//!    (restored afterwards) and reports the kernel's own measure of the
+//!    average run time of each tool's programs.
 //! 2. Ring-buffer drain: the stat loop runs with the event filter at All
 //!    while userspace does not drain; then one `drain_events` call empties
 //!    the full ring on one core and is timed (real kernel records, decode
 //!    and queue included).
 //!
 //! Usage: `bench_probes [--fs testfs|bindfs] [--rounds N] [--secs S]
-//! [--bpf-stats]` (defaults testfs, 15 and 0.5). With bindfs the CPU per op
+//! [--bpf-stats] [--only WORD,...]` (defaults testfs, 15 and 0.5; `--only`
+//! keeps the setups whose label holds one of the words, plus no probes). With bindfs the CPU per op
 //! includes the bindfs process's threads.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use claudefs_e2e::testfs::{MountedFs, TestFsOptions};
+use claudefs_e2e::Bpftrace;
 
 /// The FUSE mount the stat loop runs on.
 enum BenchFs {
@@ -153,7 +156,7 @@ fn task_cpu_ns(pid: u32) -> u64 {
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
 }
-use claudefs_fuse::probes::{EventFilter, ProbeOptions, Probes};
+use claudefs_fuse::probes::{EventFilter, ProbeOptions, ProbeSet, Probes};
 
 const BPFTRACE_SCRIPT: &str = r#"
 BEGIN { printf("READY\n"); }
@@ -171,27 +174,14 @@ tracepoint:fuse:fuse_request_end /@start[args->connection, args->unique]/ {
   delete(@start[args->connection, args->unique]);
   delete(@opc[args->connection, args->unique]);
 }
-tracepoint:syscalls:sys_enter_flock { @fl_start[tid] = nsecs; @fl_cmd[tid] = args->cmd; }
-tracepoint:filelock:flock_lock_inode /@fl_start[tid]/ { @fl_dev[tid] = args->s_dev; }
-tracepoint:syscalls:sys_exit_flock /@fl_start[tid]/ {
-  @flock_wait[@fl_dev[tid], @fl_cmd[tid]] = hist(nsecs - @fl_start[tid]);
-  if (args->ret == -11) { @flock_refused[@fl_dev[tid], @fl_cmd[tid]] = count(); }
+tracepoint:filelock:flock_lock_inode /args->ret == 1 && !@fl_start[tid]/ { @fl_start[tid] = nsecs; }
+tracepoint:filelock:flock_lock_inode /args->ret != 1 && !(args->flags & 64)/ {
+  $s = @fl_start[tid] ? @fl_start[tid] : nsecs;
+  @flock_wait[args->s_dev, args->type] = hist(nsecs - $s);
+  if (args->ret == -11) { @flock_refused[args->s_dev, args->type] = count(); }
   delete(@fl_start[tid]);
-  delete(@fl_cmd[tid]);
-  delete(@fl_dev[tid]);
 }
-"#;
-
-/// Empty programs on the same five tracepoints: the cost any tool pays
-/// for attaching there (tracepoint record, program dispatch, the syscall
-/// slow path that syscall tracepoints switch on for every task).
-const BPFTRACE_EMPTY: &str = r#"
-BEGIN { printf("READY\n"); }
-tracepoint:fuse:fuse_request_send {}
-tracepoint:fuse:fuse_request_end {}
-tracepoint:syscalls:sys_enter_flock {}
-tracepoint:syscalls:sys_exit_flock {}
-tracepoint:filelock:flock_lock_inode {}
+tracepoint:signal:signal_deliver /@fl_start[tid]/ { delete(@fl_start[tid]); }
 "#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,16 +190,18 @@ enum Setup {
     Floor,
     Ours,
     OursFuseOnly,
+    OursClassic,
     OursEvents,
     Bpftrace,
 }
 
 impl Setup {
-    const ALL: [Setup; 6] = [
+    const ALL: [Setup; 7] = [
         Setup::None,
         Setup::Floor,
         Setup::Ours,
         Setup::OursFuseOnly,
+        Setup::OursClassic,
         Setup::OursEvents,
         Setup::Bpftrace,
     ];
@@ -217,16 +209,17 @@ impl Setup {
     fn label(self) -> &'static str {
         match self {
             Setup::None => "no probes",
-            Setup::Floor => "empty programs, same tracepoints",
-            Setup::Ours => "claudefs probes",
+            Setup::Floor => "floor: empty tp_btf, FUSE hooks",
+            Setup::Ours => "claudefs probes (observe)",
             Setup::OursFuseOnly => "claudefs probes, FUSE only (daemon)",
+            Setup::OursClassic => "claudefs probes, classic tracepoints",
             Setup::OursEvents => "claudefs probes + events(all)",
-            Setup::Bpftrace => "bpftrace (same tracepoints, hist)",
+            Setup::Bpftrace => "bpftrace (same hooks, hist)",
         }
     }
 
     fn needs_bpftrace(self) -> bool {
-        matches!(self, Setup::Floor | Setup::Bpftrace)
+        self == Setup::Bpftrace
     }
 }
 
@@ -234,82 +227,31 @@ impl Setup {
 enum Attached {
     Nothing,
     Ours(Box<Probes>),
-    Bpftrace(Child),
-}
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        if let Attached::Bpftrace(child) = self {
-            // SIGINT makes bpftrace print its maps and exit; a bpftrace that
-            // missed it (seen when it arrives right after BEGIN) is killed.
-            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
-                // SAFETY: kill(2) on the pid of our own, not yet reaped child.
-                unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-                let deadline = Instant::now() + Duration::from_secs(3);
-                while Instant::now() < deadline {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-            let _ = child.wait();
-        }
-    }
+    Bpftrace(Bpftrace),
 }
 
 fn attach(setup: Setup) -> Result<Attached, String> {
+    let ours = |events, set, classic_only| {
+        let opts = ProbeOptions {
+            events,
+            only_conn: None,
+            set,
+            classic_only,
+        };
+        Probes::load(&opts)
+            .map(|p| Attached::Ours(Box::new(p)))
+            .map_err(|e| e.to_string())
+    };
     match setup {
         Setup::None => Ok(Attached::Nothing),
-        Setup::Ours | Setup::OursFuseOnly | Setup::OursEvents => {
-            let events = if setup == Setup::OursEvents {
-                EventFilter::All
-            } else {
-                EventFilter::Off
-            };
-            let opts = ProbeOptions {
-                events,
-                only_conn: None,
-                fuse_only: setup == Setup::OursFuseOnly,
-            };
-            Probes::load(&opts)
-                .map(|p| Attached::Ours(Box::new(p)))
-                .map_err(|e| e.to_string())
-        }
-        Setup::Bpftrace | Setup::Floor => {
-            let script = if setup == Setup::Floor {
-                BPFTRACE_EMPTY
-            } else {
-                BPFTRACE_SCRIPT
-            };
-            let mut child = Command::new("bpftrace")
-                .args(["-e", script])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot run bpftrace: {e}"))?;
-            let stdout = child.stdout.take().ok_or("no bpftrace stdout")?;
-            // BEGIN runs once every probe is attached. Read on a thread (and
-            // keep draining, so bpftrace never blocks on a full pipe) and
-            // give up after a while rather than hang.
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    match line {
-                        Ok(l) if l.trim() == "READY" => {
-                            let _ = tx.send(());
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-            });
-            let attached = Attached::Bpftrace(child);
-            if rx.recv_timeout(Duration::from_secs(20)).is_err() {
-                return Err("bpftrace did not attach within 20 s".to_string());
-            }
-            Ok(attached)
-        }
+        Setup::Floor => ours(EventFilter::Off, ProbeSet::Floor, false),
+        Setup::Ours => ours(EventFilter::Off, ProbeSet::All, false),
+        Setup::OursFuseOnly => ours(EventFilter::Off, ProbeSet::Fuse, false),
+        Setup::OursClassic => ours(EventFilter::Off, ProbeSet::All, true),
+        Setup::OursEvents => ours(EventFilter::All, ProbeSet::All, false),
+        Setup::Bpftrace => Bpftrace::start(BPFTRACE_SCRIPT)
+            .map(Attached::Bpftrace)
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -328,13 +270,33 @@ fn process_cpu_ns() -> u64 {
     ns(ru.ru_utime) + ns(ru.ru_stime)
 }
 
-/// One run: wall-clock throughput, CPU cost per operation, and (with
-/// `--bpf-stats`) the average run time of the attached programs.
-#[derive(Clone, Copy, Debug)]
+/// One run: wall-clock throughput, CPU cost per operation, the getpid
+/// loop's rate, and (with `--bpf-stats`) the average run time of the
+/// attached programs.
+#[derive(Clone, Debug)]
 struct Run {
     ops_per_sec: f64,
     cpu_ns_per_op: f64,
+    getpid_per_sec: f64,
     bpf_ns_per_run: Option<f64>,
+    /// Our programs only: (hook, ns per run) over this run (`--bpf-stats`).
+    per_hook: Vec<(&'static str, f64)>,
+}
+
+/// getpid(2) calls per second over `secs`, on this thread.
+fn getpid_rate(secs: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        for _ in 0..1000 {
+            // SAFETY: getpid has no preconditions; the raw syscall, so the
+            // C library cannot answer it from a cache.
+            unsafe { libc::syscall(libc::SYS_getpid) };
+        }
+        n += 1000;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Sum of (run_cnt, run_time_ns) over the BPF programs `pid` holds open
@@ -433,6 +395,11 @@ impl Drop for BpfStats {
 
 /// Runs the stat loop for `secs` while polling the probes.
 fn run_stat_loop(fs: &BenchFs, attached: &mut Attached, secs: f64) -> Run {
+    let hook_stats = |a: &Attached| match a {
+        Attached::Ours(p) => p.program_stats(),
+        _ => Vec::new(),
+    };
+    let hooks_before = hook_stats(attached);
     let cpu_before = process_cpu_ns() + fs.daemon_cpu_ns();
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
@@ -466,15 +433,26 @@ fn run_stat_loop(fs: &BenchFs, attached: &mut Attached, secs: f64) -> Run {
     let holder = match attached {
         Attached::Nothing => None,
         Attached::Ours(_) => Some(std::process::id()),
-        Attached::Bpftrace(child) => Some(child.id()),
+        Attached::Bpftrace(b) => Some(b.id()),
     };
     let bpf_ns_per_run = holder.and_then(|pid| {
         let (cnt, ns) = bpf_prog_stats(pid);
         (cnt > 0 && ns > 0).then(|| ns as f64 / cnt as f64)
     });
+    let per_hook = hook_stats(attached)
+        .into_iter()
+        .filter_map(|after| {
+            let before = hooks_before.iter().find(|b| b.hook == after.hook)?;
+            let runs = after.run_count.checked_sub(before.run_count)?;
+            let ns = after.run_time_ns.checked_sub(before.run_time_ns)?;
+            (runs > 0).then(|| (after.hook, ns as f64 / runs as f64))
+        })
+        .collect();
     Run {
+        per_hook,
         ops_per_sec: n / elapsed.as_secs_f64(),
         cpu_ns_per_op: cpu as f64 / n,
+        getpid_per_sec: getpid_rate(secs / 2.0),
         bpf_ns_per_run,
     }
 }
@@ -493,7 +471,8 @@ fn drain_benchmark(fs: &BenchFs, fill_secs: f64) -> Result<(usize, Duration, u64
     let opts = ProbeOptions {
         events: EventFilter::All,
         only_conn: Some(fs.conn()),
-        fuse_only: false,
+        set: ProbeSet::All,
+        classic_only: false,
     };
     let mut probes = Probes::load(&opts).map_err(|e| e.to_string())?;
     let mut nothing = Attached::Nothing;
@@ -544,9 +523,21 @@ fn main() -> std::process::ExitCode {
         None
     };
     let have_bpftrace = Command::new("bpftrace").arg("--version").output().is_ok();
+    // `--only a,b`: setups whose label contains one of the words (no
+    // probes always runs: it is the reference).
+    let only: Vec<String> = args
+        .windows(2)
+        .find(|w| w[0] == "--only")
+        .map(|w| w[1].split(',').map(str::to_string).collect())
+        .unwrap_or_default();
     let setups: Vec<Setup> = Setup::ALL
         .into_iter()
         .filter(|s| !s.needs_bpftrace() || have_bpftrace)
+        .filter(|s| {
+            *s == Setup::None
+                || only.is_empty()
+                || only.iter().any(|o| s.label().contains(o.as_str()))
+        })
         .collect();
     println!(
         "stat(2) loop on a FUSE mount ({}), {rounds} rounds x {secs} s per setup, interleaved",
@@ -555,31 +546,53 @@ fn main() -> std::process::ExitCode {
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); setups.len()];
     // Warm-up (page cache, dentries, CPU frequency).
     let _ = run_stat_loop(&fs, &mut Attached::Nothing, secs.max(1.0));
+    // Every setup runs right next to a run without probes (in alternating
+    // order), and its ratio is taken against that neighbour: the VM's
+    // throughput drifts over seconds, far more than what is measured.
+    let mut paired_none: Vec<Vec<Run>> = vec![Vec::new(); setups.len()];
+    let steal_before = steal_share();
     for round in 0..rounds {
-        for k in 0..setups.len() {
-            let i = (k + round) % setups.len();
-            let mut attached = match attach(setups[i]) {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("{}: {e}", setups[i].label());
-                    return std::process::ExitCode::FAILURE;
+        for k in 1..setups.len() {
+            let i = 1 + (k - 1 + round) % (setups.len() - 1);
+            let order = if (round + k) % 2 == 0 { [0, i] } else { [i, 0] };
+            for j in order {
+                let mut attached = match attach(setups[j]) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("{}: {e}", setups[j].label());
+                        return std::process::ExitCode::FAILURE;
+                    }
+                };
+                let r = run_stat_loop(&fs, &mut attached, secs);
+                drop(attached);
+                eprintln!(
+                    "  round {round:>2} {:<36} {:>8.0} op/s {:>8.0} CPU ns/op{}",
+                    setups[j].label(),
+                    r.ops_per_sec,
+                    r.cpu_ns_per_op,
+                    r.bpf_ns_per_run
+                        .map(|b| format!(" {b:>6.0} ns/BPF run"))
+                        .unwrap_or_default()
+                        + &r.per_hook
+                            .iter()
+                            .map(|(h, ns)| format!(" {h} {ns:.0}"))
+                            .collect::<String>()
+                );
+                if j == 0 {
+                    paired_none[i].push(r.clone());
                 }
-            };
-            let r = run_stat_loop(&fs, &mut attached, secs);
-            drop(attached);
-            eprintln!(
-                "  round {round:>2} {:<36} {:>8.0} op/s {:>8.0} CPU ns/op{}",
-                setups[i].label(),
-                r.ops_per_sec,
-                r.cpu_ns_per_op,
-                r.bpf_ns_per_run
-                    .map(|b| format!(" {b:>6.0} ns/BPF run"))
-                    .unwrap_or_default()
-            );
-            results[i].push(r);
+                results[j].push(r);
+            }
         }
     }
-    print_table(&setups, &results);
+    let steal = steal_share().zip(steal_before).map(|(a, b)| a.since(&b));
+    print_table(&setups, &results, &paired_none);
+    if let Some(steal) = steal {
+        println!(
+            "(CPU time the hypervisor took from this VM meanwhile: {:.1}%)",
+            steal * 100.0
+        );
+    }
     if !have_bpftrace {
         println!("(bpftrace not installed: its rows are missing)");
     }
@@ -604,62 +617,102 @@ fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-fn print_table(setups: &[Setup], results: &[Vec<Run>]) {
-    struct Row {
-        med_ops: f64,
-        best_ops: f64,
-        med_cpu: f64,
-        best_cpu: f64,
-        bpf: Option<f64>,
+/// Steal and total jiffies of all CPUs so far (`/proc/stat`).
+#[derive(Clone, Copy)]
+struct CpuTimes {
+    steal: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    /// The share of CPU time stolen between `earlier` and this reading.
+    fn since(&self, earlier: &CpuTimes) -> f64 {
+        let total = self.total.saturating_sub(earlier.total).max(1);
+        self.steal.saturating_sub(earlier.steal) as f64 / total as f64
     }
-    let rows: Vec<Row> = results
-        .iter()
-        .map(|runs| {
-            let mut ops: Vec<f64> = runs.iter().map(|r| r.ops_per_sec).collect();
-            let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_ns_per_op).collect();
-            let mut bpf: Vec<f64> = runs.iter().filter_map(|r| r.bpf_ns_per_run).collect();
-            Row {
-                med_ops: median(&mut ops),
-                best_ops: ops.iter().copied().fold(0.0, f64::max),
-                med_cpu: median(&mut cpu),
-                best_cpu: cpu.iter().copied().fold(f64::INFINITY, f64::min),
-                bpf: (!bpf.is_empty()).then(|| median(&mut bpf)),
-            }
-        })
+}
+
+fn steal_share() -> Option<CpuTimes> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
         .collect();
-    let base = &rows[0];
-    let pct = |v: f64, b: f64| (v / b - 1.0) * 100.0;
+    Some(CpuTimes {
+        steal: *fields.get(7)?,
+        total: fields.iter().take(8).sum(),
+    })
+}
+
+fn print_table(setups: &[Setup], results: &[Vec<Run>], paired_none: &[Vec<Run>]) {
+    // results[i][k] ran next to paired_none[i][k] (results[0]: every run
+    // without probes).
+    let ratios = |i: usize, f: fn(&Run) -> f64| -> Vec<f64> {
+        if i == 0 {
+            return vec![1.0; results[0].len()];
+        }
+        results[i]
+            .iter()
+            .zip(&paired_none[i])
+            .map(|(a, none)| f(a) / f(none))
+            .collect()
+    };
+    let ratio = |i: usize, f: fn(&Run) -> f64| median(&mut ratios(i, f));
+    let med = |i: usize, f: fn(&Run) -> f64| {
+        let mut v: Vec<f64> = results[i].iter().map(f).collect();
+        median(&mut v)
+    };
+    let pct = |r: f64| (r - 1.0) * 100.0;
     println!(
-        "\n{:<36} {:>9} {:>8} {:>9} {:>8} {:>10} {:>8} {:>10} {:>8} {:>9}",
+        "\n{:<38} {:>9} {:>8} {:>11} {:>8} {:>11} {:>8} {:>10}",
         "setup",
-        "med op/s",
+        "stat op/s",
         "vs none",
-        "best op/s",
+        "CPU ns/stat",
         "vs none",
-        "med CPU/op",
-        "vs none",
-        "best CPU/op",
+        "getpid/s",
         "vs none",
         "BPF ns/run"
     );
-    for (s, r) in setups.iter().zip(&rows) {
+    for (i, s) in setups.iter().enumerate() {
+        let mut bpf: Vec<f64> = results[i].iter().filter_map(|r| r.bpf_ns_per_run).collect();
         println!(
-            "{:<36} {:>9.0} {:>+7.2}% {:>9.0} {:>+7.2}% {:>10.0} {:>+7.2}% {:>10.0} {:>+7.2}% {:>9}",
+            "{:<38} {:>9.0} {:>+7.2}% {:>11.0} {:>+7.2}% {:>11.0} {:>+7.2}% {:>10}",
             s.label(),
-            r.med_ops,
-            pct(r.med_ops, base.med_ops),
-            r.best_ops,
-            pct(r.best_ops, base.best_ops),
-            r.med_cpu,
-            pct(r.med_cpu, base.med_cpu),
-            r.best_cpu,
-            pct(r.best_cpu, base.best_cpu),
-            r.bpf.map(|b| format!("{b:.0}")).unwrap_or_else(|| "-".to_string())
+            med(i, |r| r.ops_per_sec),
+            pct(ratio(i, |r| r.ops_per_sec)),
+            med(i, |r| r.cpu_ns_per_op),
+            pct(ratio(i, |r| r.cpu_ns_per_op)),
+            med(i, |r| r.getpid_per_sec),
+            pct(ratio(i, |r| r.getpid_per_sec)),
+            if bpf.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.0}", median(&mut bpf))
+            }
         );
     }
+    if let Some(floor) = setups.iter().position(|s| *s == Setup::Floor) {
+        if let Some(ours) = setups.iter().position(|s| *s == Setup::Ours) {
+            let (o, f) = (
+                ratios(ours, |r| r.ops_per_sec),
+                ratios(floor, |r| r.ops_per_sec),
+            );
+            let mut r: Vec<f64> = o.iter().zip(&f).map(|(o, f)| o / f).collect();
+            println!(
+                "claudefs probes vs the floor (stat op/s, median of per-round ratios): {:+.2}%",
+                pct(median(&mut r))
+            );
+        }
+    }
     println!(
-        "(op/s: wall-clock throughput of one stat thread; CPU/op: CPU ns per stat of this \
-         process and of the FUSE daemon's threads, eBPF programs included; BPF ns/run: the \
-         kernel's average run time of the attached programs, with --bpf-stats)"
+        "(stat op/s: wall-clock throughput of one stat thread; CPU ns/stat: CPU of this \
+         process and of the FUSE daemon's threads per stat, eBPF programs included; getpid/s: \
+         a raw getpid(2) loop on one thread; \"vs none\": median of the per-round ratios to no \
+         probes, each run against the run without probes next to it; BPF ns/run: the kernel's average run time of the attached programs, with \
+         --bpf-stats)"
     );
 }

@@ -1,6 +1,8 @@
 //! The processes of one live run: a bindfs mount (storage path 0), the
-//! `claudefs-fuse mount` daemon and Prometheus, in a temporary directory
-//! with free 127.0.0.1 ports; everything is stopped and removed on drop.
+//! `claudefs-fuse mount` daemon and two Prometheus servers scraping it (one
+//! that ingests native histograms, one that does not), in a temporary
+//! directory with free 127.0.0.1 ports, with `kernel.bpf_stats_enabled`
+//! on; everything is stopped, removed and set back on drop.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,27 @@ use super::prom::{http_get, wait_for};
 pub const SCRAPE_S: u64 = 1;
 /// Its job name for the daemon.
 pub const JOB: &str = "claudefs-fuse";
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// How a test Prometheus ingests histograms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingestion {
+    /// `--enable-feature=native-histograms`: scrapes protobuf and keeps
+    /// the native histogram of a histogram that has both forms.
+    Native,
+    /// Without it: text, classic buckets.
+    Classic,
+}
+
+impl Ingestion {
+    pub fn name(self) -> &'static str {
+        match self {
+            Ingestion::Native => "native",
+            Ingestion::Classic => "classic",
+        }
+    }
+}
 
 fn is_mounted(dir: &Path) -> bool {
     let want = dir.to_string_lossy().replace(' ', "\\040");
@@ -74,11 +97,12 @@ pub struct Env {
     pub state: PathBuf,
     pub idmap: PathBuf,
     pub metrics_port: u16,
-    pub prom_port: u16,
     pub otlp_port: u16,
     pub bindfs: Option<Child>,
     pub daemon: Option<Child>,
-    pub prometheus: Option<Child>,
+    pub prometheus: Vec<Child>,
+    /// `kernel.bpf_stats_enabled` before the run, set back on drop.
+    bpf_stats_was: Option<String>,
 }
 
 impl Env {
@@ -94,13 +118,13 @@ impl Env {
             idmap: tmp.join("idmap"),
             tmp,
             metrics_port: claudefs_testkit::free_port()?,
-            prom_port: claudefs_testkit::free_port()?,
             otlp_port: claudefs_testkit::free_port()?,
             bindfs: None,
             daemon: None,
-            prometheus: None,
+            prometheus: Vec::new(),
+            bpf_stats_was: None,
         };
-        for d in [&env.storage, &env.via, &env.mnt, &env.tmp.join("tsdb")] {
+        for d in [&env.storage, &env.via, &env.mnt] {
             fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
         // Root maps to itself through the table: idmap lookups and hits.
@@ -188,8 +212,26 @@ impl Env {
         umount_lazy(&self.mnt);
     }
 
-    pub fn start_prometheus(&mut self, rules: &Path) -> Result<()> {
-        let config = self.tmp.join("prometheus.yml");
+    /// Turns `kernel.bpf_stats_enabled` on for the run (the probe health
+    /// dashboard's run time panels); set back on drop.
+    pub fn enable_bpf_stats(&mut self) -> Result<()> {
+        let was = fs::read_to_string(BPF_STATS)
+            .with_context(|| format!("cannot read {BPF_STATS}"))?
+            .trim()
+            .to_string();
+        fs::write(BPF_STATS, "1").with_context(|| format!("cannot write {BPF_STATS}"))?;
+        self.bpf_stats_was.get_or_insert(was);
+        Ok(())
+    }
+
+    /// Starts a Prometheus of `ingestion` on a free port, scraping the
+    /// daemon with `rules` loaded, and waits until it is ready.
+    pub fn start_prometheus(&mut self, rules: &Path, ingestion: Ingestion) -> Result<u16> {
+        let name = ingestion.name();
+        let port = claudefs_testkit::free_port()?;
+        let config = self.tmp.join(format!("prometheus-{name}.yml"));
+        let tsdb = self.tmp.join(format!("tsdb-{name}"));
+        fs::create_dir_all(&tsdb)?;
         fs::write(
             &config,
             format!(
@@ -200,24 +242,27 @@ impl Env {
                 self.metrics_port
             ),
         )?;
-        let log = fs::File::create(self.tmp.join("prometheus.log"))?;
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                self.tmp.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{}", self.prom_port))
+        let log_path = self.tmp.join(format!("prometheus-{name}.log"));
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", tsdb.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        if ingestion == Ingestion::Native {
+            cmd.arg("--enable-feature=native-histograms");
+        }
+        let child = cmd
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(fs::File::create(&log_path)?)
             .spawn()
             .context("cannot start prometheus (`cargo xtask setup` installs it)")?;
-        self.prometheus = Some(child);
-        let port = self.prom_port;
-        wait_for(Duration::from_secs(20), "Prometheus to be ready", || {
-            Ok(http_get(port, "/-/ready").is_ok_and(|(c, _)| c == 200))
-        })
-        .with_context(|| fs::read_to_string(self.tmp.join("prometheus.log")).unwrap_or_default())
+        self.prometheus.push(child);
+        wait_for(
+            Duration::from_secs(20),
+            &format!("Prometheus ({name}) to be ready"),
+            || Ok(http_get(port, "/-/ready").is_ok_and(|(c, _)| c == 200)),
+        )
+        .with_context(|| fs::read_to_string(&log_path).unwrap_or_default())?;
+        Ok(port)
     }
 }
 
@@ -241,9 +286,12 @@ impl Drop for Env {
         if is_mounted(&self.mnt) {
             umount_lazy(&self.mnt);
         }
-        if let Some(mut c) = self.prometheus.take() {
+        for mut c in self.prometheus.drain(..) {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(was) = self.bpf_stats_was.take().filter(|w| w != "1") {
+            let _ = fs::write(BPF_STATS, was);
         }
         if let Some(b) = self.bindfs.take() {
             stop_bindfs(b, &self.via);

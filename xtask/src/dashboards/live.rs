@@ -1,9 +1,15 @@
-//! The live half of `cargo xtask dashboards check`: a real Prometheus
-//! (Debian's `prometheus`, scrape and rule interval 1 s, tsdb in a temp
-//! dir, free 127.0.0.1 ports, `dashboards/alerts.yml` loaded) scrapes a
-//! live `claudefs-fuse mount --metrics-addr ... --ebpf` with two storage
-//! paths, path 0 reached through a bindfs mount so that it can be failed,
-//! every request sampled into a span. The story (about 20 s):
+//! The live half of `cargo xtask dashboards check`: two real Prometheus
+//! servers (Debian's `prometheus`, scrape and rule interval 1 s, tsdb in a
+//! temp dir, free 127.0.0.1 ports, `dashboards/alerts.yml` loaded), one
+//! with `--enable-feature=native-histograms` (it scrapes the protobuf
+//! format and keeps only the native form of a histogram that has both:
+//! no `_bucket`, `_sum`, `_count` series) and one without (text, classic
+//! buckets), scrape a live `claudefs-fuse mount --metrics-addr ... --ebpf`
+//! with two storage paths, path 0 reached through a bindfs mount so that
+//! it can be failed, every request sampled into a span, with
+//! `kernel.bpf_stats_enabled` on (the programs' run time panels). Each
+//! must store the histograms its way, and every check below is made
+//! against both. The story (about 20 s):
 //!
 //! 1. a mixed file workload (with ENOENT errors) runs throughout, with
 //!    rounds of flock contention (one holds waiters parked for 2.5 s);
@@ -18,8 +24,9 @@
 //!    (the RecoveryOrphans alert fires);
 //! 4. every dashboard query, with `$job`/`$instance`/`$mount` set to this
 //!    daemon and its mount and the other variables "All", is evaluated
-//!    over the whole run and must return a series with a non-zero finite
-//!    value (except the drop counters listed in [`MAY_BE_ZERO`]).
+//!    over the whole run on each Prometheus and must return a series with
+//!    a non-zero finite value (a native histogram: its count), except the
+//!    drop counters listed in [`MAY_BE_ZERO`].
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -30,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use super::env::{start_bindfs, stop_bindfs, Env, JOB, SCRAPE_S};
+use super::env::{start_bindfs, stop_bindfs, Env, Ingestion, JOB, SCRAPE_S};
 use super::prom::{active_alerts, http_get, query, series, unix_now, wait_for};
 use super::promql::{self, Dashboard, Expansion, Rule};
 use super::workload::{self, Background, HeldOpen, OtlpSink};
@@ -57,16 +64,24 @@ pub fn run(
     let started = Instant::now();
     let mut env = Env::new(bin)?;
     env.bindfs = Some(start_bindfs(&env.storage, &env.via)?);
+    env.enable_bpf_stats()?;
     env.start_daemon()?;
-    env.start_prometheus(&root.join("dashboards/alerts.yml"))?;
+    let rules_file = root.join("dashboards/alerts.yml");
+    let proms = [Ingestion::Native, Ingestion::Classic]
+        .into_iter()
+        .map(|i| Ok((i, env.start_prometheus(&rules_file, i)?)))
+        .collect::<Result<Vec<(Ingestion, u16)>>>()?;
     let t0 = unix_now();
-    let prom = env.prom_port;
-    wait_for(
-        Duration::from_secs(15),
-        "Prometheus to scrape the daemon",
-        || Ok(series(prom, &format!("up{{job=\"{JOB}\"}} == 1"))? > 0),
-    )?;
-    println!("live: Prometheus scrapes the daemon; running the workload");
+    // The story waits on the native one; the checks ask both.
+    let prom = proms[0].1;
+    for &(i, port) in &proms {
+        wait_for(
+            Duration::from_secs(15),
+            &format!("Prometheus ({}) to scrape the daemon", i.name()),
+            || Ok(series(port, &format!("up{{job=\"{JOB}\"}} == 1"))? > 0),
+        )?;
+    }
+    println!("live: both Prometheus servers scrape the daemon; running the workload");
 
     // 1. Mixed workload and flock contention.
     // A file open all along and waiters parked for 2.5 s: the gauges
@@ -102,11 +117,14 @@ pub fn run(
             )? > 0)
         },
     )?;
-    let pending = wait_for(Duration::from_secs(10), "the PathFailed alert", || {
-        Ok(active_alerts(prom)?.contains("ClaudefsFusePathFailed"))
-    });
-    if let Err(e) = pending {
-        report.fail(format!("{e:#}"));
+    for &(i, port) in &proms {
+        let what = format!("the PathFailed alert ({})", i.name());
+        let pending = wait_for(Duration::from_secs(10), &what, || {
+            Ok(active_alerts(port)?.contains("ClaudefsFusePathFailed"))
+        });
+        if let Err(e) = pending {
+            report.fail(format!("{e:#}"));
+        }
     }
     println!("live: path 0 failed; remounting it");
     env.bindfs = Some(start_bindfs(&env.storage, &env.via)?);
@@ -186,14 +204,21 @@ pub fn run(
             .map(|(k, v)| (k.to_string(), promql::regex_quote(v)))
             .collect(),
     };
-    check_targets(prom, dashboards, &x, (t0, t1), verbose, report);
-    report.section("panel queries return data");
-    check_variables(prom, dashboards, &x, t0, t1, report);
-    report.section("variable queries find their labels");
     check_names(dashboards, rules, &emitted, report);
     report.section("every metric named is emitted");
-    check_rules(prom, rules, report)?;
-    report.section("alert rules evaluate (and fire when they should)");
+    for &(i, port) in &proms {
+        let name = i.name();
+        check_ingestion(port, i, report);
+        report.section(&format!("{name}: histograms stored as {name}"));
+        check_targets(port, dashboards, &x, (t0, t1), verbose, report);
+        report.section(&format!("{name}: panel queries return data"));
+        check_variables(port, dashboards, &x, t0, t1, report);
+        report.section(&format!("{name}: variable queries find their labels"));
+        check_rules(port, rules, report)?;
+        report.section(&format!(
+            "{name}: alert rules evaluate (and fire when they should)"
+        ));
+    }
     println!("live: took {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -219,6 +244,33 @@ fn preconditions() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The histograms this daemon exposes are stored as `ingestion` says:
+/// natively (`histogram_count` has data, no `_bucket` series: a
+/// Prometheus that ingests native histograms keeps only that form of a
+/// histogram that has both), or as classic buckets (and no native one).
+fn check_ingestion(prom: u16, ingestion: Ingestion, report: &mut Report) {
+    let sel = format!("{{job=\"{JOB}\"}}");
+    for family in [
+        "claudefs_fuse_request_duration_seconds",
+        "claudefs_fuse_flock_wait_seconds",
+    ] {
+        let native = series(prom, &format!("histogram_count({family}{sel})"));
+        let classic = series(prom, &format!("{family}_bucket{sel}"));
+        match (ingestion, native, classic) {
+            (_, Err(e), _) | (_, _, Err(e)) => report.fail(format!("{family}: {e:#}")),
+            (Ingestion::Native, Ok(n), Ok(c)) if n == 0 || c > 0 => report.fail(format!(
+                "{family}: {n} native histogram series and {c} classic bucket series, want native only"
+            )),
+            (Ingestion::Classic, Ok(n), Ok(c)) if n > 0 || c == 0 => report.fail(format!(
+                "{family}: {n} native histogram series and {c} classic bucket series, want classic only"
+            )),
+            (_, Ok(n), Ok(c)) => println!(
+                "  {family}: {n} native histogram series, {c} classic bucket series"
+            ),
+        }
+    }
 }
 
 /// Every panel query, expanded, returns at least one series with a
@@ -285,19 +337,41 @@ fn check_targets(
     }
 }
 
+/// The points of a query result's series, as numbers: floats as they
+/// are, a native histogram as its count (instant `value`/`histogram`,
+/// range `values`/`histograms`: `[time, value]` pairs).
+fn points(series: &Value) -> Vec<f64> {
+    let number = |p: &Value| {
+        let v = &p[1];
+        v.as_str()
+            .or_else(|| v["count"].as_str())
+            .and_then(|x| x.parse::<f64>().ok())
+    };
+    let mut out = Vec::new();
+    for key in ["values", "histograms"] {
+        out.extend(
+            series[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(number),
+        );
+    }
+    for key in ["value", "histogram"] {
+        if !series[key].is_null() {
+            out.extend(number(&series[key]));
+        }
+    }
+    out
+}
+
 /// The largest finite value in a query result (NaN if none).
 fn max_value(data: &Value) -> f64 {
     data["result"]
         .as_array()
         .into_iter()
         .flatten()
-        .flat_map(|s| {
-            s["values"]
-                .as_array()
-                .cloned()
-                .unwrap_or_else(|| vec![s["value"].clone()])
-        })
-        .filter_map(|v| v[1].as_str().and_then(|x| x.parse::<f64>().ok()))
+        .flat_map(points)
         .filter(|x| x.is_finite())
         .fold(f64::NAN, f64::max)
 }
@@ -305,18 +379,9 @@ fn max_value(data: &Value) -> f64 {
 /// Series in a query result, and whether any value is a finite number.
 fn count_series(data: &Value) -> (usize, bool) {
     let result = data["result"].as_array().cloned().unwrap_or_default();
-    let finite = |v: &Value| {
-        v.get(1)
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse::<f64>().ok())
-            .is_some_and(f64::is_finite)
-    };
-    let any = result.iter().any(|s| {
-        s["values"]
-            .as_array()
-            .is_some_and(|vs| vs.iter().any(finite))
-            || finite(&s["value"])
-    });
+    let any = result
+        .iter()
+        .any(|s| points(s).into_iter().any(f64::is_finite));
     (result.len(), any)
 }
 

@@ -479,12 +479,16 @@ pub fn regex_quote(s: &str) -> String {
 
 /// Sample names in a Prometheus text exposition (`name{...} value` lines).
 pub fn exposition_names(text: &str) -> BTreeSet<String> {
-    text.lines()
+    let samples = text
+        .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .map(str::to_string)
-        .collect()
+        .filter_map(|l| l.split(['{', ' ']).next());
+    // A histogram family's own name: the series of its native form.
+    let families = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next());
+    samples.chain(families).map(str::to_string).collect()
 }
 
 /// Whether the sample `name` belongs to `family` (itself or a histogram

@@ -128,11 +128,12 @@ groups:
 #[test]
 fn exposition_sample_names_and_families() {
     let text = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1 2\"} 3\n\
-                h_bucket{le=\"+Inf\"} 1\nh_sum 0.5\nh_count 1\nplain 7\n";
+                # TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 0.5\nh_count 1\nplain 7\n";
     let names = exposition_names(text);
+    // `h` itself: the series of a histogram stored natively.
     assert_eq!(
         names.iter().map(String::as_str).collect::<Vec<_>>(),
-        ["a_total", "h_bucket", "h_count", "h_sum", "plain"]
+        ["a_total", "h", "h_bucket", "h_count", "h_sum", "plain"]
     );
     assert!(in_family("h_bucket", "h"));
     assert!(in_family("h", "h"));
