@@ -16,8 +16,9 @@
 //! daemon's CPU in an open/close loop). A store into a `MAP_SHARED` page is
 //! in the page cache at once, so it survives a crash of the daemon itself
 //! (the case this journal is for) exactly as a returned `write` did; a
-//! flusher thread `fdatasync`s the log every [`SYNC_INTERVAL`] when it
-//! changed, so a machine crash loses at most that window. When no file is
+//! flusher thread, asleep while nothing changes, `fdatasync`s the log at
+//! most every [`SYNC_INTERVAL`] after a change, so a machine crash loses
+//! at most that window. When no file is
 //! open and the log has grown past [`COMPACT_AT`], it is zeroed and
 //! restarted from offset 0 (nothing in it is live any more). A clean
 //! shutdown truncates the log to zero bytes: a non-empty log (any record
@@ -42,7 +43,7 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -185,6 +186,17 @@ struct State {
     changed: bool,
     /// Set by `finish`: the file is truncated and the map gone.
     closed: bool,
+    /// Wakes the flusher when `changed` or `closed` is set.
+    wake: Arc<Condvar>,
+}
+
+impl State {
+    fn mark_changed(&mut self) {
+        if !self.changed {
+            self.changed = true;
+            self.wake.notify_one();
+        }
+    }
 }
 
 /// The live journal.
@@ -245,6 +257,7 @@ impl Journal {
             .map_err(|e| anyhow::anyhow!("cannot map journal {}: {e}", path.display()))?;
         file.sync_all()?;
         let file = Arc::new(file);
+        let wake = Arc::new(Condvar::new());
         let state = Arc::new(Mutex::new(State {
             file,
             map,
@@ -254,6 +267,7 @@ impl Journal {
             line: Vec::new(),
             changed: false,
             closed: false,
+            wake: wake.clone(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -261,10 +275,21 @@ impl Journal {
             .name("cfs-journal".into())
             .spawn(move || {
                 while !sp.load(Ordering::Relaxed) {
+                    // Asleep until something changes (no wakeups on an idle
+                    // mount), then one sync per SYNC_INTERVAL at most.
+                    {
+                        let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+                        while !s.changed && !s.closed && !sp.load(Ordering::Relaxed) {
+                            s = wake.wait(s).unwrap_or_else(|p| p.into_inner());
+                        }
+                    }
                     std::thread::sleep(SYNC_INTERVAL);
                     let file = {
                         let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
                         if !s.changed || s.closed {
+                            if s.closed {
+                                return;
+                            }
                             continue;
                         }
                         s.changed = false;
@@ -305,7 +330,7 @@ impl Journal {
         }
         s.map.put(s.pos, line);
         s.pos = need;
-        s.changed = true;
+        s.mark_changed();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -361,7 +386,7 @@ impl Journal {
             let used = s.pos;
             s.map.zero(used);
             s.pos = 0;
-            s.changed = true;
+            s.mark_changed();
             return;
         }
         Self::append(&mut s, &Record::Close { fh });
@@ -382,6 +407,7 @@ impl Journal {
         self.stop.store(true, Ordering::Relaxed);
         let mut s = self.lock();
         s.closed = true;
+        s.wake.notify_one();
         s.map.unmap();
         let ok = s.file.set_len(0).and_then(|_| s.file.sync_all());
         if let Err(e) = ok {

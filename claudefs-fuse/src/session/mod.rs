@@ -220,6 +220,19 @@ impl Session {
         stop: Option<Arc<AtomicBool>>,
     ) -> std::io::Result<()> {
         readers.spawn_watch(self.dev.try_clone_fd()?)?;
+        self.serve_dev(handler, readers, stop)
+    }
+
+    /// The `/dev/fuse` workers of [`Session::run_dev`], without the
+    /// readers' watch (the io_uring transport's lone device worker, which
+    /// never parks, needs none: a watch waking 100 times a second only
+    /// disturbs the queues' CPUs).
+    fn serve_dev<H: Handler>(
+        &self,
+        handler: Arc<H>,
+        readers: Arc<Readers>,
+        stop: Option<Arc<AtomicBool>>,
+    ) -> std::io::Result<()> {
         let mut threads = Vec::new();
         for i in 0..readers.workers().max(1) {
             let dev = Arc::new(self.dev.clone_session()?);

@@ -490,7 +490,7 @@ impl Session {
                     })?,
             );
         }
-        let result = self.run_dev(handler, readers, None);
+        let result = self.serve_dev(handler, readers, None);
         // The queues end as the kernel tears its entries down; the process
         // does not wait long for them.
         let t0 = std::time::Instant::now();
