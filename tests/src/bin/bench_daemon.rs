@@ -1,51 +1,58 @@
-//! Benchmark of `claudefs-fuse mount` against bindfs over the same
-//! directory and against the directory itself, with and without
-//! `--passthrough`, on the default transport (io_uring where available)
-//! and on `--transport dev`.
+//! Benchmark of `claudefs-fuse mount` against the directory itself,
+//! bindfs, and (with `PASSTHROUGH_HP=/path/to/passthrough_hp`) libfuse's
+//! passthrough_hp on `/dev/fuse` and with `-o io_uring`, all over the same
+//! backing directory; claudefs on io_uring, on `--transport dev`, and with
+//! `--passthrough`. Every setup runs in its default configuration.
 //!
-//! Run (root, /dev/fuse, bindfs):
-//! `cargo build --release -p claudefs-fuse && cargo run --release -p claudefs-e2e --bin bench_daemon`
-//! Env: `BENCH_ROUNDS` (default 5), `BENCH_MB` (default 256), `BENCH_DIR`
+//! Run (root, /dev/fuse, bindfs): `cargo xtask bench daemon`.
+//! Env: `BENCH_ROUNDS` (default 5), `BENCH_MB` (default 64), `BENCH_DIR`
 //! (parent of the temp dir, default the system temp dir), `BENCH_CFS_ARGS`
-//! (extra `mount` flags for both claudefs setups, e.g. `--threads 4`).
+//! (extra `mount` flags for every claudefs setup), `PASSTHROUGH_HP`.
 //!
 //! Mounts are guards: an error, a panic, SIGINT or SIGTERM (checked between
 //! runs) unmounts everything and removes the temp dir before exiting.
 //!
 //! Rows: stat (answered from the kernel's attribute cache almost always,
 //! so it measures the kernel more than the file system), stat uncached
-//! (`statx` with `AT_STATX_FORCE_SYNC`: every call reaches the file system),
-//! open/close and create/unlink loops (ops/s, each run for
-//! [`LOOP_FOR`]), sequential write (1 MiB writes + fsync) and read (1 MiB
-//! reads after re-open) in MB/s, and the read again after dropping the
-//! file's pages from the kernel's cache (`POSIX_FADV_DONTNEED` on the
-//! file as the setup shows it: for the FUSE mounts the read then goes
-//! through the file system to the storage's cached pages, for the native
-//! directory to the disk). Setups run interleaved, round after round,
-//! in a rotating order. The table shows each setup's median, and as ratios
-//! (claudefs/bindfs, claudefs/native, ...) the median of the per-round
-//! ratios: a slow phase of the VM then hits both sides of a ratio alike.
+//! (`statx` with `AT_STATX_FORCE_SYNC`: every call reaches the file
+//! system), open+close and create+unlink, each by 1 process and by 4 at
+//! once (ops/s summed, each loop running for [`LOOP_FOR`]), sequential
+//! write (1 MiB writes + fsync) and read (1 MiB reads after re-open) in
+//! MB/s, and the read again after dropping the file's pages from the
+//! kernel's cache (`POSIX_FADV_DONTNEED` on the file as the setup shows
+//! it). Setups run interleaved, round after round, in a rotating order.
+//! The tables show each setup's median, and as ratios the median of the
+//! per-round ratios: a slow phase of the VM then hits both sides alike.
+//! "best peer" is, per round, the fastest of bindfs and passthrough_hp on
+//! either transport.
 
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use claudefs_e2e::{fuse_bin, Bindfs, MountGuard};
+use claudefs_e2e::{fuse_bin, is_mounted, wait_until, Bindfs, MountGuard};
 
-const METRICS: [&str; 7] = [
+const METRICS: [&str; 10] = [
     "stat ops/s",
-    "stat uncached ops/s",
-    "open+close ops/s",
-    "create+unlink ops/s",
+    "stat uncached, 1 proc",
+    "stat uncached, 4 procs",
+    "open+close, 1 proc",
+    "open+close, 4 procs",
+    "create+unlink, 1 proc",
+    "create+unlink, 4 procs",
     "seq write MB/s",
     "seq read MB/s",
     "seq read, dropped MB/s",
 ];
 
 /// How long each metadata loop runs.
-const LOOP_FOR: Duration = Duration::from_millis(400);
+const LOOP_FOR: Duration = Duration::from_millis(500);
+
+/// Processes of the "4 procs" rows.
+const PROCS: usize = 4;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -64,6 +71,71 @@ fn catch_signals() {
                 on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
             )
         };
+    }
+}
+
+/// A metadata loop, run in this process or in a worker process.
+#[derive(Clone, Copy)]
+enum Loop {
+    StatUncached,
+    OpenClose,
+    CreateUnlink,
+}
+
+impl Loop {
+    fn name(self) -> &'static str {
+        match self {
+            Loop::StatUncached => "stat",
+            Loop::OpenClose => "open",
+            Loop::CreateUnlink => "create",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Loop> {
+        [Loop::StatUncached, Loop::OpenClose, Loop::CreateUnlink]
+            .into_iter()
+            .find(|l| l.name() == s)
+    }
+
+    /// Runs for [`LOOP_FOR`] on `dir` (worker `id` keeps its own names);
+    /// returns ops/s.
+    fn run(self, dir: &Path, id: usize) -> anyhow::Result<f64> {
+        let f = dir.join("small");
+        let cf = std::ffi::CString::new(f.as_os_str().as_encoded_bytes())?;
+        Ok(match self {
+            Loop::StatUncached => ops_per_sec(|_| claudefs_e2e::statx_sync(&cf))?,
+            Loop::OpenClose => ops_per_sec(|_| fs::File::open(&f).map(drop))?,
+            Loop::CreateUnlink => ops_per_sec(|i| {
+                let p = dir.join(format!("c{id}-{i}"));
+                drop(fs::File::create(&p)?);
+                fs::remove_file(&p)
+            })?,
+        })
+    }
+
+    /// [`PROCS`] worker processes at once; their ops/s summed.
+    fn run_parallel(self, dir: &Path) -> anyhow::Result<f64> {
+        let me = std::env::current_exe()?;
+        let children: Vec<Child> = (0..PROCS)
+            .map(|id| {
+                Command::new(&me)
+                    .args(["--worker", self.name()])
+                    .arg(dir)
+                    .arg(id.to_string())
+                    .stdout(Stdio::piped())
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        let mut total = 0.0;
+        for c in children {
+            let out = c.wait_with_output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                anyhow::bail!("worker failed: {text}");
+            }
+            total += text.trim().parse::<f64>()?;
+        }
+        Ok(total)
     }
 }
 
@@ -88,14 +160,14 @@ fn bench(dir: &Path, mb: usize) -> anyhow::Result<[f64; METRICS.len()]> {
     let f = dir.join("small");
     fs::write(&f, b"x")?;
     let stat = ops_per_sec(|_| fs::metadata(&f).map(drop))?;
-    let cf = std::ffi::CString::new(f.as_os_str().as_encoded_bytes())?;
-    let uncached = ops_per_sec(|_| claudefs_e2e::statx_sync(&cf))?;
-    let open = ops_per_sec(|_| fs::File::open(&f).map(drop))?;
-    let create = ops_per_sec(|i| {
-        let p = dir.join(format!("c{i}"));
-        drop(fs::File::create(&p)?);
-        fs::remove_file(&p)
-    })?;
+    let mut loops = [0.0; 6];
+    for (k, l) in [Loop::StatUncached, Loop::OpenClose, Loop::CreateUnlink]
+        .into_iter()
+        .enumerate()
+    {
+        loops[2 * k] = l.run(dir, 0)?;
+        loops[2 * k + 1] = l.run_parallel(dir)?;
+    }
     let big = dir.join("big");
     let buf = vec![0x5au8; 1 << 20];
     // Start the timed write with nothing else to write back (the loops
@@ -124,7 +196,8 @@ fn bench(dir: &Path, mb: usize) -> anyhow::Result<[f64; METRICS.len()]> {
     let read = (total >> 20) as f64 / t.elapsed().as_secs_f64();
     let dropped = read_dropped(&big, &mut rbuf)?;
     fs::remove_file(&big)?;
-    Ok([stat, uncached, open, create, write, read, dropped])
+    let [a, b, c, d, e, g] = loops;
+    Ok([stat, a, b, c, d, e, g, write, read, dropped])
 }
 
 /// Drops `path`'s cached pages, then reads it through in 1 MiB reads
@@ -154,21 +227,82 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// libfuse's passthrough_hp serving `src` at `mnt`, in the foreground as
+/// our child; unmounted and stopped on drop.
+struct PassthroughHp {
+    mnt: PathBuf,
+    child: Child,
+}
+
+impl PassthroughHp {
+    fn start(bin: &Path, src: &Path, mnt: &Path, uring: bool) -> anyhow::Result<Self> {
+        fs::create_dir_all(mnt)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--foreground");
+        if uring {
+            cmd.args(["-o", "io_uring"]);
+        }
+        let child = cmd
+            .arg(src)
+            .arg(mnt)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", bin.display()))?;
+        let hp = PassthroughHp {
+            mnt: mnt.to_path_buf(),
+            child,
+        };
+        if !wait_until(Duration::from_secs(10), || is_mounted(mnt)) {
+            anyhow::bail!("passthrough_hp did not mount {}", mnt.display());
+        }
+        Ok(hp)
+    }
+}
+
+impl Drop for PassthroughHp {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .stderr(Stdio::null())
+            .status();
+        claudefs_e2e::terminate(&mut self.child, Duration::from_secs(3));
+    }
+}
+
+/// A setup: its name, the directory the loops run in, and what keeps its
+/// mount alive.
+struct Setup {
+    name: &'static str,
+    dir: PathBuf,
+    _mount: Box<dyn std::any::Any>,
+}
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, kind, dir, id] = args.as_slice() {
+        if flag == "--worker" {
+            let l = Loop::from_name(kind).ok_or_else(|| anyhow::anyhow!("no loop {kind}"))?;
+            println!("{}", l.run(Path::new(dir), id.parse()?)?);
+            return Ok(());
+        }
+    }
     if !fuse_bin().exists() {
         anyhow::bail!(
             "{} missing: cargo build --release -p claudefs-fuse",
             fuse_bin().display()
         );
     }
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let mb: usize = std::env::var("BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
+    let rounds = env_num("BENCH_ROUNDS", 5);
+    let mb = env_num("BENCH_MB", 64);
     let parent = std::env::var_os("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
@@ -177,99 +311,145 @@ fn main() -> anyhow::Result<()> {
         .split_whitespace()
         .map(String::from)
         .collect();
+    let hp_bin = std::env::var_os("PASSTHROUGH_HP").map(PathBuf::from);
     catch_signals();
     let tmp = tempfile::tempdir_in(parent)?;
     let shared = tmp.path().join("shared");
     fs::create_dir(&shared)?;
-    let _bind = Bindfs::start(&shared, &tmp.path().join("bindfs"))?;
-    let mut path = vec!["--path".to_string(), shared.display().to_string()];
-    path.extend(extra.iter().cloned());
-    let mut dev_args = path.clone();
-    dev_args.extend(["--transport".to_string(), "dev".to_string()]);
-    let dev = MountGuard::start(
-        &tmp.path().join("cfs-dev"),
-        &tmp.path().join("st3"),
-        &dev_args,
-    )?;
-    let cfs = MountGuard::start(&tmp.path().join("cfs"), &tmp.path().join("st1"), &path)?;
-    let transport = cfs.status()?["transport"]
-        .as_str()
-        .unwrap_or("?")
-        .to_string();
-    let mut pt_args = path.clone();
-    pt_args.push("--passthrough".into());
-    let pt = MountGuard::start(
-        &tmp.path().join("cfs-pt"),
-        &tmp.path().join("st2"),
-        &pt_args,
-    )?;
-    let setups: Vec<(&str, PathBuf)> = vec![
-        ("native", shared.join("b-native")),
-        ("bindfs", tmp.path().join("bindfs/b-bindfs")),
-        ("claudefs", cfs.mnt.join("b-cfs")),
-        ("claudefs+pt", pt.mnt.join("b-pt")),
-        ("claudefs-dev", dev.mnt.join("b-dev")),
-    ];
-    let mut results = vec![vec![Vec::new(); METRICS.len()]; setups.len()];
+
+    let mut setups = vec![Setup {
+        name: "native",
+        dir: shared.join("b-native"),
+        _mount: Box::new(()),
+    }];
+    let bind = Bindfs::start(&shared, &tmp.path().join("bindfs"))?;
+    setups.push(Setup {
+        name: "bindfs",
+        dir: bind.dst.join("b-bindfs"),
+        _mount: Box::new(bind),
+    });
+    if let Some(bin) = &hp_bin {
+        for (name, uring) in [("pt_hp", false), ("pt_hp uring", true)] {
+            let mnt = tmp.path().join(name.replace(' ', "-"));
+            let hp = PassthroughHp::start(bin, &shared, &mnt, uring)?;
+            setups.push(Setup {
+                name,
+                dir: mnt.join(format!("b-{}", name.replace(' ', "-"))),
+                _mount: Box::new(hp),
+            });
+        }
+    }
+    let cfs = |name: &'static str, flags: &[&str], setups: &mut Vec<Setup>| {
+        let mut a = vec!["--path".to_string(), shared.display().to_string()];
+        a.extend(flags.iter().map(|s| s.to_string()));
+        a.extend(extra.iter().cloned());
+        let tag = name.replace([' ', '+'], "-");
+        let m = MountGuard::start(
+            &tmp.path().join(format!("m-{tag}")),
+            &tmp.path().join(format!("st-{tag}")),
+            &a,
+        )?;
+        let transport = m.status()?["transport"].as_str().unwrap_or("?").to_string();
+        eprintln!("{name}: transport {transport}");
+        setups.push(Setup {
+            name,
+            dir: m.mnt.join(format!("b-{tag}")),
+            _mount: Box::new(m),
+        });
+        anyhow::Ok(())
+    };
+    cfs("claudefs uring", &["--transport", "uring"], &mut setups)?;
+    cfs("claudefs dev", &["--transport", "dev"], &mut setups)?;
+    cfs("claudefs+pt", &["--passthrough"], &mut setups)?;
+
+    let n = setups.len();
+    let mut results = vec![vec![Vec::new(); METRICS.len()]; n];
     for round in 0..rounds {
-        for k in 0..setups.len() {
-            let i = (round + k) % setups.len();
-            let (name, dir) = &setups[i];
+        for k in 0..n {
+            let i = (round + k) % n;
             if STOP.load(Ordering::Relaxed) {
                 anyhow::bail!("interrupted: mounts cleaned up");
             }
-            let r = bench(dir, mb)?;
-            for (k, v) in r.iter().enumerate() {
-                results[i][k].push(*v);
+            let r = bench(&setups[i].dir, mb)?;
+            for (m, v) in r.iter().enumerate() {
+                results[i][m].push(*v);
             }
-            eprintln!("round {round} {name}: {r:.0?}");
+            eprintln!("round {round} {}: {r:.0?}", setups[i].name);
         }
     }
-    // Median of each setup, and the median over rounds of a/b per metric.
-    let med = |i: usize, k: usize| median(&mut results[i][k].clone());
-    let ratio = |a: usize, b: usize, k: usize| {
+
+    let idx = |name: &str| setups.iter().position(|s| s.name == name);
+    let med = |i: usize, m: usize| median(&mut results[i][m].clone());
+    // Per round: a / max(b...); the median over rounds.
+    let ratio = |a: usize, b: &[usize], m: usize| {
         let mut r: Vec<f64> = (0..rounds)
-            .map(|n| results[a][k][n] / results[b][k][n])
+            .map(|n| {
+                let best = b.iter().map(|&j| results[j][m][n]).fold(0.0, f64::max);
+                results[a][m][n] / best
+            })
             .collect();
         median(&mut r)
     };
-    println!(
-        "\n{:<22} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "metric (median)",
-        "native",
-        "bindfs",
-        "claudefs",
-        "claudefs+pt",
-        "claudefs-dev",
-        "cfs/bind",
-        "dev/bind",
-        "cfs/dev",
-        "pt/bind",
-        "cfs/nat"
-    );
-    for (k, m) in METRICS.iter().enumerate() {
-        println!(
-            "{:<22} {:>10.0} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
-            m,
-            med(0, k),
-            med(1, k),
-            med(2, k),
-            med(3, k),
-            med(4, k),
-            ratio(2, 1, k),
-            ratio(4, 1, k),
-            ratio(2, 4, k),
-            ratio(3, 1, k),
-            ratio(2, 0, k)
-        );
+    print!("\n{:<24}", "median");
+    for s in &setups {
+        print!(" {:>14}", s.name);
     }
-    println!("(claudefs and claudefs+pt: transport {transport}; claudefs-dev: --transport dev)");
+    println!();
+    for (m, name) in METRICS.iter().enumerate() {
+        print!("{name:<24}");
+        for i in 0..n {
+            print!(" {:>14.0}", med(i, m));
+        }
+        println!();
+    }
+
+    let (uring, dev) = (idx("claudefs uring"), idx("claudefs dev"));
+    let peers: Vec<usize> = ["bindfs", "pt_hp", "pt_hp uring"]
+        .iter()
+        .filter_map(|p| idx(p))
+        .collect();
+    let mut comparisons: Vec<(String, usize, Vec<usize>)> = Vec::new();
+    if let (Some(d), Some(h)) = (dev, idx("pt_hp")) {
+        comparisons.push(("dev / pt_hp".into(), d, vec![h]));
+    }
+    if let Some(u) = uring {
+        comparisons.push(("uring / best peer".into(), u, peers.clone()));
+        if let Some(h) = idx("pt_hp uring") {
+            comparisons.push(("uring / pt_hp uring".into(), u, vec![h]));
+        }
+    }
+    if let (Some(d), Some(b)) = (dev, idx("bindfs")) {
+        comparisons.push(("dev / bindfs".into(), d, vec![b]));
+    }
+    print!("\n{:<24}", "ratio (median of rounds)");
+    for (label, _, _) in &comparisons {
+        print!(" {label:>20}");
+    }
+    println!();
+    for (m, name) in METRICS.iter().enumerate() {
+        print!("{name:<24}");
+        for (_, a, b) in &comparisons {
+            print!(" {:>20.2}", ratio(*a, b, m));
+        }
+        println!();
+    }
     println!(
-        "({rounds} interleaved rounds, {mb} MiB sequential files; ratios are medians of per-round ratios; claudefs flags: {})",
+        "({rounds} interleaved rounds, {mb} MiB sequential files; best peer = fastest of {} per round; \
+         claudefs flags: {}{})",
+        peers
+            .iter()
+            .map(|&i| setups[i].name)
+            .collect::<Vec<_>>()
+            .join(", "),
         if extra.is_empty() {
             "defaults".to_string()
         } else {
             extra.join(" ")
+        },
+        if hp_bin.is_none() {
+            "; set PASSTHROUGH_HP=/path/to/passthrough_hp for the libfuse rows"
+        } else {
+            ""
         }
     );
     Ok(())
