@@ -1,13 +1,13 @@
-//! Crash-safe journal of open files and pending (not yet fsync'd) writes,
-//! and the recovery run over it at start.
+//! Crash-safe journal of what a restarted server needs to carry on: the
+//! nodes the kernel knows, open files, pending (not yet fsync'd) writes,
+//! flock holders and recent non-idempotent requests (the records and the
+//! state they add up to are in `journal_state.rs`).
 //!
-//! Format: `journal.log` in the state dir, one JSON record per line:
-//! `open` (fh, ino, pid, flags, path), `dirty` (fh, ino, offset, len,
-//! since), `sync` (fh), `close` (fh). The rest of the file after the last
-//! record is zero bytes (see below); a reader stops at the first NUL.
-//! Why an append-only log and not an embedded store: the records are
-//! tiny, written on every open/close/first-write, and only ever read back
-//! whole after a crash.
+//! Format: `journal.log` in the state dir, one JSON record per line. The
+//! rest of the file after the last record is zero bytes (see below); a
+//! reader stops at the first NUL. Why an append-only log and not an
+//! embedded store: the records are tiny, written on every open/close/
+//! first-write, and only ever read back whole after a crash.
 //!
 //! Appends are copies into a shared memory map of the file (grown by
 //! doubling with `ftruncate` + `mremap`), not `write(2)` calls: an open and
@@ -18,26 +18,21 @@
 //! (the case this journal is for) exactly as a returned `write` did; a
 //! flusher thread, asleep while nothing changes, `fdatasync`s the log at
 //! most every [`SYNC_INTERVAL`] after a change, so a machine crash loses
-//! at most that window. When no file is
-//! open and the log has grown past [`COMPACT_AT`], it is zeroed and
-//! restarted from offset 0 (nothing in it is live any more). A clean
-//! shutdown truncates the log to zero bytes: a non-empty log (any record
-//! before the first NUL) at start means an unclean stop.
+//! at most that window.
+//!
+//! The journal keeps the live state in memory too; when the log has grown
+//! past [`COMPACT_AT`] (and twice its last start), it is started over from
+//! a snapshot of that state, written to a new file renamed over the old
+//! one (a crash in between leaves one whole log or the other).
+//!
+//! A clean shutdown truncates the log to zero bytes: a non-empty log at
+//! start means an unclean stop. A hand-over to the next server
+//! ([`Journal::hand_over`]) leaves the log as it is, durable.
 //!
 //! Dirty ranges: the first write after open/fsync journals its range; a
 //! later write outside the journaled range journals a range covering both,
 //! at least twice as long (so a sequential writer costs O(log n) records).
-//!
-//! Recovery (`recover`) feeds the leftover state to
-//! [`crate::crash_recovery::CrashRecovery`]: scan (every open file and
-//! pending write), replay (re-open each file by path on a storage path; a
-//! file that vanished or whose path now names another inode is orphaned),
-//! complete; pending writes are reported (stale ones separately: their data
-//! may never have reached storage). The summary is logged and kept for
-//! status and the exporters; the log is then truncated and the daemon
-//! starts clean.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -46,44 +41,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
-use crate::crash_recovery::{
-    CrashRecovery, OpenFileRecord, PendingWrite, RecoveryConfig, RecoveryState,
-};
+pub use super::journal_state::{IntentOp, LiveState, Record};
 
 use super::journal_line;
 use super::nummap::NumMap;
-use super::router::{Retry, Router};
 
 /// How often the flusher makes the log durable.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(50);
-
-/// One journal record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "lowercase")]
-pub enum Record {
-    Open {
-        fh: u64,
-        ino: u64,
-        pid: u32,
-        flags: i32,
-        path: String,
-    },
-    Dirty {
-        fh: u64,
-        ino: u64,
-        off: u64,
-        len: u64,
-        since: u64,
-    },
-    Sync {
-        fh: u64,
-    },
-    Close {
-        fh: u64,
-    },
-}
 
 /// Initial size of the mapped log.
 const INITIAL_MAP: usize = 1 << 20;
@@ -149,13 +113,6 @@ impl Map {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(at), data.len()) };
     }
 
-    /// Zeroes the first `len` bytes.
-    fn zero(&mut self, len: usize) {
-        let len = len.min(self.cap);
-        // SAFETY: in bounds of a live writable mapping.
-        unsafe { std::ptr::write_bytes(self.ptr, 0, len) };
-    }
-
     fn unmap(&mut self) {
         if !self.ptr.is_null() {
             // SAFETY: our own mapping, unmapped once.
@@ -178,13 +135,15 @@ struct State {
     map: Map,
     /// End of the records in the map.
     pos: usize,
-    /// Handles with an `open` record and no `close` yet.
-    open: usize,
+    /// Bytes the log started with (its snapshot).
+    base: usize,
+    live: LiveState,
+    /// Journaled dirty range per handle (the writes' fast path).
     dirty: NumMap<u64, (u64, u64)>,
     /// Reused to format a record.
     line: Vec<u8>,
     changed: bool,
-    /// Set by `finish`: the file is truncated and the map gone.
+    /// Set by `finish`/`hand_over`: the map is gone, appends are ignored.
     closed: bool,
     /// Wakes the flusher when `changed` or `closed` is set.
     wake: Arc<Condvar>,
@@ -202,6 +161,7 @@ impl State {
 /// The live journal.
 #[derive(Debug)]
 pub struct Journal {
+    dir: PathBuf,
     path: PathBuf,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
@@ -242,28 +202,57 @@ pub fn read_leftover(dir: &Path) -> anyhow::Result<Vec<Record>> {
     Ok(parse_log(&bytes))
 }
 
+/// A new log file at `path` holding `records`, mapped; returns the file,
+/// its map and the records' length. Durable before it returns.
+fn new_log(path: &Path, records: &[Record]) -> std::io::Result<(File, Map, usize)> {
+    let file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    for r in records {
+        journal_line::record(&mut bytes, r);
+    }
+    let mut map = Map::new(&file, INITIAL_MAP)?;
+    if bytes.len() > map.cap {
+        map.grow(&file, bytes.len())?;
+    }
+    map.put(0, &bytes);
+    file.sync_all()?;
+    Ok((file, map, bytes.len()))
+}
+
 impl Journal {
     /// Opens (truncates) `dir/journal.log` and starts the flusher.
     pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        Self::start(dir, LiveState::default())
+    }
+
+    /// Starts `dir/journal.log` over with `live` (what a previous server
+    /// left, for a server carrying on its connection) and starts the
+    /// flusher.
+    pub fn start(dir: &Path, live: LiveState) -> anyhow::Result<Self> {
         let path = dir.join("journal.log");
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)
+        let tmp = dir.join("journal.log.new");
+        let (file, map, pos) = new_log(&tmp, &live.records())
+            .and_then(|l| std::fs::rename(&tmp, &path).map(|_| l))
             .map_err(|e| anyhow::anyhow!("cannot create journal {}: {e}", path.display()))?;
-        let map = Map::new(&file, INITIAL_MAP)
-            .map_err(|e| anyhow::anyhow!("cannot map journal {}: {e}", path.display()))?;
-        file.sync_all()?;
+        let dirty = live
+            .dirty
+            .iter()
+            .map(|(fh, d)| (*fh, (d.off, d.off.saturating_add(d.len))))
+            .collect();
         let file = Arc::new(file);
         let wake = Arc::new(Condvar::new());
         let state = Arc::new(Mutex::new(State {
             file,
             map,
-            pos: 0,
-            open: 0,
-            dirty: NumMap::default(),
+            pos,
+            base: pos,
+            live,
+            dirty,
             line: Vec::new(),
             changed: false,
             closed: false,
@@ -300,26 +289,41 @@ impl Journal {
                     unsafe { libc::fdatasync(file.as_raw_fd()) };
                 }
             })?;
-        Ok(Self { path, state, stop })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            path,
+            state,
+            stop,
+        })
     }
 
     /// Appends the line that `write` puts in the reused line buffer.
-    fn append_with(s: &mut State, write: impl FnOnce(&mut Vec<u8>)) {
+    fn append_with(&self, s: &mut State, write: impl FnOnce(&mut Vec<u8>)) {
         if s.closed {
             return;
         }
         let mut line = std::mem::take(&mut s.line);
         line.clear();
         write(&mut line);
-        Self::put(s, &line);
+        self.put(s, &line);
         s.line = line;
     }
 
-    fn append(s: &mut State, r: &Record) {
-        Self::append_with(s, |out| journal_line::record(out, r));
+    fn append(&self, s: &mut State, r: &Record) {
+        self.maybe_compact(s);
+        s.live.apply(r);
+        self.append_with(s, |out| journal_line::record(out, r));
     }
 
-    fn put(s: &mut State, line: &[u8]) {
+    /// Starts the log over when it has grown enough (before a record is
+    /// applied: the snapshot must not hold the record about to be written).
+    fn maybe_compact(&self, s: &mut State) {
+        if !s.closed && s.pos >= COMPACT_AT && s.pos >= 2 * s.base {
+            self.compact(s);
+        }
+    }
+
+    fn put(&self, s: &mut State, line: &[u8]) {
         let need = s.pos + line.len();
         if need > s.map.cap {
             let State { map, file, .. } = s;
@@ -333,15 +337,55 @@ impl Journal {
         s.mark_changed();
     }
 
+    /// Starts the log over from a snapshot of the live state.
+    fn compact(&self, s: &mut State) {
+        let tmp = self.dir.join("journal.log.new");
+        match new_log(&tmp, &s.live.records())
+            .and_then(|l| std::fs::rename(&tmp, &self.path).map(|_| l))
+        {
+            Ok((file, map, pos)) => {
+                s.file = Arc::new(file);
+                s.map = map;
+                s.pos = pos;
+                s.base = pos;
+            }
+            Err(e) => {
+                // Keep appending to the old log (it is still whole).
+                tracing::warn!("cannot start the journal over: {e}");
+                s.base = s.pos;
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Journals `r`.
+    pub fn record(&self, r: Record) {
+        let mut s = self.lock();
+        self.append(&mut s, &r);
+    }
+
+    /// The live state (what a restarted server would rebuild).
+    pub fn live(&self) -> LiveState {
+        self.lock().live.clone()
     }
 
     pub fn opened(&self, fh: u64, ino: u64, pid: u32, flags: i32, path: &Path) {
         let path = path.to_string_lossy();
         let mut s = self.lock();
-        s.open += 1;
-        Self::append_with(&mut s, |out| {
+        self.maybe_compact(&mut s);
+        s.live.opens.insert(
+            fh,
+            super::journal_state::OpenHandle {
+                ino,
+                pid,
+                flags,
+                path: path.to_string(),
+            },
+        );
+        self.append_with(&mut s, |out| {
             journal_line::open(out, fh, ino, pid, flags, &path)
         });
     }
@@ -358,7 +402,7 @@ impl Journal {
             None => (off, end),
         };
         s.dirty.insert(fh, (a, b));
-        Self::append(
+        self.append(
             &mut s,
             &Record::Dirty {
                 fh,
@@ -373,23 +417,14 @@ impl Journal {
     pub fn synced(&self, fh: u64) {
         let mut s = self.lock();
         if s.dirty.remove(&fh).is_some() {
-            Self::append(&mut s, &Record::Sync { fh });
+            self.append(&mut s, &Record::Sync { fh });
         }
     }
 
     pub fn closed(&self, fh: u64) {
         let mut s = self.lock();
         s.dirty.remove(&fh);
-        s.open = s.open.saturating_sub(1);
-        if s.open == 0 && s.dirty.is_empty() && s.pos >= COMPACT_AT && !s.closed {
-            // Nothing in the log is live: start it over.
-            let used = s.pos;
-            s.map.zero(used);
-            s.pos = 0;
-            s.mark_changed();
-            return;
-        }
-        Self::append(&mut s, &Record::Close { fh });
+        self.append(&mut s, &Record::Close { fh });
     }
 
     /// Bytes of records in the log (for tests and status).
@@ -402,171 +437,36 @@ impl Journal {
         self.len() == 0
     }
 
-    /// Clean shutdown: leaves an empty journal.
-    pub fn finish(&self) {
+    /// Stops journaling: the flusher ends and the map goes.
+    fn close(&self, s: &mut State) {
         self.stop.store(true, Ordering::Relaxed);
-        let mut s = self.lock();
         s.closed = true;
         s.wake.notify_one();
         s.map.unmap();
+    }
+
+    /// Hand-over to the next server of the connection: the log stays as
+    /// it is, durable, for it to carry on from.
+    pub fn hand_over(&self) {
+        let mut s = self.lock();
+        if s.closed {
+            return;
+        }
+        self.close(&mut s);
+        if let Err(e) = s.file.sync_data() {
+            tracing::warn!("cannot sync journal {}: {e}", self.path.display());
+        }
+    }
+
+    /// Clean shutdown: leaves an empty journal.
+    pub fn finish(&self) {
+        let mut s = self.lock();
+        self.close(&mut s);
         let ok = s.file.set_len(0).and_then(|_| s.file.sync_all());
         if let Err(e) = ok {
             tracing::warn!("cannot empty journal {}: {e}", self.path.display());
         }
     }
-}
-
-/// What recovery found, kept for status and the exporters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct RecoverySummary {
-    /// Final `RecoveryState` (Debug form), `Idle` after a clean stop.
-    pub state: String,
-    pub unclean: bool,
-    pub open_files: usize,
-    pub writable_open_files: usize,
-    pub recovered: u32,
-    pub orphaned: u32,
-    pub orphaned_paths: Vec<String>,
-    pub pending_writes: usize,
-    pub stale_pending_writes: usize,
-    /// `path@offset+len` of each pending write.
-    pub pending: Vec<String>,
-    /// How long the recovery run took, seconds.
-    #[serde(default)]
-    pub duration_seconds: f64,
-}
-
-/// Live state of open files and dirty ranges after replaying `records`.
-fn live(records: &[Record]) -> (Vec<Record>, Vec<Record>) {
-    let mut opens: Vec<Record> = Vec::new();
-    let mut dirty: HashMap<u64, Record> = HashMap::new();
-    for r in records {
-        match r {
-            Record::Open { .. } => opens.push(r.clone()),
-            Record::Dirty { fh, .. } => {
-                dirty.insert(*fh, r.clone());
-            }
-            Record::Sync { fh } => {
-                dirty.remove(fh);
-            }
-            Record::Close { fh } => {
-                dirty.remove(fh);
-                opens.retain(|o| !matches!(o, Record::Open { fh: f, .. } if f == fh));
-            }
-        }
-    }
-    let mut d: Vec<Record> = dirty.into_values().collect();
-    d.sort_by_key(|r| match r {
-        Record::Dirty { fh, .. } => *fh,
-        _ => 0,
-    });
-    (opens, d)
-}
-
-/// Runs crash recovery over the leftover `records` (see module doc).
-pub fn recover(records: &[Record], router: &Router) -> (RecoveryState, RecoverySummary) {
-    let config = RecoveryConfig::default_config();
-    let stale_age = config.stale_write_age_secs;
-    let mut cr = CrashRecovery::new(config);
-    let mut sum = RecoverySummary {
-        unclean: !records.is_empty(),
-        ..Default::default()
-    };
-    if records.is_empty() {
-        sum.state = format!("{:?}", cr.state());
-        return (cr.state().clone(), sum);
-    }
-    let (opens, dirty) = live(records);
-    if let Err(e) = cr.begin_scan() {
-        cr.fail(e.to_string());
-    }
-    let mut paths: HashMap<u64, String> = HashMap::new();
-    for o in &opens {
-        if let Record::Open {
-            fh,
-            ino,
-            pid,
-            flags,
-            path,
-        } = o
-        {
-            paths.insert(*fh, path.clone());
-            let rec = OpenFileRecord {
-                ino: *ino,
-                fd: *fh,
-                pid: *pid,
-                flags: *flags as u32,
-                path_hint: path.clone(),
-            };
-            if let Err(e) = cr.record_open_file(rec) {
-                tracing::warn!("recovery: {e}");
-            }
-        }
-    }
-    for d in &dirty {
-        if let Record::Dirty {
-            fh,
-            ino,
-            off,
-            len,
-            since,
-        } = d
-        {
-            let _ = cr.record_pending_write(PendingWrite {
-                ino: *ino,
-                offset: *off,
-                len: *len,
-                dirty_since_secs: *since,
-            });
-            sum.pending.push(format!(
-                "{}@{}+{}",
-                paths.get(fh).map(String::as_str).unwrap_or("?"),
-                off,
-                len
-            ));
-        }
-    }
-    let files: Vec<OpenFileRecord> = cr.journal().open_files().to_vec();
-    sum.open_files = files.len();
-    sum.writable_open_files = cr.journal().writable_open_files().len();
-    sum.pending_writes = cr.journal().pending_write_count();
-    sum.stale_pending_writes = cr
-        .journal()
-        .stale_pending_writes(now_secs(), stale_age)
-        .len();
-    if cr.begin_replay(files.len() as u32).is_ok() {
-        let mut orphaned = 0;
-        for f in &files {
-            let rel = PathBuf::from(&f.path_hint);
-            let ok = router
-                .run(Retry::Idempotent, |r| {
-                    let fd = r.open_at(&rel, libc::O_PATH, 0)?;
-                    super::storage::fstat(fd.as_raw_fd())
-                })
-                .result
-                .map(|st| st.st_ino == f.ino)
-                .unwrap_or(false);
-            if ok {
-                cr.advance_replay(1);
-            } else {
-                orphaned += 1;
-                sum.orphaned_paths.push(f.path_hint.clone());
-            }
-        }
-        if let Err(e) = cr.complete(orphaned) {
-            cr.fail(e.to_string());
-        }
-    }
-    if let RecoveryState::Complete {
-        recovered,
-        orphaned,
-    } = cr.state()
-    {
-        sum.recovered = *recovered;
-        sum.orphaned = *orphaned;
-    }
-    sum.state = format!("{:?}", cr.state());
-    (cr.state().clone(), sum)
 }
 
 #[cfg(test)]
@@ -607,9 +507,9 @@ mod tests {
             Record::Sync { fh: 2 },
             Record::Close { fh: 2 },
         ];
-        let (o, d) = live(&recs);
-        assert_eq!(o.len(), 1);
-        assert_eq!(d.len(), 1);
+        let s = LiveState::from_records(&recs);
+        assert_eq!(s.opens.len(), 1);
+        assert_eq!(s.dirty.len(), 1);
     }
 
     #[test]
@@ -641,7 +541,7 @@ mod tests {
         assert!(j.len() > INITIAL_MAP);
         let recs = read_leftover(dir.path()).unwrap();
         assert_eq!(recs.len(), 1 + 2 * n);
-        let (open, _) = live(&recs);
+        let open = LiveState::from_records(&recs).opens;
         assert_eq!(open.len(), 1);
         // Past COMPACT_AT with nothing open, the log starts over.
         for fh in 10_000..10_000 + (COMPACT_AT / 1000) as u64 {
@@ -650,16 +550,58 @@ mod tests {
         }
         j.closed(1);
         assert!(j.len() < COMPACT_AT);
-        let (open, _) = live(&read_leftover(dir.path()).unwrap());
+        let open = LiveState::from_records(&read_leftover(dir.path()).unwrap()).opens;
         assert!(open.is_empty());
         j.opened(7, 12, 5, 2, Path::new("after"));
         let recs = read_leftover(dir.path()).unwrap();
-        let (open, _) = live(&recs);
+        let open = LiveState::from_records(&recs).opens;
         assert_eq!(open.len(), 1, "{recs:?}");
         j.finish();
         assert_eq!(fs_len(dir.path()), 0);
         // Appends after finish are ignored (no crash on the unmapped log).
         j.opened(8, 12, 5, 2, Path::new("late"));
+        assert_eq!(fs_len(dir.path()), 0);
+    }
+
+    #[test]
+    fn compaction_keeps_what_is_live_and_a_handed_over_log_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path()).unwrap();
+        j.record(Record::Node {
+            ino: 10,
+            path: "d".into(),
+        });
+        j.opened(1, 10, 5, 2, Path::new("d"));
+        j.record(Record::Lock {
+            ino: 10,
+            owner: 3,
+            pid: 5,
+            excl: true,
+        });
+        let long = "p".repeat(1000);
+        for fh in 2..2 + (COMPACT_AT / 500) as u64 {
+            j.opened(fh, 11, 5, 0, Path::new(&long));
+            j.closed(fh);
+        }
+        j.record(Record::Swapped {
+            a: "d".into(),
+            b: "e".into(),
+        });
+        assert!(j.len() < COMPACT_AT, "the log started over");
+        let want = j.live();
+        assert_eq!(want.nodes[&10], "e");
+        assert_eq!(want.opens.len(), 1);
+        j.hand_over();
+        let left = LiveState::from_records(&read_leftover(dir.path()).unwrap());
+        assert_eq!(left, want);
+        // The next server starts from it and keeps journaling.
+        let j2 = Journal::start(dir.path(), left).unwrap();
+        j2.closed(1);
+        let again = LiveState::from_records(&read_leftover(dir.path()).unwrap());
+        assert!(again.opens.is_empty());
+        assert_eq!(again.locks.len(), 1);
+        assert_eq!(again.nodes[&10], "e");
+        j2.finish();
         assert_eq!(fs_len(dir.path()), 0);
     }
 

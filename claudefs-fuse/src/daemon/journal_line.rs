@@ -4,7 +4,7 @@
 //! every close writes a line, so this is on the open/close path; reading
 //! the log back (after a crash) still goes through serde.
 
-use super::journal::Record;
+use super::journal_state::Record;
 
 fn num(out: &mut Vec<u8>, key: &[u8], v: impl itoa::Integer) {
     out.extend_from_slice(key);
@@ -87,6 +87,23 @@ pub fn record(out: &mut Vec<u8>, r: &Record) {
             num(out, br#"{"t":"close","fh":"#, *fh);
             out.extend_from_slice(b"}\n");
         }
+        // Every new node the kernel learns (each create) and forgets.
+        Record::Node { ino, path } => {
+            num(out, br#"{"t":"node","ino":"#, *ino);
+            out.extend_from_slice(br#","path":"#);
+            string(out, path);
+            out.extend_from_slice(b"}\n");
+        }
+        Record::Unnode { ino } => {
+            num(out, br#"{"t":"unnode","ino":"#, *ino);
+            out.extend_from_slice(b"}\n");
+        }
+        // The rest is rare (renames, locks, non-idempotent requests).
+        other => {
+            if serde_json::to_writer(&mut *out, other).is_ok() {
+                out.push(b'\n');
+            }
+        }
     }
 }
 
@@ -133,6 +150,19 @@ mod tests {
                 }),
             any::<u64>().prop_map(|fh| Record::Sync { fh }),
             any::<u64>().prop_map(|fh| Record::Close { fh }),
+            (any::<u64>(), any::<String>()).prop_map(|(ino, path)| Record::Node { ino, path }),
+            any::<u64>().prop_map(|ino| Record::Unnode { ino }),
+            (
+                any::<u64>(),
+                any::<String>(),
+                proptest::option::of(any::<String>())
+            )
+                .prop_map(|(u, path, to)| Record::Intent {
+                    u,
+                    op: crate::daemon::journal_state::IntentOp::Rename,
+                    path,
+                    to
+                }),
         ]
     }
 

@@ -24,12 +24,14 @@ pub mod idmap;
 pub mod inodes;
 pub mod journal;
 pub mod journal_line;
+pub mod journal_state;
 pub mod kernel_join;
 pub mod locks;
 pub mod mount;
 pub mod nummap;
 pub mod ops;
 pub mod pagecache;
+pub mod recovery;
 pub mod router;
 pub mod spans;
 pub mod status;
@@ -265,21 +267,12 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         crate::exporter::otlp::target_from(s.otlp_endpoint.as_deref(), s.otlp_protocol.as_deref())
             .map_err(anyhow::Error::msg)?;
 
-    let leftover = journal::read_leftover(&s.state_dir)?;
+    let leftover = journal_state::LiveState::from_records(&journal::read_leftover(&s.state_dir)?);
     let t_recovery = std::time::Instant::now();
-    let (_state, mut summary) = journal::recover(&leftover, &router);
+    let (_state, mut summary) =
+        recovery::recover(&leftover, |_, o| recovery::still_there(&router, o));
     summary.duration_seconds = t_recovery.elapsed().as_secs_f64();
-    if summary.unclean {
-        tracing::warn!(
-            "recovered after an unclean stop: {} open files ({} recovered, {} orphaned), {} pending writes ({} stale): {}",
-            summary.open_files,
-            summary.recovered,
-            summary.orphaned,
-            summary.pending_writes,
-            summary.stale_pending_writes,
-            summary.state
-        );
-    }
+    recovery::report(&summary);
     let journal = journal::Journal::create(&s.state_dir)?;
     let idmap = idmap::IdMap::from_spec(&s.idmap)?;
     let core = Arc::new(ops::Core::new(
@@ -443,7 +436,7 @@ struct ExportParts {
     locks: Arc<locks::Locks>,
     spans: Arc<spans::Spans>,
     joiner: Arc<kernel_join::Joiner>,
-    summary: journal::RecoverySummary,
+    summary: recovery::RecoverySummary,
     readers: Arc<Readers>,
     threads: usize,
     transport: Transport,
@@ -617,7 +610,7 @@ fn status_snapshot(
     core: &ops::Core,
     locks: &locks::Locks,
     spans: &spans::Spans,
-    recovery: &journal::RecoverySummary,
+    recovery: &recovery::RecoverySummary,
     passthrough: bool,
 ) -> status::Status {
     let paths = core

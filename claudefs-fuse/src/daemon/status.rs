@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::journal::RecoverySummary;
+use super::recovery::RecoverySummary;
 
 /// Socket file name in the state dir.
 pub const SOCKET: &str = "status.sock";
