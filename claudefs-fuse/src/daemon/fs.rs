@@ -447,7 +447,7 @@ impl Handler for Fs {
     fn dispatch(&self, req: &Request<'_>, reply: Reply) {
         use Operation as O;
         let ino = req.nodeid();
-        let cx = Served::default();
+        let cx = Served::request(req.unique());
         let cx = &cx;
         let core = &self.core;
         let begin = |op: Op| {

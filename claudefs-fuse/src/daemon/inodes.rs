@@ -28,6 +28,12 @@ fn rejoin(base: &Path, rest: &Path) -> PathBuf {
 /// The FUSE root inode.
 pub const ROOT_INO: u64 = 1;
 
+/// Lookup count of a node a restarted server got back from the journal:
+/// the kernel's count is not journaled (it changes on every lookup), so
+/// such a node stays until the mount ends instead of going at its last
+/// FORGET.
+pub const RESTORED_LOOKUPS: u64 = 1 << 48;
+
 #[derive(Debug)]
 struct Node {
     /// Known names, most recent first (several for hard links).
@@ -100,32 +106,54 @@ impl InodeTable {
 
     /// Records one kernel lookup of `st_ino` at `path`; returns the FUSE ino.
     pub fn remember(&self, st_ino: u64, path: &Path) -> u64 {
+        self.remember_noting(st_ino, path).0
+    }
+
+    /// [`Self::remember`], and whether the node is new or its first name
+    /// changed (what the journal keeps).
+    pub fn remember_noting(&self, st_ino: u64, path: &Path) -> (u64, bool) {
         let ino = self.fuse_ino(st_ino);
         let mut inner = self.write();
         let node = inner.nodes.entry(ino).or_insert_with(|| Node {
             paths: Vec::new(),
             lookups: 0,
         });
+        let mut changed = false;
         if ino != ROOT_INO || node.paths.is_empty() {
+            changed = node.paths.first().is_none_or(|p| p != path);
             node.paths.retain(|p| p != path);
             node.paths.insert(0, path.to_path_buf());
         }
         node.lookups = node.lookups.saturating_add(1);
-        ino
+        (ino, changed)
     }
 
-    /// The kernel dropped `n` lookups of `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// A node the kernel knew before a restart, at `path` (see
+    /// [`RESTORED_LOOKUPS`]); a node already known is left as it is.
+    pub fn restore(&self, ino: u64, path: &Path) {
         if ino == ROOT_INO {
             return;
+        }
+        self.write().nodes.entry(ino).or_insert_with(|| Node {
+            paths: vec![path.to_path_buf()],
+            lookups: RESTORED_LOOKUPS,
+        });
+    }
+
+    /// The kernel dropped `n` lookups of `ino`; says whether it is gone.
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
+        if ino == ROOT_INO {
+            return false;
         }
         let mut inner = self.write();
         if let Some(node) = inner.nodes.get_mut(&ino) {
             node.lookups = node.lookups.saturating_sub(n);
             if node.lookups == 0 {
                 inner.nodes.remove(&ino);
+                return true;
             }
         }
+        false
     }
 
     /// Name `rel` was removed: forget it for inodes that have other names.
@@ -207,6 +235,20 @@ mod tests {
         t.unlinked(Path::new("y"));
         assert_eq!(t.path(h), Some(PathBuf::from("x")));
         assert_eq!(t.path(ROOT_INO), Some(PathBuf::new()));
+    }
+
+    #[test]
+    fn noting_says_when_the_journal_needs_a_record() {
+        let t = InodeTable::new(2);
+        assert_eq!(t.remember_noting(10, Path::new("a")), (10, true));
+        assert_eq!(t.remember_noting(10, Path::new("a")), (10, false));
+        assert_eq!(t.remember_noting(10, Path::new("b")), (10, true));
+        assert_eq!(t.remember_noting(10, Path::new("b")), (10, false));
+        assert!(!t.forget(10, 3));
+        assert!(t.forget(10, 1));
+        t.restore(11, Path::new("r"));
+        assert_eq!(t.path(11), Some(PathBuf::from("r")));
+        assert!(!t.forget(11, 1000), "a restored node stays");
     }
 
     #[test]

@@ -367,6 +367,11 @@ impl Journal {
         self.append(&mut s, &r);
     }
 
+    /// What the journal knows of request `u` (its intent record).
+    pub fn intent(&self, u: u64) -> Option<super::journal_state::Intent> {
+        self.lock().live.intents.get(&u).cloned()
+    }
+
     /// The live state (what a restarted server would rebuild).
     pub fn live(&self) -> LiveState {
         self.lock().live.clone()

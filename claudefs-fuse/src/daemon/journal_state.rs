@@ -96,6 +96,8 @@ pub enum IntentOp {
     Remove,
     /// rename `path` to `to`.
     Rename,
+    /// exchange `path` and `to` (RENAME_EXCHANGE).
+    Exchange,
 }
 
 /// An open handle (from its `open` record).

@@ -37,12 +37,15 @@
 //!   tracepoints to report its own mount's lock contention.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::session::Reply;
+
+use super::journal::{Journal, Record};
+use super::journal_state::Held;
 
 use crate::flock::{FlockConflict, FlockHandle, FlockRegistry, FlockType};
 use crate::probes::hist::LatencyHistogram;
@@ -162,12 +165,15 @@ pub struct LockStatus {
 #[derive(Debug)]
 pub struct Locks<A = Reply> {
     inner: Mutex<Inner<A>>,
+    /// Where holders are journaled (a restarted server restores them).
+    journal: OnceLock<Arc<Journal>>,
 }
 
 impl<A> Default for Locks<A> {
     fn default() -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
+            journal: OnceLock::new(),
         }
     }
 }
@@ -214,6 +220,72 @@ impl<A: Answer> Locks<A> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Journals holders to `j` from now on.
+    pub fn journal_to(&self, j: Arc<Journal>) {
+        let _ = self.journal.set(j);
+    }
+
+    /// `owner` got a lock of type `typ` on `ino`.
+    fn granted(&self, ino: u64, owner: u64, pid: u32, typ: FlockType) {
+        if let Some(j) = self.journal.get() {
+            j.record(Record::Lock {
+                ino,
+                owner,
+                pid,
+                excl: typ == FlockType::Exclusive,
+            });
+        }
+    }
+
+    /// `owner`'s lock on `ino` is gone.
+    fn released(&self, ino: u64, owner: u64) {
+        if let Some(j) = self.journal.get() {
+            j.record(Record::Unlock { ino, owner });
+        }
+    }
+
+    /// The holders a previous server of the connection journaled, taken
+    /// back (before any request is served); returns (restored, lost):
+    /// a holder whose inode `exists` no longer says is lost.
+    pub fn restore(
+        &self,
+        holders: &BTreeMap<(u64, u64), Held>,
+        exists: impl Fn(u64) -> bool,
+    ) -> (usize, usize) {
+        let (mut restored, mut lost) = (0, 0);
+        let mut inner = self.lock();
+        for (&(ino, owner), h) in holders {
+            if !exists(ino) {
+                lost += 1;
+                continue;
+            }
+            let typ = if h.excl {
+                FlockType::Exclusive
+            } else {
+                FlockType::Shared
+            };
+            inner.inos.insert(ino);
+            match inner
+                .reg
+                .try_acquire(FlockHandle::new(owner, ino, h.pid, typ, true))
+            {
+                FlockConflict::None => {
+                    restored += 1;
+                    self.granted(ino, owner, h.pid, typ);
+                }
+                c => {
+                    tracing::warn!(
+                        ino,
+                        owner,
+                        "journaled flock holder conflicts ({c:?}): not restored"
+                    );
+                    lost += 1;
+                }
+            }
+        }
+        (restored, lost)
+    }
+
     /// SETLK/SETLKW `unique` of a flock: `typ` is `F_RDLCK`/`F_WRLCK`/
     /// `F_UNLCK`. Replies now, or parks `reply` until the lock can be
     /// granted (or the request is interrupted); says which.
@@ -239,9 +311,12 @@ impl<A: Answer> Locks<A> {
         };
         let mut inner = self.lock();
         if ft == FlockType::Unlock {
-            inner.reg.release(owner, ino);
+            if inner.reg.has_lock(owner, ino) {
+                inner.reg.release(owner, ino);
+                self.released(ino, owner);
+            }
             // A waiter of this open file description (another thread) stays queued.
-            Self::wake(&mut inner, ino);
+            self.wake(&mut inner, ino);
             inner.answered(ft, sleep, since, false);
             return Outcome::Answer(reply, None);
         }
@@ -260,6 +335,7 @@ impl<A: Answer> Locks<A> {
         };
         match conflict {
             FlockConflict::None => {
+                self.granted(ino, owner, pid, ft);
                 inner.answered(ft, sleep, since, false);
                 Outcome::Answer(reply, None)
             }
@@ -275,12 +351,14 @@ impl<A: Answer> Locks<A> {
                 if inner.reg.has_lock(owner, ino) {
                     // Blocking conversion: drop the old lock first, like Linux.
                     inner.reg.release(owner, ino);
-                    Self::wake(&mut inner, ino);
+                    self.released(ino, owner);
+                    self.wake(&mut inner, ino);
                     if inner
                         .reg
                         .try_acquire(FlockHandle::new(owner, ino, pid, ft, false))
                         == FlockConflict::None
                     {
+                        self.granted(ino, owner, pid, ft);
                         inner.answered(ft, sleep, since, false);
                         return Outcome::Answer(reply, None);
                     }
@@ -303,7 +381,7 @@ impl<A: Answer> Locks<A> {
     }
 
     /// Grants, in FIFO order, every waiter of `ino` that can now have its lock.
-    fn wake(inner: &mut Inner<A>, ino: u64) {
+    fn wake(&self, inner: &mut Inner<A>, ino: u64) {
         let Some(mut q) = inner.queues.remove(&ino) else {
             return;
         };
@@ -314,6 +392,7 @@ impl<A: Answer> Locks<A> {
                 .try_acquire(FlockHandle::new(w.owner, ino, w.pid, w.typ, false))
             {
                 FlockConflict::None => {
+                    self.granted(ino, w.owner, w.pid, w.typ);
                     inner.answered(w.typ, true, w.since, false);
                     w.reply.answer(None)
                 }
@@ -332,7 +411,8 @@ impl<A: Answer> Locks<A> {
         let mut inner = self.lock();
         if inner.reg.has_lock(owner, ino) {
             inner.reg.release(owner, ino);
-            Self::wake(&mut inner, ino);
+            self.released(ino, owner);
+            self.wake(&mut inner, ino);
         }
     }
 
@@ -366,7 +446,7 @@ impl<A: Answer> Locks<A> {
         }
         inner.answered(w.typ, true, w.since, false);
         w.reply.answer(Some(libc::EINTR));
-        Self::wake(&mut inner, ino);
+        self.wake(&mut inner, ino);
     }
 
     /// Unmount: every parked waiter is answered `EINTR`.

@@ -21,7 +21,7 @@ use super::attr::timespec;
 use super::fdcache::{self, FdCache};
 use super::idmap::IdMap;
 use super::inodes::InodeTable;
-use super::journal::Journal;
+use super::journal::{IntentOp, Journal, Record};
 use super::nummap::NumMap;
 use super::pagecache::PageStamps;
 use super::router::{is_path_error, Retry, Routed, Router};
@@ -34,6 +34,11 @@ thread_local! {
     /// Per-worker read buffer (see [`Core::read_with`]).
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
+
+mod once;
+mod restore;
+
+pub use once::CRASH_AFTER_ENV;
 
 /// Flags that make an open non-idempotent (never replayed on another path).
 const CREATE_FLAGS: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC;
@@ -79,7 +84,7 @@ pub struct Core {
     pub router: Arc<Router>,
     pub inodes: InodeTable,
     pub idmap: IdMap,
-    pub journal: Option<Journal>,
+    pub journal: Option<Arc<Journal>>,
     files: RwLock<NumMap<u64, Arc<OpenFile>>>,
     /// Read-only backing fds shared by plain read-only opens.
     pub fds: FdCache,
@@ -87,6 +92,12 @@ pub struct Core {
     pub pages: PageStamps,
     dirs: Mutex<NumMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
+    /// The first handle of this server (those below are a previous one's).
+    first_fh: AtomicU64,
+    /// Resent requests found applied before a restart (see `ops/once.rs`).
+    pub deduplicated: AtomicU64,
+    /// The test hook of `ops/once.rs` (first server of a mount only).
+    pub crash_after: Option<String>,
     /// A storage path's file system does work at open and close (NFS-style
     /// close-to-open consistency, see `StorageRoot::close_to_open`): every
     /// open reaches the storage (no shared read-only fds), and the closes
@@ -96,19 +107,37 @@ pub struct Core {
 
 /// The storage path a request was served on (the last routed call's), for
 /// its span and the kernel join: what each `Core` method is given.
+/// Also the kernel's id of the request (`unique`, 0 when there is none),
+/// which a non-idempotent request is journaled under (see `ops/once.rs`).
 #[derive(Debug, Default)]
-pub struct Served(std::cell::Cell<Option<u64>>);
+pub struct Served {
+    path: std::cell::Cell<Option<u64>>,
+    unique: u64,
+}
 
 impl Served {
+    /// The context of request `unique`.
+    pub fn request(unique: u64) -> Self {
+        Self {
+            path: Default::default(),
+            unique,
+        }
+    }
+
     /// The path, if the request reached one.
     pub fn path(&self) -> Option<u64> {
-        self.0.get()
+        self.path.get()
+    }
+
+    /// The request's `unique` (with the kernel's resend bit, if set).
+    pub fn unique(&self) -> u64 {
+        self.unique
     }
 
     /// Notes the path of `r`; returns its result.
     pub fn note<T>(&self, r: Routed<T>) -> SysResult<T> {
         if r.path.is_some() {
-            self.0.set(r.path);
+            self.path.set(r.path);
         }
         r.result
     }
@@ -129,12 +158,15 @@ impl Core {
             router,
             inodes: InodeTable::new(root_backing),
             idmap,
-            journal,
+            journal: journal.map(Arc::new),
             files: RwLock::new(NumMap::default()),
             fds: FdCache::default(),
             pages: PageStamps::default(),
             dirs: Mutex::new(NumMap::default()),
             next_fh: AtomicU64::new(1),
+            first_fh: AtomicU64::new(1),
+            deduplicated: AtomicU64::new(0),
+            crash_after: None,
         }
     }
 
@@ -162,7 +194,7 @@ impl Core {
     /// Stats `rel` and records a kernel lookup of it.
     fn entry_at(&self, root: &StorageRoot, rel: &Path) -> SysResult<FileAttr> {
         let st = root.stat(rel)?;
-        self.inodes.remember(st.st_ino, rel);
+        self.remember(st.st_ino, rel);
         Ok(self.attr(&st))
     }
 
@@ -186,7 +218,29 @@ impl Core {
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.forget(ino, n);
+        if self.inodes.forget(ino, n) {
+            self.journal(|| Record::Unnode { ino });
+        }
+    }
+
+    /// Records a kernel lookup of `st_ino` at `rel`, journaling a node
+    /// that is new or has a new name.
+    fn remember(&self, st_ino: u64, rel: &Path) -> u64 {
+        let (ino, changed) = self.inodes.remember_noting(st_ino, rel);
+        if changed {
+            self.journal(|| Record::Node {
+                ino,
+                path: rel.to_string_lossy().into_owned(),
+            });
+        }
+        ino
+    }
+
+    /// Journals the record `r` makes, if there is a journal.
+    fn journal(&self, r: impl FnOnce() -> Record) {
+        if let Some(j) = &self.journal {
+            j.record(r());
+        }
     }
 
     pub fn getattr(&self, cx: &Served, ino: u64, fh: Option<u64>) -> SysResult<FileAttr> {
@@ -280,11 +334,20 @@ impl Core {
         gid: u32,
     ) -> SysResult<FileAttr> {
         let rel = self.child(parent, name)?;
-        cx.note(self.router.run(Retry::Once, |r| {
-            r.mknod(&rel, mode, rdev as u64)?;
-            self.own(r, &rel, uid, gid)?;
-            self.entry_at(r, &rel)
-        }))
+        self.once(
+            cx,
+            IntentOp::Make,
+            &rel,
+            None,
+            || {
+                cx.note(self.router.run(Retry::Once, |r| {
+                    r.mknod(&rel, mode, rdev as u64)?;
+                    self.own(r, &rel, uid, gid)?;
+                    self.entry_at(r, &rel)
+                }))
+            },
+            || self.entry_of(cx, &rel),
+        )
     }
 
     pub fn mkdir(
@@ -297,16 +360,32 @@ impl Core {
         gid: u32,
     ) -> SysResult<FileAttr> {
         let rel = self.child(parent, name)?;
-        cx.note(self.router.run(Retry::Once, |r| {
-            r.mkdir(&rel, mode)?;
-            self.own(r, &rel, uid, gid)?;
-            self.entry_at(r, &rel)
-        }))
+        self.once(
+            cx,
+            IntentOp::Make,
+            &rel,
+            None,
+            || {
+                cx.note(self.router.run(Retry::Once, |r| {
+                    r.mkdir(&rel, mode)?;
+                    self.own(r, &rel, uid, gid)?;
+                    self.entry_at(r, &rel)
+                }))
+            },
+            || self.entry_of(cx, &rel),
+        )
     }
 
     pub fn unlink(&self, cx: &Served, parent: u64, name: &OsStr, dir: bool) -> SysResult<()> {
         let rel = self.child(parent, name)?;
-        cx.note(self.router.run(Retry::Once, |r| r.unlink(&rel, dir)))?;
+        self.once(
+            cx,
+            IntentOp::Remove,
+            &rel,
+            None,
+            || cx.note(self.router.run(Retry::Once, |r| r.unlink(&rel, dir))),
+            || Ok(()),
+        )?;
         self.inodes.unlinked(&rel);
         Ok(())
     }
@@ -321,11 +400,20 @@ impl Core {
         gid: u32,
     ) -> SysResult<FileAttr> {
         let rel = self.child(parent, name)?;
-        cx.note(self.router.run(Retry::Once, |r| {
-            r.symlink(target, &rel)?;
-            self.own(r, &rel, uid, gid)?;
-            self.entry_at(r, &rel)
-        }))
+        self.once(
+            cx,
+            IntentOp::Make,
+            &rel,
+            None,
+            || {
+                cx.note(self.router.run(Retry::Once, |r| {
+                    r.symlink(target, &rel)?;
+                    self.own(r, &rel, uid, gid)?;
+                    self.entry_at(r, &rel)
+                }))
+            },
+            || self.entry_of(cx, &rel),
+        )
     }
 
     pub fn rename(
@@ -339,14 +427,36 @@ impl Core {
     ) -> SysResult<()> {
         let from = self.child(parent, name)?;
         let to = self.child(newparent, newname)?;
-        cx.note(
-            self.router
-                .run(Retry::Once, |r| r.rename(&from, &to, flags)),
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        // An exchange is its own inverse: not found applied by its effect.
+        let op = if exchange {
+            IntentOp::Exchange
+        } else {
+            IntentOp::Rename
+        };
+        self.once(
+            cx,
+            op,
+            &from,
+            Some(&to),
+            || {
+                cx.note(
+                    self.router
+                        .run(Retry::Once, |r| r.rename(&from, &to, flags)),
+                )
+            },
+            || Ok(()),
         )?;
-        if flags & libc::RENAME_EXCHANGE != 0 {
+        let (a, b) = (
+            from.to_string_lossy().into_owned(),
+            to.to_string_lossy().into_owned(),
+        );
+        if exchange {
             self.inodes.exchanged(&from, &to);
+            self.journal(|| Record::Swapped { a, b });
         } else {
             self.inodes.renamed(&from, &to);
+            self.journal(|| Record::Moved { from: a, to: b });
         }
         Ok(())
     }
@@ -360,10 +470,19 @@ impl Core {
     ) -> SysResult<FileAttr> {
         let from = self.path(ino)?;
         let to = self.child(newparent, newname)?;
-        cx.note(self.router.run(Retry::Once, |r| {
-            r.link(&from, &to)?;
-            self.entry_at(r, &to)
-        }))
+        self.once(
+            cx,
+            IntentOp::Make,
+            &to,
+            None,
+            || {
+                cx.note(self.router.run(Retry::Once, |r| {
+                    r.link(&from, &to)?;
+                    self.entry_at(r, &to)
+                }))
+            },
+            || self.entry_of(cx, &to),
+        )
     }
 
     /// Makes a handle for `ino` opened with `flags` by `pid`, served by
@@ -410,7 +529,7 @@ impl Core {
         let shareable = !self.close_to_open && fdcache::shareable(oflags);
         if shareable {
             if let Some((path_id, fd)) = self.fds.get(ino, |p| self.router.usable(p)) {
-                cx.0.set(Some(path_id));
+                cx.path.set(Some(path_id));
                 let keep = self.keep_cache(ino, &fd);
                 return Ok(self.register(ino, oflags, pid, (path_id, fd), &rel, keep));
             }
@@ -445,26 +564,40 @@ impl Core {
     ) -> SysResult<(FileAttr, u64, Arc<OpenFile>)> {
         let rel = self.child(parent, name)?;
         let oflags = (flags | libc::O_CREAT) & !libc::O_NOCTTY;
-        let routed = self.router.run(Retry::Once, |r| {
-            let fd = r.open_at(&rel, oflags, mode)?;
-            self.own(r, &rel, uid, gid)?;
-            let st = storage::fstat(fd.as_raw_fd())?;
-            self.inodes.remember(st.st_ino, &rel);
-            let attr = self.attr(&st);
-            self.pages.opened(attr.ino, &st);
-            Ok((fd, attr))
-        });
-        let path_id = routed.path.unwrap_or(0);
-        let (fd, attr) = cx.note(routed)?;
-        let (fh, of) = self.register(
-            attr.ino,
-            oflags & !CREATE_FLAGS,
-            pid,
-            (path_id, Arc::new(fd)),
+        self.once(
+            cx,
+            IntentOp::Make,
             &rel,
-            false,
-        );
-        Ok((attr, fh, of))
+            None,
+            || {
+                let routed = self.router.run(Retry::Once, |r| {
+                    let fd = r.open_at(&rel, oflags, mode)?;
+                    self.own(r, &rel, uid, gid)?;
+                    let st = storage::fstat(fd.as_raw_fd())?;
+                    self.remember(st.st_ino, &rel);
+                    let attr = self.attr(&st);
+                    self.pages.opened(attr.ino, &st);
+                    Ok((fd, attr))
+                });
+                let path_id = routed.path.unwrap_or(0);
+                let (fd, attr) = cx.note(routed)?;
+                let (fh, of) = self.register(
+                    attr.ino,
+                    oflags & !CREATE_FLAGS,
+                    pid,
+                    (path_id, Arc::new(fd)),
+                    &rel,
+                    false,
+                );
+                Ok((attr, fh, of))
+            },
+            // Made before a restart: opened as it is now (no O_TRUNC).
+            || {
+                let attr = self.entry_of(cx, &rel)?;
+                let (fh, of) = self.open(cx, attr.ino, oflags & !CREATE_FLAGS, pid)?;
+                Ok((attr, fh, of))
+            },
+        )
     }
 
     /// Whether the kernel may keep its cached pages of `ino`, just opened
@@ -675,13 +808,30 @@ impl Core {
 
     /// Entries of an open directory from `offset` on (`.` and `..` first).
     pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> SysResult<Vec<(u64, ListEntry)>> {
-        let entries = self
+        let known = self
             .dirs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh)
-            .cloned()
-            .ok_or(libc::EBADF)?;
+            .cloned();
+        let entries = match known {
+            Some(e) => e,
+            // Opened by a previous server of the connection: listed again.
+            None if fh < self.first_fh.load(Ordering::Relaxed) => {
+                let rel = self.path(ino)?;
+                let e = Arc::new(
+                    self.router
+                        .run(Retry::Idempotent, |r| r.read_dir(&rel))
+                        .result?,
+                );
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fh, e.clone());
+                e
+            }
+            None => return Err(libc::EBADF),
+        };
         let mut out = Vec::new();
         let dots = [
             (".", ino),
