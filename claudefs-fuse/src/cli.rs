@@ -21,6 +21,8 @@ pub enum Command {
     Mount(crate::daemon::config::MountArgs),
     /// Print the live state of a running daemon.
     Status(crate::daemon::config::StatusArgs),
+    /// Hand a mount's connection to a new server binary without remounting.
+    Upgrade(crate::daemon::keeper::UpgradeArgs),
     /// Attach the probes to every FUSE mount, collect, and report what is slow.
     Triage(crate::triage::TriageArgs),
     /// Export the probes' metrics (and spans) for every FUSE mount, until stopped.
@@ -50,6 +52,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Mount(args) => crate::daemon::run_mount(args),
         Command::Status(args) => crate::daemon::run_status(args),
+        Command::Upgrade(args) => crate::daemon::keeper::run_upgrade(args),
         Command::Triage(args) => crate::triage::run(&args),
         Command::Observe(args) => crate::exporter::observe::run(&args),
     };

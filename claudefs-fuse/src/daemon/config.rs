@@ -189,6 +189,11 @@ pub struct MountArgs {
     /// Requests slower than this always become spans (e.g. 50ms).
     #[arg(long, value_name = "DURATION", value_parser = crate::exporter::parse_duration)]
     pub slow_threshold: Option<std::time::Duration>,
+    /// Serve without a keeper process: a crash of the daemon then ends the
+    /// mount (by default a keeper holds the connection and restarts the
+    /// server, see README "Restart and upgrade").
+    #[arg(long)]
+    pub no_keeper: bool,
     /// Where to mount.
     pub mountpoint: PathBuf,
 }
@@ -226,6 +231,7 @@ struct FileConfig {
     otlp_endpoint: Option<String>,
     otlp_protocol: Option<String>,
     slow_threshold: Option<String>,
+    keeper: Option<bool>,
 }
 
 /// Fully resolved mount settings.
@@ -246,6 +252,8 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: Option<String>,
     pub slow_threshold: Option<std::time::Duration>,
+    /// Run under a keeper (see `keeper.rs`).
+    pub keeper: bool,
     pub mountpoint: PathBuf,
 }
 
@@ -346,6 +354,7 @@ impl MountArgs {
             otlp_endpoint: self.otlp_endpoint.clone().or(file.otlp_endpoint),
             otlp_protocol: self.otlp_protocol.clone().or(file.otlp_protocol),
             slow_threshold,
+            keeper: !self.no_keeper && file.keeper.unwrap_or(true),
             mountpoint: self.mountpoint.clone(),
         })
     }
@@ -427,6 +436,7 @@ mod tests {
             otlp_endpoint: None,
             otlp_protocol: None,
             slow_threshold: None,
+            no_keeper: false,
             mountpoint: dir.path().join("m"),
         };
         let s = args.resolve().unwrap();

@@ -20,6 +20,7 @@ pub mod backing;
 pub mod config;
 pub mod fdcache;
 pub mod fs;
+pub mod handover;
 pub mod idmap;
 pub mod inodes;
 pub mod journal;
@@ -30,9 +31,11 @@ pub mod locks;
 pub mod mount;
 pub mod nummap;
 pub mod ops;
+pub mod keeper;
 pub mod pagecache;
 pub mod recovery;
 pub mod router;
+pub mod server;
 pub mod spans;
 pub mod status;
 pub mod storage;
@@ -45,14 +48,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::multipath::LoadBalancePolicy;
-use crate::session::{Readers, Session, Transport};
+use crate::session::{Readers, Transport};
 use anyhow::{bail, Context};
 
-use config::{MountArgs, PolicyArg, StatusArgs, TransportArg};
+use config::{MountArgs, StatusArgs};
 
 /// Whether `dir` is already a mount point (or a dead FUSE mount).
-fn check_mountpoint(dir: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn check_mountpoint(dir: &Path) -> anyhow::Result<PathBuf> {
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
@@ -83,7 +85,7 @@ fn check_mountpoint(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Takes the state dir's lock file (one daemon per state dir).
-fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+pub(crate) fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create state dir {}", dir.display()))?;
     let f = std::fs::OpenOptions::new()
@@ -116,7 +118,7 @@ pub fn init_logging() {
 /// Unmounts `mountpoint`. A busy mount is detached lazily;
 /// if files stay open on it for [`BUSY_GRACE`], the FUSE connection is
 /// aborted so the daemon can exit (the open files then get `ENOTCONN`).
-fn unmount(mountpoint: &Path, done: &AtomicBool) {
+pub(crate) fn unmount(mountpoint: &Path, done: &AtomicBool) {
     let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) else {
         return;
     };
@@ -148,7 +150,7 @@ fn unmount(mountpoint: &Path, done: &AtomicBool) {
 const BUSY_GRACE: Duration = Duration::from_secs(2);
 
 /// Waits for SIGINT/SIGTERM on a helper thread, then unmounts `mountpoint`.
-fn spawn_signal_handler(mountpoint: PathBuf, done: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub(crate) fn spawn_signal_handler(mountpoint: PathBuf, done: Arc<AtomicBool>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -175,7 +177,7 @@ fn spawn_signal_handler(mountpoint: PathBuf, done: Arc<AtomicBool>) -> anyhow::R
 /// Raises the soft limit on open files to the hard one: every file open
 /// on the mount holds a backing fd in the daemon, and the usual soft
 /// limit (1024) is far below what applications open.
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -198,7 +200,7 @@ fn raise_fd_limit() {
 /// fds that are idle or on failed paths (see `fdcache`) and drops idle
 /// passthrough registrations on failed paths (see `backing`); it stops
 /// when `stop` is set.
-fn spawn_sweeper(
+pub(crate) fn spawn_sweeper(
     core: Arc<ops::Core>,
     passthrough: Arc<backing::Passthrough>,
     stop: Arc<AtomicBool>,
@@ -216,222 +218,24 @@ fn spawn_sweeper(
     Ok(())
 }
 
-/// Runs the daemon in the foreground until unmounted or signalled.
+/// `claudefs-fuse mount`: the keeper of the mount (by default), the server
+/// a keeper runs (its channel in the environment), or a server alone
+/// (`--no-keeper`), in the foreground until unmounted or signalled.
 pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     init_logging();
+    if let Some(chan) = handover::Channel::from_env() {
+        return server::run(args.resolve()?, server::Launch::Keeper(chan?));
+    }
     let s = args.resolve()?;
-    let mountpoint = check_mountpoint(&s.mountpoint)?;
-    let _lock = lock_state_dir(&s.state_dir)?;
-    // SAFETY: umask only affects this process; the kernel already applied the caller's.
-    unsafe { libc::umask(0) };
-    raise_fd_limit();
-
-    let mut roots = Vec::new();
-    let mut root_ino = None;
-    for p in &s.paths {
-        let root = storage::StorageRoot::open(&p.dir)
-            .with_context(|| format!("storage path {}", p.dir.display()))?;
-        let st = root.stat(Path::new("")).map_err(|e| {
-            anyhow::anyhow!(
-                "storage path {}: {}",
-                p.dir.display(),
-                std::io::Error::from_raw_os_error(e)
-            )
-        })?;
-        match root_ino {
-            None => root_ino = Some(st.st_ino),
-            Some(i) if i != st.st_ino => {
-                bail!(
-                    "storage path {} does not reach the same storage as {}",
-                    p.dir.display(),
-                    s.paths[0].dir.display()
-                )
-            }
-            Some(_) => {}
-        }
-        roots.push((root, p.priority, p.addr.clone()));
-    }
-    let root_ino = root_ino.context("no storage path")?;
-    let policy = match s.policy {
-        PolicyArg::RoundRobin => LoadBalancePolicy::RoundRobin,
-        PolicyArg::LeastLatency => LoadBalancePolicy::LeastLatency,
-        PolicyArg::Primary => LoadBalancePolicy::Primary,
-    };
-    let router = Arc::new(router::Router::new(policy, roots, root_ino)?);
-
-    let listener = s
-        .metrics_addr
-        .map(crate::exporter::http::bind)
-        .transpose()?;
-    let otlp_target =
-        crate::exporter::otlp::target_from(s.otlp_endpoint.as_deref(), s.otlp_protocol.as_deref())
-            .map_err(anyhow::Error::msg)?;
-
-    let leftover = journal_state::LiveState::from_records(&journal::read_leftover(&s.state_dir)?);
-    let t_recovery = std::time::Instant::now();
-    let (_state, mut summary) =
-        recovery::recover(&leftover, |_, o| recovery::still_there(&router, o));
-    summary.duration_seconds = t_recovery.elapsed().as_secs_f64();
-    recovery::report(&summary);
-    let journal = journal::Journal::create(&s.state_dir)?;
-    let idmap = idmap::IdMap::from_spec(&s.idmap)?;
-    let core = Arc::new(ops::Core::new(
-        router.clone(),
-        root_ino,
-        idmap,
-        Some(journal),
-    ));
-    let locks = Arc::new(locks::Locks::default());
-    let joiner = Arc::new(kernel_join::Joiner::default());
-    let mut spans = spans::Spans::new(s.sample_rate, 10_000).with_slow_threshold(s.slow_threshold);
-    if s.ebpf {
-        spans = spans.with_joiner(joiner.clone());
-    }
-    let spans = Arc::new(spans);
-    let fs = fs::Fs::new(core.clone(), locks.clone(), spans.clone(), s.passthrough);
-    let passthrough = fs.passthrough.clone();
-
-    // io_uring is offered at INIT only if the fuse module has it on then.
-    let want_uring = match s.transport {
-        TransportArg::Dev => false,
-        TransportArg::Auto => crate::session::uring::enable(),
-        TransportArg::Uring if crate::session::uring::enable() => true,
-        TransportArg::Uring => bail!(
-            "--transport uring: FUSE over io_uring is unavailable (no /sys/module/fuse/parameters/enable_uring, or it cannot be set: Linux >= 6.14 with CONFIG_FUSE_IO_URING and root are needed)"
-        ),
-    };
-    let fd = match mount::mount_fuse(&mountpoint) {
-        Ok(fd) => Ok(fd),
-        // Not allowed to mount: fusermount3 mounts for us.
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => mount::mount_fusermount(&mountpoint),
-        Err(e) => Err(e),
-    }
-    .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
-    let init = crate::session::InitConfig {
-        passthrough: s.passthrough,
-        io_uring: want_uring,
-        ..Default::default()
-    };
-    let never = AtomicBool::new(false);
-    let session = match Session::init(fd, &init) {
-        Ok(session) => session,
-        Err(e) => {
-            unmount(&mountpoint, &never);
-            bail!("FUSE INIT on {} failed: {e}", mountpoint.display());
-        }
-    };
-    let transport = if session
-        .state()
-        .has(crate::session::abi::init_flags::OVER_IO_URING)
-    {
-        Transport::Uring
-    } else if s.transport == TransportArg::Uring {
-        unmount(&mountpoint, &never);
-        bail!("--transport uring: the kernel did not offer FUSE over io_uring at INIT");
+    if s.keeper {
+        keeper::run(s)
     } else {
-        if want_uring {
-            tracing::info!("the kernel did not offer FUSE over io_uring: serving on /dev/fuse");
-        }
-        Transport::Dev
-    };
-    fs.connected(session.state(), session.device().clone());
-    // Over io_uring one /dev/fuse worker remains (INTERRUPT, FORGET, and
-    // requests before the rings are ready). With one CPU to run on, the
-    // reader's poll only delays the application that would send the next
-    // request.
-    let threads = match transport {
-        Transport::Uring => 1,
-        Transport::Dev => s.threads,
-    };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let poll_us = if cpus > 1 && transport == Transport::Dev {
-        s.poll_us
-    } else {
-        0
-    };
-    let readers = Arc::new(Readers::new(
-        threads,
-        Duration::from_micros(poll_us),
-        cpus > 1,
-    ));
-
-    let stop = Arc::new(AtomicBool::new(false));
-    router.spawn_health_checker(Duration::from_millis(s.health_interval_ms), stop.clone())?;
-    spawn_sweeper(core.clone(), passthrough.clone(), stop.clone())?;
-
-    let snap = {
-        let (core, locks, spans) = (core.clone(), locks.clone(), spans.clone());
-        let readers = readers.clone();
-        let counters = session.counters().clone();
-        let summary = summary.clone();
-        let mp = mountpoint.display().to_string();
-        let policy = format!("{:?}", s.policy);
-        Arc::new(move || {
-            let mut st = status_snapshot(
-                &mp,
-                &policy,
-                &core,
-                &locks,
-                &spans,
-                &summary,
-                passthrough.wanted(),
-            );
-            st.workers = serde_json::to_value(workers_view(&readers, threads)).unwrap_or_default();
-            st.transport = transport.name().to_string();
-            let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-            st.session = serde_json::json!({
-                "requests": c(&counters.requests), "short": c(&counters.short),
-                "malformed": c(&counters.malformed), "unknown": c(&counters.unknown),
-                "panics": c(&counters.panics),
-            });
-            st
-        })
-    };
-    let sock = status::serve(&s.state_dir, snap)?;
-
-    spawn_signal_handler(mountpoint.clone(), stop.clone())?;
-    let exporter = start_exporter(
-        &s,
-        &mountpoint,
-        listener,
-        otlp_target,
-        ExportParts {
-            core: core.clone(),
-            locks: locks.clone(),
-            spans: spans.clone(),
-            joiner,
-            summary: summary.clone(),
-            readers: readers.clone(),
-            threads,
-            transport,
-        },
-    );
-    tracing::info!(
-        "mounted {} ({} storage paths, transport {}, {} /dev/fuse workers)",
-        mountpoint.display(),
-        router.len(),
-        transport.name(),
-        threads
-    );
-    let result = match transport {
-        Transport::Uring => session.run_uring(Arc::new(fs), readers.clone()),
-        Transport::Dev => session.run_dev(Arc::new(fs), readers.clone(), None),
-    };
-    stop.store(true, Ordering::Relaxed);
-    if let Some(e) = exporter {
-        e.stop();
+        server::run(s, server::Launch::Alone)
     }
-    locks.shutdown();
-    if let Some(j) = &core.journal {
-        j.finish();
-    }
-    let _ = std::fs::remove_file(sock);
-    tracing::info!("unmounted {}", mountpoint.display());
-    result.map_err(|e| anyhow::anyhow!("FUSE session ended with an error: {e}"))
 }
 
 /// What the exporter reads from the daemon.
-struct ExportParts {
+pub(crate) struct ExportParts {
     core: Arc<ops::Core>,
     locks: Arc<locks::Locks>,
     spans: Arc<spans::Spans>,
@@ -440,10 +244,12 @@ struct ExportParts {
     readers: Arc<Readers>,
     threads: usize,
     transport: Transport,
+    counters: Arc<crate::session::Counters>,
+    keeper: Arc<server::KeeperView>,
 }
 
 /// The exporter's view of the `/dev/fuse` workers, `threads` in all.
-fn workers_view(readers: &Readers, threads: usize) -> crate::exporter::daemon_metrics::WorkersView {
+pub(crate) fn workers_view(readers: &Readers, threads: usize) -> crate::exporter::daemon_metrics::WorkersView {
     let (poll_hits, poll_misses) = readers.poll_counts();
     crate::exporter::daemon_metrics::WorkersView {
         threads,
@@ -459,7 +265,7 @@ fn workers_view(readers: &Readers, threads: usize) -> crate::exporter::daemon_me
 
 /// Starts the exporter thread if anything is to be exported. A failure
 /// to load the probes or set up OTLP is a warning: the mount serves on.
-fn start_exporter(
+pub(crate) fn start_exporter(
     s: &config::Settings,
     mountpoint: &Path,
     listener: Option<std::net::TcpListener>,
@@ -604,7 +410,7 @@ fn start_exporter(
     }
 }
 
-fn status_snapshot(
+pub(crate) fn status_snapshot(
     mp: &str,
     policy: &str,
     core: &ops::Core,
@@ -656,6 +462,7 @@ fn status_snapshot(
             .collect(),
         transport: String::new(),
         session: serde_json::Value::Null,
+        keeper: serde_json::Value::Null,
     }
 }
 

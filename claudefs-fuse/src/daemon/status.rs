@@ -64,6 +64,10 @@ pub struct Status {
     /// handler panics (see `session::Counters`).
     #[serde(default)]
     pub session: serde_json::Value,
+    /// The keeper's view: server generation, restarts, upgrades, the last
+    /// hand-over's gap (see `server::KeeperView`).
+    #[serde(default)]
+    pub keeper: serde_json::Value,
 }
 
 /// Serves `snapshot()` on `dir/status.sock` from a background thread.

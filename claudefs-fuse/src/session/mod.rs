@@ -77,6 +77,9 @@ pub struct Counters {
     pub unknown: AtomicU64,
     /// Handler panics (answered `EIO`).
     pub panics: AtomicU64,
+    /// Requests the kernel resent (a previous server read them and did
+    /// not answer; [`abi::UNIQUE_RESEND`]).
+    pub resent: AtomicU64,
 }
 
 /// The transports a session can serve on.
@@ -98,12 +101,26 @@ impl Transport {
     }
 }
 
+/// Called with each `/dev/fuse` clone a worker is about to read on (see
+/// [`Session::on_clone`]).
+pub type CloneHook = Arc<dyn Fn(&Device) + Send + Sync>;
+
+#[derive(Default, Clone)]
+struct Hook(Option<CloneHook>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Hook(set)" } else { "Hook(none)" })
+    }
+}
+
 /// An initialised FUSE connection (see the module doc).
 #[derive(Debug)]
 pub struct Session {
     dev: Arc<Device>,
     state: InitState,
     counters: Arc<Counters>,
+    on_clone: Hook,
 }
 
 /// Why a session could not start.
@@ -168,6 +185,7 @@ impl Session {
                         dev,
                         state,
                         counters: Arc::default(),
+                        on_clone: Hook::default(),
                     });
                 }
                 Err(e) => {
@@ -185,7 +203,16 @@ impl Session {
             dev: Arc::new(Device::new(fd)),
             state,
             counters: Arc::default(),
+            on_clone: Hook::default(),
         }
+    }
+
+    /// Calls `hook` with every `/dev/fuse` clone a worker reads on, before
+    /// it reads (a process that keeps the connection across a restart of
+    /// this one holds them: the requests read on a clone stay with the
+    /// connection while it is open).
+    pub fn on_clone(&mut self, hook: CloneHook) {
+        self.on_clone = Hook(Some(hook));
     }
 
     /// What INIT agreed.
@@ -236,6 +263,9 @@ impl Session {
         let mut threads = Vec::new();
         for i in 0..readers.workers().max(1) {
             let dev = Arc::new(self.dev.clone_session()?);
+            if let Some(hook) = &self.on_clone.0 {
+                hook(&dev);
+            }
             let (handler, readers, stop) = (handler.clone(), readers.clone(), stop.clone());
             let counters = self.counters.clone();
             let size = self.state.buffer_size();
@@ -330,6 +360,9 @@ pub fn serve<H: Handler, G>(
         unique: req.unique(),
         slot,
     };
+    if req.unique() & abi::UNIQUE_RESEND != 0 {
+        counters.resent.fetch_add(1, Ordering::Relaxed);
+    }
     match &req.op {
         Operation::Forget { nlookup } => guard(&mut || handler.forget(req.nodeid(), *nlookup)),
         Operation::BatchForget { nodes } => guard(&mut || {
