@@ -100,7 +100,9 @@ impl Channel {
         // The variable is for this process only, not for what it runs.
         std::env::remove_var(CHANNEL_FD_ENV);
         let Ok(raw) = v.parse::<RawFd>() else {
-            return Some(Err(anyhow::anyhow!("{CHANNEL_FD_ENV}={v}: not an fd number")));
+            return Some(Err(anyhow::anyhow!(
+                "{CHANNEL_FD_ENV}={v}: not an fd number"
+            )));
         };
         if rustix::io::fcntl_getfd(
             // SAFETY: only checks that the fd is open; not owned yet.
@@ -108,7 +110,9 @@ impl Channel {
         )
         .is_err()
         {
-            return Some(Err(anyhow::anyhow!("{CHANNEL_FD_ENV}={v}: no such open fd")));
+            return Some(Err(anyhow::anyhow!(
+                "{CHANNEL_FD_ENV}={v}: no such open fd"
+            )));
         }
         // SAFETY: the keeper left this fd open for this process alone, and
         // nothing else here owns it.

@@ -499,7 +499,10 @@ fn serve(
                 match runnable {
                     Ok(true) => {}
                     Ok(false) => {
-                        answer_err(reply, format!("{} is not an executable file", bin.display()));
+                        answer_err(
+                            reply,
+                            format!("{} is not an executable file", bin.display()),
+                        );
                         continue;
                     }
                     Err(e) => {
@@ -520,7 +523,8 @@ fn serve(
                 }
             }
             Event::Exited { generation, status } => {
-                let status = status.map_err(|e| anyhow::anyhow!("cannot wait for the server: {e}"))?;
+                let status =
+                    status.map_err(|e| anyhow::anyhow!("cannot wait for the server: {e}"))?;
                 if upgrade
                     .as_ref()
                     .is_some_and(|u| u.next.generation == generation)
@@ -668,7 +672,9 @@ pub fn request_upgrade(
     let mut req = serde_json::to_vec(&UpgradeRequest { binary })?;
     req.push(b'\n');
     conn.write_all(&req)?;
-    conn.set_read_timeout(Some(PREPARE_TIMEOUT + DRAIN_TIMEOUT + Duration::from_secs(10)))?;
+    conn.set_read_timeout(Some(
+        PREPARE_TIMEOUT + DRAIN_TIMEOUT + Duration::from_secs(10),
+    ))?;
     let mut line = String::new();
     BufReader::new(&conn)
         .read_line(&mut line)

@@ -26,12 +26,12 @@ pub mod inodes;
 pub mod journal;
 pub mod journal_line;
 pub mod journal_state;
+pub mod keeper;
 pub mod kernel_join;
 pub mod locks;
 pub mod mount;
 pub mod nummap;
 pub mod ops;
-pub mod keeper;
 pub mod pagecache;
 pub mod recovery;
 pub mod router;
@@ -150,7 +150,10 @@ pub(crate) fn unmount(mountpoint: &Path, done: &AtomicBool) {
 const BUSY_GRACE: Duration = Duration::from_secs(2);
 
 /// Waits for SIGINT/SIGTERM on a helper thread, then unmounts `mountpoint`.
-pub(crate) fn spawn_signal_handler(mountpoint: PathBuf, done: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub(crate) fn spawn_signal_handler(
+    mountpoint: PathBuf,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -249,7 +252,10 @@ pub(crate) struct ExportParts {
 }
 
 /// The exporter's view of the `/dev/fuse` workers, `threads` in all.
-pub(crate) fn workers_view(readers: &Readers, threads: usize) -> crate::exporter::daemon_metrics::WorkersView {
+pub(crate) fn workers_view(
+    readers: &Readers,
+    threads: usize,
+) -> crate::exporter::daemon_metrics::WorkersView {
     let (poll_hits, poll_misses) = readers.poll_counts();
     crate::exporter::daemon_metrics::WorkersView {
         threads,
@@ -339,6 +345,7 @@ pub(crate) fn start_exporter(
         let summary = parts.summary.clone();
         let (readers, threads) = (parts.readers.clone(), parts.threads);
         let transport = parts.transport.name();
+        let (session, keeper) = (parts.counters.clone(), parts.keeper.clone());
         let mount = mountpoint.display().to_string();
         Arc::new(move || {
             let counters = core.router.counters();
@@ -374,6 +381,14 @@ pub(crate) fn start_exporter(
                 spans_exported: stats.exported.load(Ordering::Relaxed),
                 workers: workers_view(&readers, threads),
                 transport,
+                server: dm::ServerView {
+                    generation: keeper.generation,
+                    restarts: keeper.restarts,
+                    upgrades: keeper.upgrades,
+                    last_gap_seconds: keeper.gap(),
+                    resent: session.resent.load(Ordering::Relaxed),
+                    deduplicated: core.deduplicated.load(Ordering::Relaxed),
+                },
             }
         })
     };

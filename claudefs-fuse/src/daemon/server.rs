@@ -203,7 +203,11 @@ fn wake_blocked_reads() {
         return;
     };
     for t in tasks.flatten() {
-        if let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<libc::pid_t>().ok()) {
+        if let Some(tid) = t
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::pid_t>().ok())
+        {
             // SAFETY: signals a thread of this process with a signal whose
             // handler is a no-op.
             unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR1) };
@@ -281,8 +285,7 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
     let mut summary = if carry_on {
         let (nodes_restored, nodes_lost) = core.restore_nodes(&leftover);
         core.resume_handles(conn.view.generation, &leftover);
-        let (_, mut sum) =
-            recovery::recover(&leftover, |fh, h| core.restore_handle(fh, h));
+        let (_, mut sum) = recovery::recover(&leftover, |fh, h| core.restore_handle(fh, h));
         let (locks_restored, locks_lost) =
             locks.restore(&leftover.locks, |ino| core.inodes.path(ino).is_some());
         sum.carried_on = true;
@@ -335,7 +338,12 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
                 }
                 session
             }
-            Err(e) => return Err(fail(format!("FUSE INIT on {} failed: {e}", mountpoint.display()))),
+            Err(e) => {
+                return Err(fail(format!(
+                    "FUSE INIT on {} failed: {e}",
+                    mountpoint.display()
+                )))
+            }
         },
     };
     let transport = if session
@@ -500,7 +508,10 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
         if let Some(k) = &conn.keeper {
             let _ = k.send(&ToKeeper::Drained, &[]);
         }
-        tracing::info!("drained: the next server carries on {}", mountpoint.display());
+        tracing::info!(
+            "drained: the next server carries on {}",
+            mountpoint.display()
+        );
         // Exits without dropping the parked replies (a dropped reply
         // answers EIO).
         std::process::exit(0);

@@ -115,6 +115,18 @@ pub struct DaemonView {
     pub workers: WorkersView,
     /// The request transport (`uring`, `dev`; empty: not known).
     pub transport: &'static str,
+    pub server: ServerView,
+}
+
+/// The server's place on its connection (see `daemon::keeper`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerView {
+    pub generation: u64,
+    pub restarts: u64,
+    pub upgrades: u64,
+    pub last_gap_seconds: f64,
+    pub resent: u64,
+    pub deduplicated: u64,
 }
 
 /// The label of a `RecoveryState` in its Debug form (`Complete { .. }`).
@@ -210,6 +222,13 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
     polls.add(vec!["hit".into()], w.poll_hits as f64);
     polls.add(vec!["miss".into()], w.poll_misses as f64);
     let f = &v.flock;
+    let mut nodes = FamilyBuilder::gauge(names::RECOVERY_NODES);
+    nodes.add(vec!["restored".into()], r.nodes_restored as f64);
+    nodes.add(vec!["lost".into()], r.nodes_lost as f64);
+    let mut rlocks = FamilyBuilder::gauge(names::RECOVERY_LOCKS);
+    rlocks.add(vec!["restored".into()], r.locks_restored as f64);
+    rlocks.add(vec!["lost".into()], r.locks_lost as f64);
+    let sv = &v.server;
     [
         state,
         ema,
@@ -228,6 +247,14 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
             false,
             r.pending_writes as f64,
         ),
+        nodes,
+        rlocks,
+        one(names::SERVER_GENERATION, false, sv.generation as f64),
+        one(names::SERVER_RESTARTS, true, sv.restarts as f64),
+        one(names::SERVER_UPGRADES, true, sv.upgrades as f64),
+        one(names::SERVER_HANDOVER_GAP, false, sv.last_gap_seconds),
+        one(names::REQUESTS_RESENT, true, sv.resent as f64),
+        one(names::REQUESTS_DEDUPLICATED, true, sv.deduplicated as f64),
         lookups,
         hits,
         one(names::FLOCK_REGISTRY_ACQUIRES, true, f.acquires as f64),
@@ -336,7 +363,17 @@ mod tests {
                 recovered: 2,
                 orphaned: 1,
                 duration_seconds: 0.25,
+                nodes_restored: 7,
+                locks_lost: 1,
                 ..Default::default()
+            },
+            server: ServerView {
+                generation: 2,
+                restarts: 1,
+                upgrades: 1,
+                last_gap_seconds: 0.012,
+                resent: 3,
+                deduplicated: 1,
             },
             ..Default::default()
         };
@@ -358,6 +395,14 @@ mod tests {
             "claudefs_fuse_idmap_lookups_total{kind=\"uid\"} 0",
             "claudefs_fuse_flock_registry_acquires_total 0",
             "claudefs_fuse_spans_dropped_total 0",
+            "claudefs_fuse_recovery_nodes{state=\"restored\"} 7",
+            "claudefs_fuse_recovery_locks{state=\"lost\"} 1",
+            "claudefs_fuse_server_generation 2",
+            "claudefs_fuse_server_restarts_total 1",
+            "claudefs_fuse_server_upgrades_total 1",
+            "claudefs_fuse_server_handover_gap_seconds 0.012",
+            "claudefs_fuse_daemon_requests_resent_total 3",
+            "claudefs_fuse_daemon_requests_deduplicated_total 1",
         ] {
             assert!(text.contains(w), "missing {w} in\n{text}");
         }

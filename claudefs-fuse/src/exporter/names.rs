@@ -125,6 +125,30 @@ families! {
     /// Gauge, writes: pending writes found by the recovery.
     RECOVERY_PENDING_WRITES = "claudefs_fuse_recovery_pending_writes", [],
         "Writes the journal held as not yet synced at startup.";
+    /// Gauge, nodes: inodes the kernel knew that a restarted server found again or not.
+    RECOVERY_NODES = "claudefs_fuse_recovery_nodes", ["state"],
+        "Inodes the kernel held when the last server stopped, that this server found again on storage (state restored) or not (state lost).";
+    /// Gauge, locks: flock holders a restarted server took back or not.
+    RECOVERY_LOCKS = "claudefs_fuse_recovery_locks", ["state"],
+        "flock locks held when the last server stopped, that this server holds again (state restored) or lost (state lost: the file is gone).";
+    /// Gauge: the server's generation on its connection.
+    SERVER_GENERATION = "claudefs_fuse_server_generation", [],
+        "Servers of this mount's connection before this one (0: the first; one more per restart or upgrade).";
+    /// Counter, restarts: servers the keeper restarted after a crash.
+    SERVER_RESTARTS = "claudefs_fuse_server_restarts_total", [],
+        "Times the keeper started a new server because the last one died with the mount alive (counted for the life of the mount).";
+    /// Counter, upgrades: hand-overs to a new server binary.
+    SERVER_UPGRADES = "claudefs_fuse_server_upgrades_total", [],
+        "Times the connection was handed to a new server on request (upgrade, SIGHUP to the keeper).";
+    /// Gauge, seconds: the last hand-over's gap.
+    SERVER_HANDOVER_GAP = "claudefs_fuse_server_handover_gap_seconds", [],
+        "From the last server stopping (its death or its drain) to this one serving, as the keeper measured it; 0 for the first server.";
+    /// Counter, requests: requests the kernel resent to this server.
+    REQUESTS_RESENT = "claudefs_fuse_daemon_requests_resent_total", [],
+        "Requests the previous server had read and not answered, which the kernel resent to this one (FUSE_NOTIFY_RESEND).";
+    /// Counter, requests: resent requests answered without being applied again.
+    REQUESTS_DEDUPLICATED = "claudefs_fuse_daemon_requests_deduplicated_total", [],
+        "Resent non-idempotent requests (create, mkdir, unlink, rename ...) found applied before the restart and answered without being applied twice.";
     /// Counter, lookups: uid/gid mapping lookups.
     IDMAP_LOOKUPS = "claudefs_fuse_idmap_lookups_total", ["kind"],
         "uid/gid mapping lookups (kind uid or gid).";
