@@ -809,3 +809,6 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
