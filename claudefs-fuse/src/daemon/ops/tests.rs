@@ -73,7 +73,14 @@ impl Fixture {
 
     pub fn mkdir(&self, parent: u64, name: &str) -> u64 {
         self.core
-            .mkdir(&self.cx, parent, OsStr::new(name), 0o755, self.uid, self.gid)
+            .mkdir(
+                &self.cx,
+                parent,
+                OsStr::new(name),
+                0o755,
+                self.uid,
+                self.gid,
+            )
             .expect("mkdir")
             .ino
     }
@@ -112,7 +119,10 @@ fn root_getattr_and_lookup_of_a_created_file() {
     assert_ne!(ino, ROOT_INO);
     assert_eq!(f.lookup(ROOT_INO, "a"), Ok(ino), "same ino as create gave");
     let attr = f.core.getattr(&f.cx, ino, Some(fh)).unwrap();
-    assert_eq!((attr.kind, attr.perm, attr.size), (FileType::RegularFile, 0o644, 0));
+    assert_eq!(
+        (attr.kind, attr.perm, attr.size),
+        (FileType::RegularFile, 0o644, 0)
+    );
     assert_eq!((attr.uid, attr.gid), (f.uid, f.gid));
     assert!(f.disk("a").is_file());
     // An unknown inode (never looked up) has no path.
@@ -124,17 +134,22 @@ fn bad_names_are_refused_with_einval_and_leave_nothing_behind() {
     let f = Fixture::new();
     let dir = f.mkdir(ROOT_INO, "d");
     let (file, _) = f.create(ROOT_INO, "f");
-    let bad: [&OsStr; 5] = [
+    let bad: [&OsStr; 6] = [
         name(""),
         name("a/b"),
         name("/abs"),
         OsStr::from_bytes(b"nul\0byte"),
+        name("."),
         name(".."),
     ];
     for n in bad {
         let c = &f.cx;
         let core = &f.core;
-        assert_eq!(core.lookup(c, dir, n).map(drop), Err(libc::EINVAL), "lookup {n:?}");
+        assert_eq!(
+            core.lookup(c, dir, n).map(drop),
+            Err(libc::EINVAL),
+            "lookup {n:?}"
+        );
         assert_eq!(
             core.mkdir(c, dir, n, 0o755, f.uid, f.gid).map(drop),
             Err(libc::EINVAL),
@@ -146,8 +161,16 @@ fn bad_names_are_refused_with_einval_and_leave_nothing_behind() {
             Err(libc::EINVAL),
             "create {n:?}"
         );
-        assert_eq!(core.unlink(c, dir, n, false), Err(libc::EINVAL), "unlink {n:?}");
-        assert_eq!(core.unlink(c, dir, n, true), Err(libc::EINVAL), "rmdir {n:?}");
+        assert_eq!(
+            core.unlink(c, dir, n, false),
+            Err(libc::EINVAL),
+            "unlink {n:?}"
+        );
+        assert_eq!(
+            core.unlink(c, dir, n, true),
+            Err(libc::EINVAL),
+            "rmdir {n:?}"
+        );
         assert_eq!(
             core.rename(c, ROOT_INO, name("f"), dir, n, 0),
             Err(libc::EINVAL),
@@ -210,7 +233,11 @@ fn open_modes_exclusive_create_and_truncating_open() {
         1,
     );
     assert_eq!(again.map(drop), Err(libc::EEXIST));
-    assert_eq!(std::fs::read(f.disk("a")).unwrap(), b"data", "EEXIST kept it");
+    assert_eq!(
+        std::fs::read(f.disk("a")).unwrap(),
+        b"data",
+        "EEXIST kept it"
+    );
 
     // A read-only open cannot write; the storage says EBADF.
     let (ro, of) = f.core.open(&f.cx, ino, libc::O_RDONLY, 1).unwrap();
@@ -218,15 +245,25 @@ fn open_modes_exclusive_create_and_truncating_open() {
     assert_eq!(f.core.write(&f.cx, ro, 0, b"x"), Err(libc::EBADF));
     assert_eq!(f.core.read(&f.cx, ro, 0, 10).unwrap(), b"data");
     // O_TRUNC empties it.
-    let (rw, of) = f.core.open(&f.cx, ino, libc::O_RDWR | libc::O_TRUNC, 1).unwrap();
+    let (rw, of) = f
+        .core
+        .open(&f.cx, ino, libc::O_RDWR | libc::O_TRUNC, 1)
+        .unwrap();
     assert!(of.writable());
     assert_eq!(f.size(ino), Ok(0));
     assert_eq!(f.core.open_count(), 2);
     f.core.release(ro);
     f.core.release(rw);
     assert_eq!(f.core.open_count(), 0);
-    assert_eq!(f.core.read(&f.cx, rw, 0, 1), Err(libc::EBADF), "released fh");
-    assert!(f.core.release(rw).is_none(), "a second release finds nothing");
+    assert_eq!(
+        f.core.read(&f.cx, rw, 0, 1),
+        Err(libc::EBADF),
+        "released fh"
+    );
+    assert!(
+        f.core.release(rw).is_none(),
+        "a second release finds nothing"
+    );
     // Opening a directory for writing: EISDIR.
     assert_eq!(
         f.core.open(&f.cx, ROOT_INO, libc::O_RDWR, 1).map(drop),
@@ -248,15 +285,27 @@ fn mkdir_rmdir_unlink_errnos() {
     assert_eq!(mk(ROOT_INO, "d"), Err(libc::EEXIST));
     f.create(d, "x");
     assert_eq!(mk(f.lookup(d, "x").unwrap(), "y"), Err(libc::ENOTDIR));
-    assert_eq!(f.core.unlink(&f.cx, ROOT_INO, name("d"), true), Err(libc::ENOTEMPTY));
-    assert_eq!(f.core.unlink(&f.cx, ROOT_INO, name("d"), false), Err(libc::EISDIR));
+    assert_eq!(
+        f.core.unlink(&f.cx, ROOT_INO, name("d"), true),
+        Err(libc::ENOTEMPTY)
+    );
+    assert_eq!(
+        f.core.unlink(&f.cx, ROOT_INO, name("d"), false),
+        Err(libc::EISDIR)
+    );
     assert_eq!(f.core.unlink(&f.cx, d, name("x"), true), Err(libc::ENOTDIR));
-    assert_eq!(f.core.unlink(&f.cx, d, name("nope"), false), Err(libc::ENOENT));
+    assert_eq!(
+        f.core.unlink(&f.cx, d, name("nope"), false),
+        Err(libc::ENOENT)
+    );
     assert_eq!(f.core.unlink(&f.cx, d, name("x"), false), Ok(()));
     assert_eq!(f.lookup(d, "x"), Err(libc::ENOENT));
     assert_eq!(f.core.unlink(&f.cx, ROOT_INO, name("d"), true), Ok(()));
     assert!(!f.disk("d").exists());
-    assert_eq!(f.core.unlink(&f.cx, ROOT_INO, name("d"), true), Err(libc::ENOENT));
+    assert_eq!(
+        f.core.unlink(&f.cx, ROOT_INO, name("d"), true),
+        Err(libc::ENOENT)
+    );
 }
 
 #[test]
@@ -285,21 +334,32 @@ fn rename_moves_the_subtree_and_inodes_follow_it() {
     f.mkdir(ROOT_INO, "full");
     f.create(f.lookup(ROOT_INO, "full").unwrap(), "k");
     assert_eq!(
-        f.core.rename(&f.cx, ROOT_INO, name("e"), ROOT_INO, name("full"), 0),
+        f.core
+            .rename(&f.cx, ROOT_INO, name("e"), ROOT_INO, name("full"), 0),
         Err(libc::ENOTEMPTY)
     );
     // A file over a file replaces it; NOREPLACE refuses.
     assert_eq!(
-        f.core
-            .rename(&f.cx, sub, name("g"), sub, name("f"), libc::RENAME_NOREPLACE),
+        f.core.rename(
+            &f.cx,
+            sub,
+            name("g"),
+            sub,
+            name("f"),
+            libc::RENAME_NOREPLACE
+        ),
         Err(libc::EEXIST)
     );
-    f.core.rename(&f.cx, sub, name("g"), sub, name("f"), 0).unwrap();
+    f.core
+        .rename(&f.cx, sub, name("g"), sub, name("f"), 0)
+        .unwrap();
     assert_eq!(f.lookup(sub, "f"), Ok(g));
     assert_eq!(f.size(g), Ok(0));
     assert_eq!(f.lookup(sub, "g"), Err(libc::ENOENT));
     // Renaming a name onto itself changes nothing.
-    f.core.rename(&f.cx, sub, name("f"), sub, name("f"), 0).unwrap();
+    f.core
+        .rename(&f.cx, sub, name("f"), sub, name("f"), 0)
+        .unwrap();
     assert_eq!(f.size(g), Ok(0));
     assert_eq!(f.lookup(sub, "f"), Ok(g));
 }
@@ -312,7 +372,14 @@ fn rename_exchange_swaps_the_inodes_paths() {
     let (inner, _) = f.create(d, "inner");
     f.core.write(&f.cx, fa, 0, b"12345").unwrap();
     f.core
-        .rename(&f.cx, ROOT_INO, name("a"), ROOT_INO, name("d"), libc::RENAME_EXCHANGE)
+        .rename(
+            &f.cx,
+            ROOT_INO,
+            name("a"),
+            ROOT_INO,
+            name("d"),
+            libc::RENAME_EXCHANGE,
+        )
         .unwrap();
     assert!(f.disk("a/inner").is_file() && f.disk("d").is_file());
     assert_eq!(f.size(a), Ok(5), "a's inode now lives at d");
@@ -351,7 +418,14 @@ fn symlinks_read_back_their_target() {
     let f = Fixture::new();
     let s = f
         .core
-        .symlink(&f.cx, ROOT_INO, name("s"), Path::new("../some/where"), f.uid, f.gid)
+        .symlink(
+            &f.cx,
+            ROOT_INO,
+            name("s"),
+            Path::new("../some/where"),
+            f.uid,
+            f.gid,
+        )
         .unwrap();
     assert_eq!(s.kind, FileType::Symlink);
     assert_eq!(f.core.readlink(&f.cx, s.ino).unwrap(), b"../some/where");
@@ -449,7 +523,17 @@ fn setattr_truncates_chmods_and_sets_times() {
     // Chown to oneself is allowed without root.
     let a = f
         .core
-        .setattr(&f.cx, ino, None, None, Some(f.uid), Some(f.gid), None, None, None)
+        .setattr(
+            &f.cx,
+            ino,
+            None,
+            None,
+            Some(f.uid),
+            Some(f.gid),
+            None,
+            None,
+            None,
+        )
         .unwrap();
     assert_eq!((a.uid, a.gid), (f.uid, f.gid));
     // Truncating a directory: EISDIR.
@@ -490,7 +574,10 @@ fn forget_drops_an_inode_only_when_its_lookups_reach_zero() {
     let f = Fixture::new();
     let (ino, _) = f.create(ROOT_INO, "a"); // lookup 1
     assert_eq!(f.lookup(ROOT_INO, "a"), Ok(ino)); // 2
-    assert_eq!(f.core.entry_plus(&f.cx, ROOT_INO, name("a")).unwrap().ino, ino); // 3
+    assert_eq!(
+        f.core.entry_plus(&f.cx, ROOT_INO, name("a")).unwrap().ino,
+        ino
+    ); // 3
     let held = f.core.inodes.len();
     f.core.forget(ino, 2);
     assert_eq!(f.size(ino), Ok(0), "one lookup left");
@@ -546,7 +633,11 @@ fn a_stale_inode_never_answers_for_the_new_file_at_its_old_name() {
         .setattr(&f.cx, old, None, Some(0o600), None, None, None, None, None);
     assert_eq!(chmod.map(drop), Err(libc::ENOENT));
     assert_eq!(f.truncate(old, None, 0), Err(libc::ENOENT));
-    assert_eq!(std::fs::read(f.disk("a")).unwrap(), b"new", "new file untouched");
+    assert_eq!(
+        std::fs::read(f.disk("a")).unwrap(),
+        b"new",
+        "new file untouched"
+    );
     let perm = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(f.disk("a")).unwrap().permissions(),
     );
@@ -559,6 +650,14 @@ fn a_stale_inode_never_answers_for_the_new_file_at_its_old_name() {
     assert_eq!(f.size(new), Err(libc::ENOENT), "the replaced inode");
     assert_eq!(f.size(other), Ok(0));
     assert_eq!(f.lookup(ROOT_INO, "a"), Ok(other));
+    // Replaced on the storage behind the core's back (another client of
+    // the shared storage; `other` stays open, so its number is not reused).
+    std::fs::remove_file(f.disk("a")).unwrap();
+    std::fs::write(f.disk("a"), b"third").unwrap();
+    assert_eq!(f.size(other), Err(libc::ENOENT));
+    let third = f.lookup(ROOT_INO, "a").unwrap();
+    assert_ne!(third, other);
+    assert_eq!(f.size(third), Ok(5));
 }
 
 #[test]
@@ -572,11 +671,14 @@ fn access_checks_the_local_owner_and_mode() {
     let other = attr.uid.wrapping_add(1).max(1);
     let other_gid = attr.gid.wrapping_add(1);
     let acc = |mask, uid, gid| f.core.access(&f.cx, ino, mask, uid, gid);
-    assert_eq!(acc(libc::R_OK | libc::W_OK, attr.uid.max(1), attr.gid), if attr.uid == 0 {
-        Err(libc::EACCES) // uid 1 is neither owner nor root when we are root
-    } else {
-        Ok(())
-    });
+    assert_eq!(
+        acc(libc::R_OK | libc::W_OK, attr.uid.max(1), attr.gid),
+        if attr.uid == 0 {
+            Err(libc::EACCES) // uid 1 is neither owner nor root when we are root
+        } else {
+            Ok(())
+        }
+    );
     assert_eq!(acc(libc::R_OK, other, attr.gid), Ok(()), "group may read");
     assert_eq!(acc(libc::W_OK, other, attr.gid), Err(libc::EACCES));
     assert_eq!(acc(libc::R_OK, other, other_gid), Err(libc::EACCES));
