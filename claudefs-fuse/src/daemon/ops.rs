@@ -833,4 +833,6 @@ impl Core {
 }
 
 #[cfg(test)]
+mod reftest;
+#[cfg(test)]
 mod tests;
