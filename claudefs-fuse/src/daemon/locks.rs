@@ -437,6 +437,9 @@ impl<A> Inner<A> {
 }
 
 #[cfg(test)]
+mod service_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex as StdMutex};
