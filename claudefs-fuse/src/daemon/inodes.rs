@@ -156,19 +156,18 @@ impl InodeTable {
         false
     }
 
-    /// Name `rel` was removed: forget it for inodes that have other names.
+    /// Name `rel` was removed: no inode answers at it any more (one whose
+    /// only name it was keeps its lookups, without a path, until forgotten).
     pub fn unlinked(&self, rel: &Path) {
         let mut inner = self.write();
         for node in inner.nodes.values_mut() {
-            if node.paths.len() > 1 {
-                node.paths.retain(|p| p != rel);
-            }
+            node.paths.retain(|p| p != rel);
         }
     }
 
     /// `from` was renamed to `to`: rewrite it and everything below it.
     pub fn renamed(&self, from: &Path, to: &Path) {
-        if from.as_os_str().is_empty() {
+        if from.as_os_str().is_empty() || from == to {
             return;
         }
         self.unlinked(to);

@@ -11,9 +11,9 @@
 //!   unlock (two threads flocking separate opens of one file).
 //! * A blocking request that conflicts is parked: its reply object goes to
 //!   a FIFO wait queue of the inode and the worker thread returns at once.
-//!   Whoever removes a lock (unlock, release, an interrupted waiter) scans
-//!   the queue in arrival order and replies to every waiter that can now be
-//!   granted.
+//!   Whoever removes or downgrades a lock (unlock, release, an interrupted
+//!   waiter, exclusive -> shared) scans the queue in arrival order and
+//!   replies to every waiter that can now be granted.
 //! * Interrupts: a signal to a waiting caller makes the kernel send
 //!   `FUSE_INTERRUPT` with the waiting request's `unique`
 //!   ([`Locks::interrupt`]): the waiter is answered `EINTR` and leaves the
@@ -336,6 +336,10 @@ impl<A: Answer> Locks<A> {
         match conflict {
             FlockConflict::None => {
                 self.granted(ino, owner, pid, ft);
+                // A downgrade (exclusive -> shared) may let shared waiters in.
+                if ft == FlockType::Shared {
+                    self.wake(&mut inner, ino);
+                }
                 inner.answered(ft, sleep, since, false);
                 Outcome::Answer(reply, None)
             }
@@ -515,6 +519,9 @@ impl<A> Inner<A> {
         }
     }
 }
+
+#[cfg(test)]
+mod service_tests;
 
 #[cfg(test)]
 mod tests {

@@ -185,7 +185,9 @@ impl Core {
     }
 
     fn child(&self, parent: u64, name: &OsStr) -> SysResult<PathBuf> {
-        if name.is_empty() || name.as_encoded_bytes().contains(&b'/') {
+        let b = name.as_encoded_bytes();
+        // `.`/`..` would name the parent or leave the storage root.
+        if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
             return Err(libc::EINVAL);
         }
         self.inodes.child_path(parent, name).ok_or(libc::ENOENT)
@@ -250,8 +252,15 @@ impl Core {
             }
         }
         let rel = self.path(ino)?;
-        cx.note(self.router.run(Retry::Idempotent, |r| r.stat(&rel)))
-            .map(|st| self.attr(&st))
+        let attr = cx
+            .note(self.router.run(Retry::Idempotent, |r| r.stat(&rel)))
+            .map(|st| self.attr(&st))?;
+        // The name now holds another file (replaced on the storage behind
+        // our back): this inode has none left.
+        if attr.ino != ino {
+            return Err(libc::ENOENT);
+        }
+        Ok(attr)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -267,7 +276,10 @@ impl Core {
         atime: Option<SetTime>,
         mtime: Option<SetTime>,
     ) -> SysResult<FileAttr> {
-        let rel = self.path(ino)?;
+        // ftruncate(2) of an open file needs no name: it may have none left.
+        let of = fh.and_then(|fh| self.file(fh).ok());
+        let path = self.path(ino);
+        let rel = || path.as_deref().map_err(|e| *e);
         if uid.is_some() || gid.is_some() {
             let hu = match uid {
                 Some(u) => self.idmap.uid_to_host(u).ok_or(libc::EPERM)?,
@@ -277,24 +289,34 @@ impl Core {
                 Some(g) => self.idmap.gid_to_host(g).ok_or(libc::EPERM)?,
                 None => u32::MAX,
             };
-            cx.note(self.router.run(Retry::Once, |r| r.chown(&rel, hu, hg)))?;
+            let rel = rel()?;
+            cx.note(self.router.run(Retry::Once, |r| r.chown(rel, hu, hg)))?;
         }
         if let Some(m) = mode {
-            cx.note(self.router.run(Retry::Once, |r| r.chmod(&rel, m & 0o7777)))?;
+            let rel = rel()?;
+            cx.note(self.router.run(Retry::Once, |r| r.chmod(rel, m & 0o7777)))?;
         }
         if let Some(sz) = size {
-            match fh.and_then(|fh| self.file(fh).ok()) {
-                Some(of) => {
-                    self.with_file(cx, &of, Retry::Once, |fd| storage::ftruncate(fd, sz))?
+            match &of {
+                Some(of) => self.with_file(cx, of, Retry::Once, |fd| storage::ftruncate(fd, sz))?,
+                None => {
+                    let rel = rel()?;
+                    cx.note(self.router.run(Retry::Once, |r| r.truncate(rel, sz)))?
                 }
-                None => cx.note(self.router.run(Retry::Once, |r| r.truncate(&rel, sz)))?,
             }
         }
         if atime.is_some() || mtime.is_some() {
             let t = [timespec(atime), timespec(mtime)];
-            cx.note(self.router.run(Retry::Once, |r| r.utimens(&rel, &t)))?;
+            let rel = rel()?;
+            cx.note(self.router.run(Retry::Once, |r| r.utimens(rel, &t)))?;
         }
-        cx.note(self.router.run(Retry::Idempotent, |r| r.stat(&rel)))
+        if let Some(of) = &of {
+            if let Ok(st) = self.with_file(cx, of, Retry::Idempotent, storage::fstat) {
+                return Ok(self.attr(&st));
+            }
+        }
+        let rel = rel()?;
+        cx.note(self.router.run(Retry::Idempotent, |r| r.stat(rel)))
             .map(|st| self.attr(&st))
     }
 
@@ -959,3 +981,8 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod reftest;
+#[cfg(test)]
+mod tests;
