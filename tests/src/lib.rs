@@ -99,6 +99,16 @@ impl MountGuard {
 
     /// Mounts `mnt` with `args` (paths and options) and state dir `state`.
     pub fn start(mnt: &Path, state: &Path, args: &[String]) -> anyhow::Result<Self> {
+        Self::start_with_env(mnt, state, args, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables for the daemon.
+    pub fn start_with_env(
+        mnt: &Path,
+        state: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(mnt)?;
         let log = state.with_extension("log");
         let logf = std::fs::File::create(&log)?;
@@ -116,6 +126,7 @@ impl MountGuard {
             .arg("--state-dir")
             .arg(state)
             .arg(mnt)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()?;
@@ -146,9 +157,50 @@ impl MountGuard {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Daemon pid.
+    /// Pid of the process serving the mount: the server (as its status
+    /// says), which is the process started here with `--no-keeper`.
     pub fn pid(&self) -> u32 {
+        self.status()
+            .ok()
+            .and_then(|s| s["pid"].as_u64())
+            .map(|p| p as u32)
+            .unwrap_or_else(|| self.keeper_pid())
+    }
+
+    /// Pid of the process started here (the keeper, by default).
+    pub fn keeper_pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// kill -9 of the server only (the keeper starts the next one);
+    /// returns the pid killed.
+    pub fn kill9_server(&self) -> u32 {
+        let pid = self.pid();
+        if pid != 0 && pid != self.keeper_pid() {
+            // SAFETY: signals a process of the mount under test.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        pid
+    }
+
+    /// Waits until a server of generation `generation` or later serves
+    /// (its status answers); returns its status.
+    pub fn wait_generation(&self, generation: u64, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(st) = self.status() {
+                if st["keeper"]["generation"].as_u64().unwrap_or(0) >= generation {
+                    return Ok(st);
+                }
+            }
+            if t0.elapsed() > timeout {
+                anyhow::bail!(
+                    "no server of generation {generation} after {timeout:?}: {}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// `claudefs-fuse status --json` of this daemon.
@@ -156,11 +208,22 @@ impl MountGuard {
         status_json(&self.state)
     }
 
-    /// kill -9 the daemon (leaves a dead mount, which is lazily unmounted).
+    /// kill -9 the daemon, keeper and server (leaves a dead mount, which
+    /// is lazily unmounted).
     pub fn kill9(mut self) {
+        let server = self.pid();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if server != 0 {
+            // SAFETY: signals the server of the mount under test.
+            unsafe { libc::kill(server as i32, libc::SIGKILL) };
+            wait_until(Duration::from_secs(5), || {
+                !Path::new(&format!("/proc/{server}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{server}/stat"))
+                        .is_ok_and(|s| s.contains(") Z "))
+            });
         }
         umount_lazy(&self.mnt);
     }

@@ -6,8 +6,9 @@
 //! * The server dies (kill -9, a panic, OOM): the keeper starts the next
 //!   one at once; it adopts the connection and carries on from the
 //!   journal, and the kernel resends what the dead one had read (see
-//!   `server.rs`). Five restarts within [`LOOP_WINDOW`] count as a restart
-//!   loop: the next ones wait, doubling up to [`MAX_BACKOFF`].
+//!   `server.rs`). A server that dies before it serves, or within
+//!   [`LOOP_UPTIME`] of serving, five times within [`LOOP_WINDOW`], is in a
+//!   restart loop: the next starts wait, doubling up to [`MAX_BACKOFF`].
 //! * Upgrade (`claudefs-fuse upgrade`, over `<state-dir>/keeper.sock`, or
 //!   SIGHUP for the same binary): the new server prepares first; one that
 //!   fails to start changes nothing. Then the old one drains and exits,
@@ -42,6 +43,9 @@ use crate::session::{InitState, Transport};
 pub const SOCKET: &str = "keeper.sock";
 /// Restarts within this window that make a restart loop (five).
 pub const LOOP_WINDOW: Duration = Duration::from_secs(30);
+/// A server that served less long than this before it died counts
+/// towards a restart loop.
+pub const LOOP_UPTIME: Duration = Duration::from_millis(100);
 const LOOP_RESTARTS: usize = 5;
 /// Longest wait before a restart in a loop.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -94,6 +98,7 @@ struct Server {
     chan: Arc<Channel>,
     started: bool,
     serving: Option<Transport>,
+    serving_since: Option<Instant>,
     held: Vec<OwnedFd>,
 }
 
@@ -180,6 +185,7 @@ impl Keeper {
             chan,
             started: false,
             serving: None,
+            serving_since: None,
             held: Vec::new(),
         })
     }
@@ -215,10 +221,13 @@ impl Keeper {
         }
     }
 
-    /// How long to wait before restarting after a crash now (a loop backs off).
-    fn backoff(&mut self) -> Duration {
+    /// How long to wait before restarting after the crash of a server
+    /// that served since `serving_since` (a loop backs off).
+    fn backoff(&mut self, serving_since: Option<Instant>) -> Duration {
         let now = Instant::now();
-        self.crashes.push_back(now);
+        if serving_since.is_none_or(|t| now.duration_since(t) < LOOP_UPTIME) {
+            self.crashes.push_back(now);
+        }
         while self
             .crashes
             .front()
@@ -444,6 +453,7 @@ fn serve(
                     }
                     ToKeeper::Serving { transport, .. } if is_cur => {
                         cur.serving = Some(transport);
+                        cur.serving_since = Some(Instant::now());
                         // The requests the last server left were resent.
                         k.old_held.clear();
                         if let Some(t) = k.gap_from.take() {
@@ -584,7 +594,7 @@ fn serve(
                             generation,
                             "the server stopped ({status}) with the mount alive: starting the next one"
                         );
-                        std::thread::sleep(k.backoff());
+                        std::thread::sleep(k.backoff(cur.serving_since));
                         let bin = cur.binary.clone();
                         cur = k.spawn(&bin)?;
                     }
