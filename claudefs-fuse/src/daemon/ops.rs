@@ -65,6 +65,13 @@ impl OpenFile {
     }
 }
 
+/// What a SETATTR changes: the inode by its name, or, for a file that
+/// has no name any more (unlinked while open), through an open handle.
+enum Target {
+    Named(PathBuf),
+    Open(Arc<OpenFile>),
+}
+
 /// Attributes of a directory entry for readdir.
 #[derive(Debug, Clone)]
 pub struct ListEntry {
@@ -189,15 +196,76 @@ impl Core {
         self.inodes.forget(ino, n);
     }
 
+    /// Attributes of `ino`: from handle `fh` when the kernel names one
+    /// (`FUSE_GETATTR_FH`), else by the inode's name, else (a file that
+    /// lost its last name while open: unlinked, or renamed over) from one
+    /// of its open handles, as `fstat` on Linux answers (`st_nlink` 0).
+    /// A name that now holds another file (its storage `st_ino` differs,
+    /// say changed behind this mount) counts as gone.
     pub fn getattr(&self, cx: &Served, ino: u64, fh: Option<u64>) -> SysResult<FileAttr> {
         if let Some(of) = fh.and_then(|fh| self.file(fh).ok()) {
             if let Ok(st) = self.with_file(cx, &of, Retry::Idempotent, storage::fstat) {
                 return Ok(self.attr(&st));
             }
         }
-        let rel = self.path(ino)?;
-        cx.note(self.router.run(Retry::Idempotent, |r| r.stat(&rel)))
-            .map(|st| self.attr(&st))
+        let by_name = match self.inodes.path(ino) {
+            Some(rel) => cx.note(self.router.run(Retry::Idempotent, |r| r.stat(&rel))),
+            None => Err(libc::ENOENT),
+        };
+        let st = match by_name {
+            Ok(st) if self.inodes.fuse_ino(st.st_ino) == ino => st,
+            Ok(_) | Err(libc::ENOENT) => {
+                let of = self.open_handle(ino, false).ok_or(libc::ENOENT)?;
+                self.with_file(cx, &of, Retry::Idempotent, storage::fstat)?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(self.attr(&st))
+    }
+
+    /// An open handle of `ino`, one open for writing first when `writer`.
+    fn open_handle(&self, ino: u64, writer: bool) -> Option<Arc<OpenFile>> {
+        let files = self.files.read().unwrap_or_else(|p| p.into_inner());
+        let mut of_ino = files.values().filter(|of| of.ino == ino);
+        if writer {
+            if let Some(of) = of_ino.clone().find(|of| of.writable()) {
+                return Some(of.clone());
+            }
+        }
+        of_ino.next().cloned()
+    }
+
+    /// Where a change of `ino` is made: by its name; for a file that has
+    /// none any more (unlinked while open), through `handle` or another
+    /// open handle of it (one open for writing first when `writer`).
+    fn target(
+        &self,
+        ino: u64,
+        handle: Option<Arc<OpenFile>>,
+        writer: bool,
+    ) -> SysResult<Target> {
+        match self.inodes.path(ino) {
+            Some(rel) => Ok(Target::Named(rel)),
+            None => handle
+                .or_else(|| self.open_handle(ino, writer))
+                .map(Target::Open)
+                .ok_or(libc::ENOENT),
+        }
+    }
+
+    /// Runs one step of a SETATTR on `target`: by name, or through the
+    /// open file's fd (never replayed on another path).
+    fn set_on<T>(
+        &self,
+        cx: &Served,
+        target: &Target,
+        mut by_name: impl FnMut(&StorageRoot, &Path) -> SysResult<T>,
+        by_fd: impl FnMut(RawFd) -> SysResult<T>,
+    ) -> SysResult<T> {
+        match target {
+            Target::Named(rel) => cx.note(self.router.run(Retry::Once, |r| by_name(r, rel))),
+            Target::Open(of) => self.with_file(cx, of, Retry::Once, by_fd),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -213,7 +281,8 @@ impl Core {
         atime: Option<SetTime>,
         mtime: Option<SetTime>,
     ) -> SysResult<FileAttr> {
-        let rel = self.path(ino)?;
+        let handle = fh.and_then(|fh| self.file(fh).ok());
+        let target = self.target(ino, handle.clone(), size.is_some())?;
         if uid.is_some() || gid.is_some() {
             let hu = match uid {
                 Some(u) => self.idmap.uid_to_host(u).ok_or(libc::EPERM)?,
@@ -223,25 +292,44 @@ impl Core {
                 Some(g) => self.idmap.gid_to_host(g).ok_or(libc::EPERM)?,
                 None => u32::MAX,
             };
-            cx.note(self.router.run(Retry::Once, |r| r.chown(&rel, hu, hg)))?;
+            self.set_on(
+                cx,
+                &target,
+                |r, rel| r.chown(rel, hu, hg),
+                |fd| storage::fchown(fd, hu, hg),
+            )?;
         }
         if let Some(m) = mode {
-            cx.note(self.router.run(Retry::Once, |r| r.chmod(&rel, m & 0o7777)))?;
+            self.set_on(
+                cx,
+                &target,
+                |r, rel| r.chmod(rel, m & 0o7777),
+                |fd| storage::fchmod(fd, m & 0o7777),
+            )?;
         }
         if let Some(sz) = size {
-            match fh.and_then(|fh| self.file(fh).ok()) {
+            match &handle {
                 Some(of) => {
-                    self.with_file(cx, &of, Retry::Once, |fd| storage::ftruncate(fd, sz))?
+                    self.with_file(cx, of, Retry::Once, |fd| storage::ftruncate(fd, sz))?
                 }
-                None => cx.note(self.router.run(Retry::Once, |r| r.truncate(&rel, sz)))?,
+                None => self.set_on(
+                    cx,
+                    &target,
+                    |r, rel| r.truncate(rel, sz),
+                    |fd| storage::ftruncate(fd, sz),
+                )?,
             }
         }
         if atime.is_some() || mtime.is_some() {
             let t = [timespec(atime), timespec(mtime)];
-            cx.note(self.router.run(Retry::Once, |r| r.utimens(&rel, &t)))?;
+            self.set_on(
+                cx,
+                &target,
+                |r, rel| r.utimens(rel, &t),
+                |fd| storage::futimens(fd, &t),
+            )?;
         }
-        cx.note(self.router.run(Retry::Idempotent, |r| r.stat(&rel)))
-            .map(|st| self.attr(&st))
+        self.getattr(cx, ino, fh)
     }
 
     /// Clears the suid bit and, on a group-executable file, the sgid bit
@@ -249,18 +337,26 @@ impl Core {
     /// without `CAP_FSETID` (the kernel asks, `HANDLE_KILLPRIV_V2`; the
     /// daemon's own calls on storage keep the bits, as root's do).
     pub fn kill_suidgid(&self, cx: &Served, ino: u64) -> SysResult<()> {
-        let rel = self.path(ino)?;
-        cx.note(self.router.run(Retry::Once, |r| {
-            let mode = r.stat(&rel)?.st_mode;
+        let killed = |mode: libc::mode_t| {
             let mut kill = libc::S_ISUID;
             if mode & libc::S_IXGRP != 0 {
                 kill |= libc::S_ISGID;
             }
-            if mode & libc::S_IFMT == libc::S_IFREG && mode & kill != 0 {
-                r.chmod(&rel, mode & 0o7777 & !kill)?;
-            }
-            Ok(())
-        }))
+            (mode & libc::S_IFMT == libc::S_IFREG && mode & kill != 0)
+                .then_some(mode & 0o7777 & !kill)
+        };
+        self.set_on(
+            cx,
+            &self.target(ino, None, false)?,
+            |r, rel| match killed(r.stat(rel)?.st_mode) {
+                Some(m) => r.chmod(rel, m),
+                None => Ok(()),
+            },
+            |fd| match killed(storage::fstat(fd)?.st_mode) {
+                Some(m) => storage::fchmod(fd, m),
+                None => Ok(()),
+            },
+        )
     }
 
     pub fn readlink(&self, cx: &Served, ino: u64) -> SysResult<Vec<u8>> {
