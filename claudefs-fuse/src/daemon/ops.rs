@@ -238,12 +238,7 @@ impl Core {
     /// Where a change of `ino` is made: by its name; for a file that has
     /// none any more (unlinked while open), through `handle` or another
     /// open handle of it (one open for writing first when `writer`).
-    fn target(
-        &self,
-        ino: u64,
-        handle: Option<Arc<OpenFile>>,
-        writer: bool,
-    ) -> SysResult<Target> {
+    fn target(&self, ino: u64, handle: Option<Arc<OpenFile>>, writer: bool) -> SysResult<Target> {
         match self.inodes.path(ino) {
             Some(rel) => Ok(Target::Named(rel)),
             None => handle
@@ -309,9 +304,7 @@ impl Core {
         }
         if let Some(sz) = size {
             match &handle {
-                Some(of) => {
-                    self.with_file(cx, of, Retry::Once, |fd| storage::ftruncate(fd, sz))?
-                }
+                Some(of) => self.with_file(cx, of, Retry::Once, |fd| storage::ftruncate(fd, sz))?,
                 None => self.set_on(
                     cx,
                     &target,
@@ -905,3 +898,7 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "ops_tests.rs"]
+mod tests;
