@@ -443,6 +443,35 @@ fn fds_on(pid: u32, file: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Pid of the bindfs mounted at `dst` (the last argument of its command).
+fn bindfs_pid(dst: &Path) -> i32 {
+    let want = dst.as_os_str().as_encoded_bytes();
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
+            (args.first()?.ends_with(b"bindfs") && *args.last()? == want).then_some(pid)
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no bindfs on {}", dst.display()))
+}
+
+/// The value of `a` once it has not changed for 150 ms.
+fn settled(a: &AtomicU64) -> u64 {
+    let mut last = a.load(Ordering::SeqCst);
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_millis(150) {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = a.load(Ordering::SeqCst);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    last
+}
+
 /// Size of one record of the writer below.
 const RECORD: usize = 4096;
 
@@ -489,8 +518,8 @@ struct Writes {
 
 /// A storage path killed under a writer: two paths, bindfs mounts of one
 /// directory, the writer's on the first. A writer appends a record and
-/// fsyncs it in a loop; the bindfs under it is killed. The one call in
-/// flight fails with EIO and is not replayed on the other path (an
+/// fsyncs it in a loop; the bindfs under it is killed while a write is
+/// in it. The write in flight fails with EIO and is not replayed on the other path (an
 /// O_APPEND write replayed would show twice), no other data appears, every
 /// record written before is intact, later writes carry on over the
 /// other path, and so do reads of files opened before and new opens.
@@ -529,12 +558,15 @@ fn a_storage_path_killed_under_a_writer() {
     let stop = Arc::new(AtomicBool::new(false));
     let synced = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
+    // The writer's call under way: 2 * record for its write, + 1 for its fsync.
+    let call = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (log, stop, synced, failures) = (
+        let (log, stop, synced, failures, call) = (
             mnt.join("log"),
             stop.clone(),
             synced.clone(),
             failures.clone(),
+            call.clone(),
         );
         std::thread::spawn(move || {
             let mut f = fs::OpenOptions::new()
@@ -551,6 +583,7 @@ fn a_storage_path_killed_under_a_writer() {
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
+                call.store(2 * seq, Ordering::SeqCst);
                 match f.write(&record(seq)) {
                     Ok(RECORD) => w.acked.push(seq),
                     Ok(n) => panic!("short write of record {seq}: {n}"),
@@ -559,6 +592,7 @@ fn a_storage_path_killed_under_a_writer() {
                         continue;
                     }
                 }
+                call.store(2 * seq + 1, Ordering::SeqCst);
                 match f.sync_all() {
                     Ok(()) => {
                         w.synced = Some(seq);
@@ -621,6 +655,24 @@ fn a_storage_path_killed_under_a_writer() {
     );
     pause.store(true, Ordering::SeqCst);
     assert!(wait_until(Duration::from_secs(5), || paused.load(Ordering::SeqCst)));
+    // Path a's bindfs is stopped until the writer's call stuck in it is a
+    // write (so the call in flight when the path dies is a write, which a
+    // replay would repeat), then killed.
+    let bindfs_a = bindfs_pid(&via_a);
+    let mut in_flight = None;
+    for _ in 0..40 {
+        // SAFETY: kill(2) of the bindfs this test started.
+        unsafe { libc::kill(bindfs_a, libc::SIGSTOP) };
+        let c = settled(&call);
+        if c % 2 == 0 {
+            in_flight = Some(c / 2);
+            break;
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(bindfs_a, libc::SIGCONT) };
+        wait_until(Duration::from_secs(2), || call.load(Ordering::SeqCst) != c);
+    }
+    let in_flight = in_flight.expect("the writer never stuck in a write on path a");
     let before = synced.load(Ordering::SeqCst);
     bind_a.kill();
     assert!(
@@ -663,10 +715,9 @@ fn a_storage_path_killed_under_a_writer() {
     let rounds = reader.join().unwrap().unwrap();
     assert!(rounds > 0);
 
-    // One call failed, with EIO.
-    assert_eq!(w.failed.len(), 1, "{:?}", w.failed);
-    let (lost, _, errno) = w.failed[0];
-    assert_eq!(errno, libc::EIO, "{:?}", w.failed);
+    // The write in flight failed, with EIO; nothing else did.
+    assert_eq!(w.failed, [(in_flight, "write", libc::EIO)]);
+    let lost = in_flight;
     // The storage holds every acknowledged record once, in order, and of
     // the failed call's record at most one copy; nothing else.
     let on_storage = records_in(&fs::read(shared.join("log")).unwrap());
