@@ -664,7 +664,7 @@ fn a_storage_path_killed_under_a_writer() {
         // SAFETY: kill(2) of the bindfs this test started.
         unsafe { libc::kill(bindfs_a, libc::SIGSTOP) };
         let c = settled(&call);
-        if c % 2 == 0 {
+        if c.is_multiple_of(2) {
             in_flight = Some(c / 2);
             break;
         }
