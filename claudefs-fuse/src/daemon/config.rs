@@ -205,7 +205,7 @@ pub struct MountArgs {
     #[arg(long, value_name = "PROTOCOL")]
     pub otlp_protocol: Option<String>,
     /// Requests slower than this always become spans (e.g. 50ms).
-    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = crate::exporter::parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = crate::exporter::parse_duration)]
     pub slow_threshold: Option<std::time::Duration>,
     /// Where to mount.
     pub mountpoint: PathBuf,
@@ -302,7 +302,7 @@ impl Origin<'_> {
 }
 
 /// A TOML error as one line naming the file, the line and the key it is
-/// about: `bad config c.toml, line 2 (policy): unknown variant ...`.
+/// about: `--config c.toml, line 2 (policy): unknown variant ...`.
 fn toml_error(file: &Path, text: &str, err: &toml::de::Error) -> String {
     let message = err
         .message()
@@ -311,7 +311,7 @@ fn toml_error(file: &Path, text: &str, err: &toml::de::Error) -> String {
         .unwrap_or("invalid TOML")
         .trim();
     let Some(span) = err.span() else {
-        return format!("bad config {}: {message}", file.display());
+        return format!("--config {}: {message}", file.display());
     };
     let start = span.start.min(text.len());
     let line_no = text[..start].matches('\n').count() + 1;
@@ -322,10 +322,10 @@ fn toml_error(file: &Path, text: &str, err: &toml::de::Error) -> String {
         .filter(|k| !k.is_empty() && !k.contains(char::is_whitespace));
     match key {
         Some(key) => format!(
-            "bad config {}, line {line_no} ({key}): {message}",
+            "--config {}, line {line_no} ({key}): {message}",
             file.display()
         ),
-        None => format!("bad config {}, line {line_no}: {message}", file.display()),
+        None => format!("--config {}, line {line_no}: {message}", file.display()),
     }
 }
 

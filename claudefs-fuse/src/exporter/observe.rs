@@ -38,7 +38,7 @@ pub struct ObserveArgs {
     #[arg(long, value_name = "RATE", default_value_t = 0.0, allow_negative_numbers = true, value_parser = parse_sample_rate)]
     pub sample_rate: f64,
     /// Export requests slower than this as spans (e.g. 100ms).
-    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
     pub slow_threshold: Option<Duration>,
 }
 
