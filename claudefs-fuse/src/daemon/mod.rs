@@ -83,7 +83,7 @@ fn check_mountpoint(dir: &Path) -> anyhow::Result<PathBuf> {
 /// Takes the state dir's lock file (one daemon per state dir).
 fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create state dir {}", dir.display()))?;
+        .with_context(|| format!("--state-dir {}: cannot create it", dir.display()))?;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -219,7 +219,6 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     init_logging();
     let s = args.resolve()?;
     let mountpoint = check_mountpoint(&s.mountpoint)?;
-    let _lock = lock_state_dir(&s.state_dir)?;
     // SAFETY: umask only affects this process; the kernel already applied the caller's.
     unsafe { libc::umask(0) };
     raise_fd_limit();
@@ -265,6 +264,8 @@ pub fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         crate::exporter::otlp::target_from(s.otlp_endpoint.as_deref(), s.otlp_protocol.as_deref())
             .map_err(anyhow::Error::msg)?;
 
+    // The state dir is created and locked only once nothing above failed.
+    let _lock = lock_state_dir(&s.state_dir)?;
     let leftover = journal::read_leftover(&s.state_dir)?;
     let t_recovery = std::time::Instant::now();
     let (_state, mut summary) = journal::recover(&leftover, &router);
@@ -673,7 +674,10 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         (None, Some(m)) => config::default_state_dir(m),
         (None, None) => bail!("give --state-dir or --mountpoint"),
     };
-    let s = status::fetch(&dir)?;
+    let s = status::fetch(&dir).with_context(|| match (&args.state_dir, &args.mountpoint) {
+        (None, Some(m)) => format!("--mountpoint {}", m.display()),
+        _ => format!("--state-dir {}", dir.display()),
+    })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
