@@ -40,12 +40,7 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
-            eprintln!(
-                "claudefs-fuse: {} (see --help)",
-                first.trim_start_matches("error: ")
-            );
+            eprintln!("claudefs-fuse: {} (see --help)", one_line(&e.to_string()));
             return ExitCode::from(2);
         }
     };
@@ -62,5 +57,66 @@ pub fn main() -> ExitCode {
             eprintln!("claudefs-fuse: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The first paragraph of a clap error as one line: clap puts what was
+/// wrong on the first line and the missing arguments or the possible
+/// values on the lines below it (`the following required arguments were
+/// not provided: --state-dir <DIR>`), then a blank line and the usage.
+fn one_line(text: &str) -> String {
+    let words: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let line = words.join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    if line.is_empty() {
+        "bad arguments".to_string()
+    } else {
+        line.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_error(argv: &[&str]) -> String {
+        match Cli::try_parse_from(std::iter::once("claudefs-fuse").chain(argv.iter().copied())) {
+            Ok(cli) => panic!("{argv:?} parsed: {cli:?}"),
+            Err(e) => one_line(&e.to_string()),
+        }
+    }
+
+    #[test]
+    fn errors_are_one_line_naming_the_flag() {
+        let cases: [(&[&str], &str); 6] = [
+            (&["status"], "--state-dir"),
+            (&["mount", "--path", "/a"], "<MOUNTPOINT>"),
+            (&["mount", "--threads", "-1", "/m"], "--threads"),
+            (&["mount", "--policy", "fastest", "/m"], "round-robin"),
+            (&["triage", "--duration", "-5"], "--duration"),
+            (&["observe", "--sample-rate", "-0.5"], "--sample-rate"),
+        ];
+        for (argv, named) in cases {
+            let line = parse_error(argv);
+            assert!(line.contains(named), "{argv:?}: {line}");
+            assert!(
+                !line.contains('\n') && !line.starts_with("error"),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_line_keeps_the_first_paragraph() {
+        let text = "error: the following required arguments were not provided:\n  --state-dir <DIR>\n\nUsage: x\n";
+        assert_eq!(
+            one_line(text),
+            "the following required arguments were not provided: --state-dir <DIR>"
+        );
+        assert_eq!(one_line(""), "bad arguments");
     }
 }

@@ -185,7 +185,11 @@ impl MountGuard {
 
     /// Waits until a server of generation `generation` or later serves
     /// (its status answers); returns its status.
-    pub fn wait_generation(&self, generation: u64, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+    pub fn wait_generation(
+        &self,
+        generation: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
         let t0 = Instant::now();
         loop {
             if let Ok(st) = self.status() {

@@ -4,7 +4,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -429,4 +429,328 @@ fn close_reports_storage_close_errors_and_fsyncdir_reaches_storage() {
     assert_eq!(fsyncdirs(), None);
     fs::File::open(&m.mnt).unwrap().sync_all().unwrap();
     assert_eq!(fsyncdirs(), Some((1, 0)));
+}
+
+/// Backing fds the daemon `pid` holds on `file` (links in /proc/PID/fd).
+fn fds_on(pid: u32, file: &Path) -> usize {
+    let want = file.display().to_string();
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| l.display().to_string() == want)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Pid of the bindfs mounted at `dst` (the last argument of its command).
+fn bindfs_pid(dst: &Path) -> i32 {
+    let want = dst.as_os_str().as_encoded_bytes();
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
+            (args.first()?.ends_with(b"bindfs") && *args.last()? == want).then_some(pid)
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no bindfs on {}", dst.display()))
+}
+
+/// The value of `a` once it has not changed for 150 ms.
+fn settled(a: &AtomicU64) -> u64 {
+    let mut last = a.load(Ordering::SeqCst);
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_millis(150) {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = a.load(Ordering::SeqCst);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    last
+}
+
+/// Size of one record of the writer below.
+const RECORD: usize = 4096;
+
+/// Record `seq`: a header naming it, then a fill byte of its own.
+fn record(seq: u64) -> Vec<u8> {
+    let mut r = format!("record {seq:010} ").into_bytes();
+    r.resize(RECORD - 1, b'a' + (seq % 26) as u8);
+    r.push(b'\n');
+    r
+}
+
+/// The sequence numbers of the records in `data`, in file order; panics
+/// on anything that is not a whole record.
+fn records_in(data: &[u8]) -> Vec<u64> {
+    assert_eq!(
+        data.len() % RECORD,
+        0,
+        "torn or extra data: {} bytes",
+        data.len()
+    );
+    data.chunks(RECORD)
+        .enumerate()
+        .map(|(i, r)| {
+            let seq = std::str::from_utf8(&r[7..17])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("record {i} has no header: {:?}", &r[..24]));
+            assert_eq!(r, record(seq), "record {i} (seq {seq}) is damaged");
+            seq
+        })
+        .collect()
+}
+
+/// What the writer saw.
+#[derive(Debug, Default)]
+struct Writes {
+    /// Records whose write(2) returned the whole record.
+    acked: Vec<u64>,
+    /// The last record fsync'd, by then all before it too.
+    synced: Option<u64>,
+    /// (record, "write"/"fsync", errno) of every call that failed.
+    failed: Vec<(u64, &'static str, i32)>,
+}
+
+/// A storage path killed under a writer: two paths, bindfs mounts of one
+/// directory, the writer's on the first. A writer appends a record and
+/// fsyncs it in a loop; the bindfs under it is killed while a write is
+/// in it. The write in flight fails with EIO and is not replayed on the other path (an
+/// O_APPEND write replayed would show twice), no other data appears, every
+/// record written before is intact, later writes carry on over the
+/// other path, and so do reads of files opened before and new opens.
+/// Restored, the path turns Active and takes new opens again.
+#[test]
+fn a_storage_path_killed_under_a_writer() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    for i in 0..10 {
+        fs::write(shared.join(format!("r{i}")), format!("read me {i}")).unwrap();
+    }
+    let (via_a, via_b) = (tmp.path().join("via-a"), tmp.path().join("via-b"));
+    let mut bind_a = Bindfs::start(&shared, &via_a).unwrap();
+    let _bind_b = Bindfs::start(&shared, &via_b).unwrap();
+    let m = MountGuard::start(
+        &tmp.path().join("mnt"),
+        &tmp.path().join("state"),
+        &[
+            "--path".into(),
+            format!("{},priority=200,addr=a", via_a.display()),
+            "--path".into(),
+            format!("{},priority=100,addr=b", via_b.display()),
+            "--policy".into(),
+            "primary".into(),
+            "--health-interval-ms".into(),
+            "100".into(),
+        ],
+    )
+    .unwrap();
+    let (mnt, pid) = (m.mnt.clone(), m.pid());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let synced = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    // The writer's call under way: 2 * record for its write, + 1 for its fsync.
+    let call = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (log, stop, synced, failures, call) = (
+            mnt.join("log"),
+            stop.clone(),
+            synced.clone(),
+            failures.clone(),
+            call.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&log)
+                .unwrap();
+            let mut w = Writes::default();
+            let failed = |w: &mut Writes, seq, op, e: std::io::Error| {
+                w.failed.push((seq, op, e.raw_os_error().unwrap_or(0)));
+                failures.fetch_add(1, Ordering::SeqCst);
+            };
+            for seq in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                call.store(2 * seq, Ordering::SeqCst);
+                match f.write(&record(seq)) {
+                    Ok(RECORD) => w.acked.push(seq),
+                    Ok(n) => panic!("short write of record {seq}: {n}"),
+                    Err(e) => {
+                        failed(&mut w, seq, "write", e);
+                        continue;
+                    }
+                }
+                call.store(2 * seq + 1, Ordering::SeqCst);
+                match f.sync_all() {
+                    Ok(()) => {
+                        w.synced = Some(seq);
+                        synced.store(seq + 1, Ordering::SeqCst);
+                    }
+                    Err(e) => failed(&mut w, seq, "fsync", e),
+                }
+            }
+            w
+        })
+    };
+    // A reader with a file held open from before, and new opens; it is
+    // held still while the path dies, so the writer's call is the one to
+    // find out (any request would, and fail the path for the others).
+    let (pause, paused) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let reader = {
+        let (mnt, stop, pause, paused) = (mnt.clone(), stop.clone(), pause.clone(), paused.clone());
+        std::thread::spawn(move || -> Result<u64, String> {
+            let mut held = fs::File::open(mnt.join("r0")).map_err(|e| format!("open r0: {e}"))?;
+            let mut rounds = 0;
+            while !stop.load(Ordering::SeqCst) {
+                if pause.load(Ordering::SeqCst) {
+                    paused.store(true, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                paused.store(false, Ordering::SeqCst);
+                let mut s = String::new();
+                held.seek(SeekFrom::Start(0))
+                    .map_err(|e| format!("seek: {e}"))?;
+                held.read_to_string(&mut s)
+                    .map_err(|e| format!("read of the held r0: {e}"))?;
+                if s != "read me 0" {
+                    return Err(format!("held r0 reads {s:?}"));
+                }
+                for i in 1..10 {
+                    let got = fs::read_to_string(mnt.join(format!("r{i}")))
+                        .map_err(|e| format!("open/read r{i}: {e}"))?;
+                    if got != format!("read me {i}") {
+                        return Err(format!("r{i} reads {got:?}"));
+                    }
+                }
+                rounds += 1;
+            }
+            Ok(rounds)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || synced.load(Ordering::SeqCst)
+            >= 200),
+        "the writer did not get going"
+    );
+    assert_eq!(
+        fds_on(pid, &via_a.join("log")),
+        1,
+        "the writer's file is open on path a"
+    );
+    pause.store(true, Ordering::SeqCst);
+    assert!(wait_until(Duration::from_secs(5), || paused.load(Ordering::SeqCst)));
+    // Path a's bindfs is stopped until the writer's call stuck in it is a
+    // write (so the call in flight when the path dies is a write, which a
+    // replay would repeat), then killed.
+    let bindfs_a = bindfs_pid(&via_a);
+    let mut in_flight = None;
+    for _ in 0..40 {
+        // SAFETY: kill(2) of the bindfs this test started.
+        unsafe { libc::kill(bindfs_a, libc::SIGSTOP) };
+        let c = settled(&call);
+        if c.is_multiple_of(2) {
+            in_flight = Some(c / 2);
+            break;
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(bindfs_a, libc::SIGCONT) };
+        wait_until(Duration::from_secs(2), || call.load(Ordering::SeqCst) != c);
+    }
+    let in_flight = in_flight.expect("the writer never stuck in a write on path a");
+    let before = synced.load(Ordering::SeqCst);
+    bind_a.kill();
+    assert!(
+        wait_until(Duration::from_secs(10), || failures.load(Ordering::SeqCst)
+            > 0),
+        "no call of the writer failed after its path died; {}",
+        m.status().unwrap()
+    );
+    assert_eq!(path_state(&m, 0), "Failed", "{}", m.status().unwrap());
+    pause.store(false, Ordering::SeqCst);
+    // Writes and reads carry on over path b.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            synced.load(Ordering::SeqCst) >= before + 200 && !paused.load(Ordering::SeqCst)
+        }),
+        "the writer did not carry on over path b"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+
+    // Restored: Reconnecting, then Active, and new opens go to it again.
+    let _bind_a2 = Bindfs::start(&shared, &via_a).unwrap();
+    let restored = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || path_state(&m, 0) == "Active"),
+        "{}",
+        m.status().unwrap()
+    );
+    let back_in = restored.elapsed();
+    let mut after = fs::File::create(mnt.join("after")).unwrap();
+    assert_eq!(
+        fds_on(pid, &via_a.join("after")),
+        1,
+        "new opens use path a again"
+    );
+    after.write_all(b"after").unwrap();
+    drop(after);
+    assert_eq!(fs::read(shared.join("after")).unwrap(), b"after");
+    stop.store(true, Ordering::SeqCst);
+    let w = writer.join().unwrap();
+    let rounds = reader.join().unwrap().unwrap();
+    assert!(rounds > 0);
+
+    // The write in flight failed, with EIO; nothing else did.
+    assert_eq!(w.failed, [(in_flight, "write", libc::EIO)]);
+    let lost = in_flight;
+    // The storage holds every acknowledged record once, in order, and of
+    // the failed call's record at most one copy; nothing else.
+    let on_storage = records_in(&fs::read(shared.join("log")).unwrap());
+    let mut want = w.acked.clone();
+    if on_storage.contains(&lost) && !want.contains(&lost) {
+        want.push(lost);
+        want.sort_unstable();
+    }
+    eprintln!(
+        "{} records fsync'd before the kill, failed: {:?} (on storage: {}), {} records in all, \
+         path a Active {back_in:?} after its restore, {rounds} reader rounds",
+        before,
+        w.failed[0],
+        on_storage.contains(&lost),
+        on_storage.len(),
+    );
+    assert_eq!(
+        on_storage.len(),
+        want.len(),
+        "records on storage vs written"
+    );
+    assert_eq!(on_storage, want, "a record is missing, repeated or extra");
+    let synced = w.synced.unwrap();
+    assert!(synced > before, "{synced} {before}");
+    // Everything fsync'd before the failure is there (and intact: records_in).
+    for s in w.acked.iter().filter(|&&s| s < before) {
+        assert!(
+            on_storage.binary_search(s).is_ok(),
+            "fsync'd record {s} is gone"
+        );
+    }
+    assert_eq!(
+        fs::read(mnt.join("log")).unwrap().len(),
+        on_storage.len() * RECORD
+    );
 }

@@ -444,3 +444,163 @@ fn reopened_files_keep_their_pages_until_the_storage_file_changes() {
     fs::write(src.join("k"), b"fourth versio").unwrap();
     assert_eq!(fs::read(&k).unwrap(), b"fourth versio");
 }
+
+/// What `fstat(2)` says of an open file, the fields compared below.
+#[derive(Debug, PartialEq, Eq)]
+struct Fstat {
+    nlink: u64,
+    size: i64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+}
+
+fn fstat(f: &fs::File) -> Fstat {
+    use std::os::fd::AsRawFd;
+    // SAFETY: zeroed `stat` is a valid out-buffer; the fd is open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out-pointer.
+    let rc = unsafe { libc::fstat(f.as_raw_fd(), &mut st) };
+    assert_eq!(rc, 0, "fstat: {}", std::io::Error::last_os_error());
+    Fstat {
+        nlink: st.st_nlink,
+        size: st.st_size,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime: st.st_mtime,
+    }
+}
+
+/// Open, write, unlink, then fstat and change the file through its
+/// handle (ftruncate, fchmod, fchown, futimens, pwrite); a read-only open
+/// unlinked; a file renamed over while open; one of two hard links
+/// removed. Returns what fstat said at each step.
+fn unlinked_while_open(dir: &Path) -> Vec<(&'static str, Fstat)> {
+    use std::os::unix::fs::FileExt;
+    let mut seen = Vec::new();
+    let u = dir.join("u");
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&u)
+        .unwrap();
+    f.write_all_at(&[b'x'; 1234], 0).unwrap();
+    fs::remove_file(&u).unwrap();
+    seen.push(("unlinked", fstat(&f)));
+    f.set_len(100).unwrap();
+    seen.push(("ftruncate", fstat(&f)));
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap();
+    seen.push(("fchmod", fstat(&f)));
+    std::os::unix::fs::fchown(&f, Some(1234), Some(2345)).unwrap();
+    seen.push(("fchown", fstat(&f)));
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+    seen.push(("futimens", fstat(&f)));
+    f.write_all_at(b"tail", 200).unwrap();
+    f.sync_all().unwrap();
+    seen.push(("pwrite", fstat(&f)));
+    let mut back = vec![0; 300];
+    let n = f.read_at(&mut back, 0).unwrap();
+    assert_eq!(n, 204, "{}", dir.display());
+    assert_eq!(&back[..4], b"xxxx");
+    assert_eq!(&back[200..204], b"tail");
+    drop(f);
+    assert_eq!(errno_of(fs::metadata(&u)), libc::ENOENT);
+
+    // A read-only open (which may share a cached backing fd).
+    let v = dir.join("v");
+    fs::write(&v, b"abc").unwrap();
+    let r = fs::File::open(&v).unwrap();
+    fs::remove_file(&v).unwrap();
+    seen.push(("read-only unlinked", fstat(&r)));
+    drop(r);
+
+    // Renamed over: the open file has lost its name to another file,
+    // whose attributes it must not show nor change.
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    fs::write(&a, b"aaaa").unwrap();
+    fs::write(&b, b"bb").unwrap();
+    let old = fs::OpenOptions::new().write(true).open(&a).unwrap();
+    fs::rename(&b, &a).unwrap();
+    seen.push(("renamed over", fstat(&old)));
+    old.set_permissions(fs::Permissions::from_mode(0o611))
+        .unwrap();
+    seen.push(("renamed over, fchmod", fstat(&old)));
+    let new = fs::File::open(&a).unwrap();
+    seen.push(("the new file", fstat(&new)));
+    drop((old, new));
+    fs::remove_file(&a).unwrap();
+
+    // One of two hard links removed: one link left.
+    let (x, y) = (dir.join("x"), dir.join("y"));
+    fs::write(&x, b"xy").unwrap();
+    fs::hard_link(&x, &y).unwrap();
+    let h = fs::OpenOptions::new().write(true).open(&y).unwrap();
+    fs::remove_file(&y).unwrap();
+    seen.push(("one link left", fstat(&h)));
+    h.set_permissions(fs::Permissions::from_mode(0o640))
+        .unwrap();
+    drop(h);
+    let left = fs::File::open(&x).unwrap();
+    seen.push(("the other link", fstat(&left)));
+    drop(left);
+    fs::remove_file(&x).unwrap();
+    seen
+}
+
+/// fstat of a file that is open and then unlinked (or renamed over)
+/// answers from the open file, as on Linux: st_nlink 0, the size written,
+/// and ftruncate/fchmod/fchown/futimens through the handle change that
+/// file and no other. The same sequence on a local directory is the
+/// reference.
+#[test]
+fn fstat_of_an_unlinked_open_file_is_the_open_file() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("reference");
+    fs::create_dir(&reference).unwrap();
+    let want = unlinked_while_open(&reference);
+    let (src, m) = MountGuard::single_path(tmp.path(), &[]).unwrap();
+    let got = unlinked_while_open(&m.mnt);
+    // The reference itself is Linux's answer; check the points that
+    // matter, so a wrong reference cannot pass either.
+    let at = |name| &want.iter().find(|(n, _)| *n == name).unwrap().1;
+    assert_eq!((at("unlinked").nlink, at("unlinked").size), (0, 1234));
+    assert_eq!((at("ftruncate").nlink, at("ftruncate").size), (0, 100));
+    assert_eq!(at("fchmod").mode, 0o600);
+    assert_eq!((at("fchown").uid, at("fchown").gid), (1234, 2345));
+    assert_eq!(at("futimens").mtime, 1_500_000_000);
+    assert_eq!((at("pwrite").nlink, at("pwrite").size), (0, 204));
+    assert_eq!(at("read-only unlinked").nlink, 0);
+    assert_eq!((at("renamed over").nlink, at("renamed over").size), (0, 4));
+    assert_eq!(at("renamed over, fchmod").mode, 0o611);
+    assert_eq!(
+        (at("the new file").size, at("the new file").mode),
+        (2, 0o644)
+    );
+    assert_eq!(at("one link left").nlink, 1);
+    assert_eq!(at("the other link").mode, 0o640);
+    for ((step, w), (_, g)) in want.iter().zip(&got) {
+        // Times the test did not set differ between the runs.
+        let g = Fstat {
+            mtime: if *step == "futimens" {
+                g.mtime
+            } else {
+                w.mtime
+            },
+            ..*g
+        };
+        assert_eq!(&g, w, "{step}: through the mount vs the local directory");
+    }
+    assert_eq!(got.len(), want.len());
+    // Nothing is left on the storage.
+    assert_eq!(fs::read_dir(&src).unwrap().count(), 0);
+}

@@ -214,7 +214,10 @@ impl Workload {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(self.waiter.is_finished(), "the waiter never got the lock");
-        assert!(self.waiter.join().unwrap().is_ok(), "the waiter's flock failed");
+        assert!(
+            self.waiter.join().unwrap().is_ok(),
+            "the waiter's flock failed"
+        );
         // Every record written and fsync'd is on storage, intact.
         let n = self.records.load(Ordering::Relaxed);
         let mut data = Vec::new();
@@ -231,7 +234,11 @@ impl Workload {
                 "record {seq} damaged"
             );
         }
-        assert!(n > 0 && self.walks.load(Ordering::Relaxed) > 0 && self.reads.load(Ordering::Relaxed) > 0);
+        assert!(
+            n > 0
+                && self.walks.load(Ordering::Relaxed) > 0
+                && self.reads.load(Ordering::Relaxed) > 0
+        );
     }
 }
 
@@ -318,20 +325,19 @@ fn upgrades_to_a_second_binary_under_a_workload_go_unnoticed() {
 
 /// Mounts with the server set to abort right after applying the first
 /// request of kind `op`; runs `act` (which must succeed exactly once).
-fn crash_after(op: &str, prepare: impl Fn(&Path), act: impl Fn(&Path) -> std::io::Result<()>) -> (PathBuf, MountGuard) {
+fn crash_after(
+    op: &str,
+    prepare: impl Fn(&Path),
+    act: impl Fn(&Path) -> std::io::Result<()>,
+) -> (PathBuf, MountGuard) {
     let tmp = tempfile::tempdir().unwrap().keep();
     let src = tmp.join("src");
     fs::create_dir_all(&src).unwrap();
     prepare(&src);
-    let args: Vec<String> = [
-        "--path",
-        src.to_str().unwrap(),
-        "--transport",
-        "dev",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args: Vec<String> = ["--path", src.to_str().unwrap(), "--transport", "dev"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let m = MountGuard::start_with_env(
         &tmp.join("mnt"),
         &tmp.join("state"),
@@ -341,7 +347,10 @@ fn crash_after(op: &str, prepare: impl Fn(&Path), act: impl Fn(&Path) -> std::io
     .unwrap();
     act(&m.mnt).unwrap_or_else(|e| panic!("{op}: the application saw {e}: {}", m.log_text()));
     let st = m.wait_generation(1, Duration::from_secs(5)).unwrap();
-    assert_eq!(st["keeper"]["restarts"], 1, "{op}: the server crashed once: {st}");
+    assert_eq!(
+        st["keeper"]["restarts"], 1,
+        "{op}: the server crashed once: {st}"
+    );
     assert_eq!(st["session"]["deduplicated"], 1, "{op}: {st}");
     (src, m)
 }
@@ -386,7 +395,10 @@ fn a_non_idempotent_request_in_flight_at_a_crash_applies_once() {
 
 fn upgrade(m: &MountGuard, mnt: &Path, binary: Option<&Path>) -> std::process::Output {
     let mut c = Command::new(fuse_bin());
-    c.args(["upgrade", "--mountpoint"]).arg(mnt).arg("--state-dir").arg(&m.state);
+    c.args(["upgrade", "--mountpoint"])
+        .arg(mnt)
+        .arg("--state-dir")
+        .arg(&m.state);
     if let Some(b) = binary {
         c.arg("--binary").arg(b);
     }
@@ -445,7 +457,10 @@ fn upgrade_refuses_bad_input_and_the_server_keeps_serving() {
     let other_src = tmp2.path().join("other-src");
     fs::create_dir_all(&other_src).unwrap();
     let other = Bindfs::start(&other_src, &tmp2.path().join("other")).unwrap();
-    one_line_error(&upgrade(&alone, &other.dst, None), "not a claudefs-fuse mount");
+    one_line_error(
+        &upgrade(&alone, &other.dst, None),
+        "not a claudefs-fuse mount",
+    );
     let nowhere = tmp2.path().join("nowhere");
     fs::create_dir_all(&nowhere).unwrap();
     let out = Command::new(fuse_bin())
@@ -476,10 +491,12 @@ fn a_server_restarting_in_a_loop_backs_off_and_a_clean_unmount_ends_the_keeper()
     assert_eq!(fs::read(m.mnt.join("f")).unwrap(), b"data");
     let keeper = m.keeper_pid();
     assert!(m.stop().unwrap().success());
-    assert!(!Path::new(&format!("/proc/{keeper}/status")).exists() || {
-        let s = fs::read_to_string(format!("/proc/{keeper}/status")).unwrap_or_default();
-        s.contains("zombie")
-    });
+    assert!(
+        !Path::new(&format!("/proc/{keeper}/status")).exists() || {
+            let s = fs::read_to_string(format!("/proc/{keeper}/status")).unwrap_or_default();
+            s.contains("zombie")
+        }
+    );
 }
 
 #[test]

@@ -121,15 +121,32 @@ impl std::str::FromStr for IdMapSpec {
                 uid: num(u)?,
                 gid: num(g)?,
             }),
-            ["shift", h, l, c] => Ok(Self::Shift {
-                host: num(h)?,
-                local: num(l)?,
-                count: num(c)?,
-            }),
+            ["shift", h, l, c] => {
+                let (host, local, count) = (num(h)?, num(l)?, num(c)?);
+                let fits = |base: u32| count > 0 && base.checked_add(count - 1).is_some();
+                if !fits(host) || !fits(local) {
+                    return Err(format!(
+                        "bad --idmap {s:?}: COUNT must be at least 1 and HOST+COUNT, LOCAL+COUNT at most 2^32"
+                    ));
+                }
+                Ok(Self::Shift { host, local, count })
+            }
             ["table", f] if !f.is_empty() => Ok(Self::Table(PathBuf::from(f))),
             _ => Err(format!(
                 "bad --idmap {s:?} (identity|squash[:UID:GID]|shift:HOST:LOCAL:COUNT|table:FILE)"
             )),
+        }
+    }
+}
+
+impl std::fmt::Display for IdMapSpec {
+    /// The `--idmap` text that parses back to this spec.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Identity => write!(f, "identity"),
+            Self::Squash { uid, gid } => write!(f, "squash:{uid}:{gid}"),
+            Self::Shift { host, local, count } => write!(f, "shift:{host}:{local}:{count}"),
+            Self::Table(file) => write!(f, "table:{}", file.display()),
         }
     }
 }
@@ -149,13 +166,13 @@ pub struct MountArgs {
     /// Directory for the journal and the status socket.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// FUSE worker threads.
-    #[arg(long, value_name = "N")]
+    /// FUSE worker threads (default 4, 1..=256).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// After answering, the reading worker polls /dev/fuse for up to this
-    /// many microseconds (adaptively; default 20, 0 = never) before it
+    /// many microseconds (adaptively; default 20, 0 = never, at most 1000) before it
     /// sleeps.
-    #[arg(long, value_name = "US")]
+    #[arg(long, value_name = "US", allow_negative_numbers = true)]
     pub poll_us: Option<u64>,
     /// Kernel FUSE passthrough for open files (needs root; falls back with a warning).
     #[arg(long)]
@@ -166,11 +183,12 @@ pub struct MountArgs {
     /// TOML file with the same options.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Health-check interval of failed paths in milliseconds (default 1000).
-    #[arg(long, value_name = "MS")]
+    /// Health-check interval of failed paths in milliseconds (default 1000,
+    /// 10..=3600000).
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
     pub health_interval_ms: Option<u64>,
     /// Share of requests that become spans, 0.0..=1.0 (default 0.01).
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, value_name = "RATE", allow_negative_numbers = true, value_parser = crate::exporter::parse_sample_rate)]
     pub sample_rate: Option<f64>,
     /// Serve Prometheus `/metrics` and `/healthz` here (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR", value_parser = crate::exporter::parse_addr)]
@@ -187,7 +205,7 @@ pub struct MountArgs {
     #[arg(long, value_name = "PROTOCOL")]
     pub otlp_protocol: Option<String>,
     /// Requests slower than this always become spans (e.g. 50ms).
-    #[arg(long, value_name = "DURATION", value_parser = crate::exporter::parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = crate::exporter::parse_duration)]
     pub slow_threshold: Option<std::time::Duration>,
     /// Serve without a keeper process: a crash of the daemon then ends the
     /// mount (by default a keeper holds the connection and restarts the
@@ -265,72 +283,206 @@ pub fn default_state_dir(mountpoint: &Path) -> PathBuf {
     PathBuf::from("/run/claudefs-fuse").join(esc)
 }
 
+/// At most this many storage paths (`--path`).
+pub const MAX_PATHS: usize = 16;
+/// `--threads` accepts this range.
+pub const THREADS_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
+/// `--poll-us` accepts this range.
+pub const POLL_US_RANGE: std::ops::RangeInclusive<u64> = 0..=1000;
+/// `--health-interval-ms` accepts this range (10 ms to an hour).
+pub const HEALTH_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=3_600_000;
+
+/// Where a setting came from, to name it in an error: the flag
+/// (`--threads 0`) or the key of the config file (`threads = 0 in c.toml`).
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    config: Option<&'a Path>,
+}
+
+impl Origin<'_> {
+    /// `flag value` when the flag gave it, else `key = value in FILE`.
+    fn name(&self, flag: &str, key: &str, from_flag: bool, value: impl std::fmt::Debug) -> String {
+        match self.config {
+            Some(file) if !from_flag => format!("{key} = {value:?} in {}", file.display()),
+            _ => format!("{flag} {value:?}"),
+        }
+    }
+}
+
+/// A TOML error as one line naming the file, the line and the key it is
+/// about: `--config c.toml, line 2 (policy): unknown variant ...`.
+fn toml_error(file: &Path, text: &str, err: &toml::de::Error) -> String {
+    let message = err
+        .message()
+        .lines()
+        .next()
+        .unwrap_or("invalid TOML")
+        .trim();
+    let Some(span) = err.span() else {
+        return format!("--config {}: {message}", file.display());
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default();
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.contains(char::is_whitespace));
+    match key {
+        Some(key) => format!(
+            "--config {}, line {line_no} ({key}): {message}",
+            file.display()
+        ),
+        None => format!("--config {}, line {line_no}: {message}", file.display()),
+    }
+}
+
 impl MountArgs {
-    /// Merges the config file (if any) under the flags and validates.
+    /// Merges the config file (if any) under the flags and validates
+    /// everything that can be checked without touching the state dir or
+    /// mounting: each error is one line naming the flag (or the config
+    /// key) and the value at fault.
     pub fn resolve(&self) -> anyhow::Result<Settings> {
         let file = match &self.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read config {}", p.display()))?;
+                    .with_context(|| format!("--config {}: cannot read it", p.display()))?;
                 toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| anyhow::anyhow!("bad config {}: {}", p.display(), e.message()))?
+                    .map_err(|e| anyhow::anyhow!(toml_error(p, &text, &e)))?
             }
             None => FileConfig::default(),
         };
+        let origin = Origin {
+            config: self.config.as_deref(),
+        };
+        let paths_from_flags = !self.paths.is_empty();
         let mut paths = self.paths.clone();
-        if paths.is_empty() {
+        if !paths_from_flags {
             for p in &file.path {
-                paths.push(p.parse().map_err(|e: String| anyhow::anyhow!(e))?);
+                let spec = p.parse().map_err(|e: String| {
+                    anyhow::anyhow!("{}: {e}", origin.name("--path", "path", false, p))
+                })?;
+                paths.push(spec);
             }
         }
         if paths.is_empty() {
             bail!("no storage path given (--path DIR)");
         }
-        if paths.len() > 16 {
-            bail!("at most 16 storage paths are supported");
+        if paths.len() > MAX_PATHS {
+            match origin.config {
+                Some(c) if !paths_from_flags => bail!(
+                    "path in {} has {} entries: at most {MAX_PATHS} storage paths are supported",
+                    c.display(),
+                    paths.len()
+                ),
+                _ => bail!(
+                    "--path given {} times: at most {MAX_PATHS} storage paths are supported",
+                    paths.len()
+                ),
+            }
         }
         for p in &mut paths {
-            let meta = std::fs::metadata(&p.dir)
-                .with_context(|| format!("storage path {}", p.dir.display()))?;
+            let name = origin.name("--path", "path", paths_from_flags, &p.dir);
+            let meta = std::fs::metadata(&p.dir).with_context(|| name.clone())?;
             if !meta.is_dir() {
-                bail!("storage path {} is not a directory", p.dir.display());
+                bail!("{name}: not a directory");
             }
-            p.dir = std::path::absolute(&p.dir)?;
+            p.dir = std::path::absolute(&p.dir).with_context(|| name.clone())?;
         }
         let idmap = match (&self.idmap, &file.idmap) {
             (Some(m), _) => m.clone(),
-            (None, Some(s)) => s.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+            (None, Some(s)) => s.parse().map_err(|e: String| {
+                anyhow::anyhow!("{}: {e}", origin.name("--idmap", "idmap", false, s))
+            })?,
             (None, None) => IdMapSpec::Identity,
         };
+        // A table file is read now, so a missing or bad one stops the
+        // mount before anything is created.
+        crate::daemon::idmap::IdMap::from_spec(&idmap).with_context(|| {
+            origin.name("--idmap", "idmap", self.idmap.is_some(), idmap.to_string())
+        })?;
         let threads = self.threads.or(file.threads).unwrap_or(4);
-        if threads == 0 || threads > 256 {
-            bail!("--threads must be in 1..=256");
+        if !THREADS_RANGE.contains(&threads) {
+            bail!(
+                "{}: must be in {THREADS_RANGE:?}",
+                origin.name("--threads", "threads", self.threads.is_some(), threads)
+            );
         }
         let poll_us = self.poll_us.or(file.poll_us).unwrap_or(20);
-        if poll_us > 1000 {
-            bail!("--poll-us must be in 0..=1000");
+        if !POLL_US_RANGE.contains(&poll_us) {
+            bail!(
+                "{}: must be in {POLL_US_RANGE:?}",
+                origin.name("--poll-us", "poll_us", self.poll_us.is_some(), poll_us)
+            );
+        }
+        let health_interval_ms = self
+            .health_interval_ms
+            .or(file.health_interval_ms)
+            .unwrap_or(1000);
+        if !HEALTH_INTERVAL_MS_RANGE.contains(&health_interval_ms) {
+            bail!(
+                "{}: must be in {HEALTH_INTERVAL_MS_RANGE:?}",
+                origin.name(
+                    "--health-interval-ms",
+                    "health_interval_ms",
+                    self.health_interval_ms.is_some(),
+                    health_interval_ms
+                )
+            );
         }
         let sample_rate = self.sample_rate.or(file.sample_rate).unwrap_or(0.01);
         if !(0.0..=1.0).contains(&sample_rate) {
-            bail!("--sample-rate must be in 0.0..=1.0");
+            bail!(
+                "{}: must be in 0.0..=1.0",
+                origin.name(
+                    "--sample-rate",
+                    "sample_rate",
+                    self.sample_rate.is_some(),
+                    sample_rate
+                )
+            );
         }
         let metrics_addr = match (self.metrics_addr, &file.metrics_addr) {
             (Some(a), _) => Some(a),
-            (None, Some(s)) => Some(crate::exporter::parse_addr(s).map_err(anyhow::Error::msg)?),
+            (None, Some(s)) => Some(crate::exporter::parse_addr(s).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}",
+                    origin.name("--metrics-addr", "metrics_addr", false, s)
+                )
+            })?),
             (None, None) => None,
         };
         let slow_threshold = match (self.slow_threshold, &file.slow_threshold) {
             (Some(d), _) => Some(d),
-            (None, Some(s)) => {
-                Some(crate::exporter::parse_duration(s).map_err(anyhow::Error::msg)?)
-            }
+            (None, Some(s)) => Some(crate::exporter::parse_duration(s).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}",
+                    origin.name("--slow-threshold", "slow_threshold", false, s)
+                )
+            })?),
             (None, None) => None,
         };
+        let otlp_endpoint = self.otlp_endpoint.clone().or(file.otlp_endpoint);
+        let otlp_protocol = self.otlp_protocol.clone().or(file.otlp_protocol);
+        crate::exporter::otlp::target_from(otlp_endpoint.as_deref(), otlp_protocol.as_deref())
+            .map_err(|e| match origin.config {
+                Some(c) if self.otlp_endpoint.is_none() || self.otlp_protocol.is_none() => {
+                    anyhow::anyhow!("{e} (otlp_* keys of {} included)", c.display())
+                }
+                _ => anyhow::anyhow!(e),
+            })?;
+        let state_dir_from_file = self.state_dir.is_none() && file.state_dir.is_some();
         let state_dir = self
             .state_dir
             .clone()
             .or(file.state_dir)
             .unwrap_or_else(|| default_state_dir(&self.mountpoint));
+        if state_dir.exists() && !state_dir.is_dir() {
+            bail!(
+                "{}: not a directory",
+                origin.name("--state-dir", "state_dir", !state_dir_from_file, &state_dir)
+            );
+        }
         Ok(Settings {
             paths,
             policy: self.policy.or(file.policy).unwrap_or(PolicyArg::RoundRobin),
@@ -343,16 +495,12 @@ impl MountArgs {
                 .transport
                 .or(file.transport)
                 .unwrap_or(TransportArg::Auto),
-            health_interval_ms: self
-                .health_interval_ms
-                .or(file.health_interval_ms)
-                .unwrap_or(1000)
-                .max(10),
+            health_interval_ms,
             sample_rate,
             metrics_addr,
             ebpf: self.ebpf || file.ebpf.unwrap_or(false),
-            otlp_endpoint: self.otlp_endpoint.clone().or(file.otlp_endpoint),
-            otlp_protocol: self.otlp_protocol.clone().or(file.otlp_protocol),
+            otlp_endpoint,
+            otlp_protocol,
             slow_threshold,
             keeper: !self.no_keeper && file.keeper.unwrap_or(true),
             mountpoint: self.mountpoint.clone(),
@@ -396,6 +544,13 @@ mod tests {
             }
         );
         assert!("shift:1".parse::<IdMapSpec>().is_err());
+        assert!("shift:1000:0:0".parse::<IdMapSpec>().is_err());
+        assert!("shift:4294967295:0:2".parse::<IdMapSpec>().is_err());
+        assert!("shift:0:4294967295:2".parse::<IdMapSpec>().is_err());
+        assert!("shift:4294967295:0:1".parse::<IdMapSpec>().is_ok());
+        for text in ["identity", "squash:1:2", "shift:1000:0:10", "table:/etc/x"] {
+            assert_eq!(text.parse::<IdMapSpec>().unwrap().to_string(), text);
+        }
         assert!("bogus".parse::<IdMapSpec>().is_err());
     }
 
@@ -404,6 +559,145 @@ mod tests {
         assert_eq!(
             default_state_dir(Path::new("/mnt/x")),
             PathBuf::from("/run/claudefs-fuse/mnt-x")
+        );
+    }
+
+    fn args_with_config(dir: &Path, config: Option<PathBuf>) -> MountArgs {
+        MountArgs {
+            paths: vec![],
+            policy: None,
+            idmap: None,
+            state_dir: Some(dir.join("s")),
+            threads: None,
+            poll_us: None,
+            passthrough: false,
+            transport: None,
+            config,
+            health_interval_ms: None,
+            sample_rate: None,
+            metrics_addr: None,
+            ebpf: false,
+            otlp_endpoint: None,
+            otlp_protocol: None,
+            slow_threshold: None,
+            mountpoint: dir.join("m"),
+        }
+    }
+
+    /// Each bad value of the config file is one line naming the key, the
+    /// value and the file (and for TOML errors the line).
+    #[test]
+    fn config_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().display().to_string();
+        let cases = [
+            ("threads = 0".to_string(), "threads = 0 in "),
+            ("poll_us = 5000".to_string(), "poll_us = 5000 in "),
+            (
+                "health_interval_ms = 0".to_string(),
+                "health_interval_ms = 0 in ",
+            ),
+            ("sample_rate = 1.5".to_string(), "sample_rate = 1.5 in "),
+            (
+                "metrics_addr = \"bogus\"".to_string(),
+                "metrics_addr = \"bogus\" in ",
+            ),
+            (
+                "slow_threshold = \"5x\"".to_string(),
+                "slow_threshold = \"5x\" in ",
+            ),
+            ("idmap = \"bogus\"".to_string(), "idmap = \"bogus\" in "),
+            (
+                "idmap = \"table:/nonexistent\"".to_string(),
+                "idmap = \"table:/nonexistent\" in ",
+            ),
+            (
+                "policy = \"fastest\"".to_string(),
+                "line 2 (policy): unknown variant",
+            ),
+            (
+                "transport = \"pigeon\"".to_string(),
+                "line 2 (transport): unknown variant",
+            ),
+            (
+                "threads = \"four\"".to_string(),
+                "line 2 (threads): invalid type",
+            ),
+            (
+                "frobnicate = 1".to_string(),
+                "line 2 (frobnicate): unknown field",
+            ),
+            ("this is not toml".to_string(), "line 2: "),
+            (
+                "otlp_protocol = \"pigeon\"".to_string(),
+                "--otlp-protocol \"pigeon\"",
+            ),
+        ];
+        for (i, (line, expected)) in cases.iter().enumerate() {
+            let cfg = dir.path().join(format!("c{i}.toml"));
+            std::fs::write(&cfg, format!("path = [\"{src}\"]\n{line}\n")).unwrap();
+            let err = format!(
+                "{:#}",
+                args_with_config(dir.path(), Some(cfg.clone()))
+                    .resolve()
+                    .unwrap_err()
+            );
+            assert!(err.contains(expected), "{line}: {err}");
+            assert!(!err.contains('\n'), "{line}: {err:?}");
+        }
+        let cfg = dir.path().join("paths.toml");
+        let many = vec![format!("\"{src}\""); MAX_PATHS + 1].join(", ");
+        std::fs::write(&cfg, format!("path = [{many}]\n")).unwrap();
+        let err = args_with_config(dir.path(), Some(cfg.clone()))
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has 17 entries: at most 16"), "{err}");
+        std::fs::write(&cfg, "path = [\"/nonexistent\"]\n").unwrap();
+        let err = format!(
+            "{:#}",
+            args_with_config(dir.path(), Some(cfg))
+                .resolve()
+                .unwrap_err()
+        );
+        assert!(err.starts_with("path = \"/nonexistent\" in "), "{err}");
+    }
+
+    /// Flags are named as flags, with their value.
+    #[test]
+    fn flag_errors_name_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = args_with_config(dir.path(), None);
+        args.paths = vec![dir.path().to_str().unwrap().parse().unwrap()];
+        let err = |a: &MountArgs| format!("{:#}", a.resolve().unwrap_err());
+        let mut a = args.clone();
+        a.threads = Some(0);
+        assert_eq!(err(&a), "--threads 0: must be in 1..=256");
+        let mut a = args.clone();
+        a.health_interval_ms = Some(5);
+        assert_eq!(err(&a), "--health-interval-ms 5: must be in 10..=3600000");
+        let mut a = args.clone();
+        a.paths = vec!["/nonexistent".parse().unwrap()];
+        assert!(
+            err(&a).starts_with("--path \"/nonexistent\": "),
+            "{}",
+            err(&a)
+        );
+        let mut a = args.clone();
+        a.paths = vec![args.paths[0].clone(); MAX_PATHS + 1];
+        assert_eq!(
+            err(&a),
+            "--path given 17 times: at most 16 storage paths are supported"
+        );
+        let mut a = args.clone();
+        a.state_dir = Some(PathBuf::from("/etc/passwd"));
+        assert_eq!(err(&a), "--state-dir \"/etc/passwd\": not a directory");
+        let mut a = args.clone();
+        a.otlp_endpoint = Some("not a url".into());
+        assert!(
+            err(&a).starts_with("--otlp-endpoint \"not a url\": "),
+            "{}",
+            err(&a)
         );
     }
 

@@ -156,8 +156,10 @@ impl InodeTable {
         false
     }
 
-    /// Name `rel` was removed: no inode answers at it any more (one whose
-    /// only name it was keeps its lookups, without a path, until forgotten).
+    /// Name `rel` was removed: forget it. An inode whose last name it was
+    /// keeps its lookups but has no path (a file unlinked while open is
+    /// reached through its open handles, see `Core::getattr`), so nothing
+    /// finds it, or a file made later under the same name, by that name.
     pub fn unlinked(&self, rel: &Path) {
         let mut inner = self.write();
         for node in inner.nodes.values_mut() {
@@ -233,6 +235,12 @@ mod tests {
         t.remember(20, Path::new("y"));
         t.unlinked(Path::new("y"));
         assert_eq!(t.path(h), Some(PathBuf::from("x")));
+        // The last name gone (unlinked while open): no path, still held.
+        t.unlinked(Path::new("x"));
+        assert_eq!(t.path(h), None);
+        assert_eq!(t.len(), 2);
+        t.remember(20, Path::new("z"));
+        assert_eq!(t.path(h), Some(PathBuf::from("z")));
         assert_eq!(t.path(ROOT_INO), Some(PathBuf::new()));
     }
 
@@ -264,5 +272,12 @@ mod tests {
         assert_eq!(t.path(11).unwrap(), PathBuf::from("dx/x"));
         assert_eq!(t.path(12).unwrap(), PathBuf::from("e/f"));
         assert_eq!(t.path(12).unwrap().as_os_str(), "e/f");
+        // Renamed over: the replaced file loses its name to the moved one.
+        t.remember(13, Path::new("g"));
+        t.renamed(Path::new("e/f"), Path::new("g"));
+        assert_eq!(t.path(13), None);
+        assert_eq!(t.path(12).unwrap(), PathBuf::from("g"));
+        t.renamed(Path::new("g"), Path::new("g"));
+        assert_eq!(t.path(12).unwrap(), PathBuf::from("g"));
     }
 }

@@ -334,6 +334,12 @@ fn spawn_signals(events: mpsc::Sender<Event>) -> anyhow::Result<()> {
 /// Runs the keeper of the mount `s` until the mount ends.
 pub fn run(s: Settings) -> anyhow::Result<()> {
     let mountpoint = check_mountpoint(&s.mountpoint)?;
+    // Every flag the server would refuse is refused here, before the
+    // state dir is created or anything mounted.
+    drop(super::server::Prepared::new(&s)?);
+    if let Some(a) = s.metrics_addr {
+        drop(crate::exporter::http::bind(a)?);
+    }
     let _lock = lock_state_dir(&s.state_dir)?;
     let binary = std::env::current_exe().context("cannot find this program's binary")?;
     let fd = match mount::mount_fuse(&mountpoint) {

@@ -87,7 +87,7 @@ pub(crate) fn check_mountpoint(dir: &Path) -> anyhow::Result<PathBuf> {
 /// Takes the state dir's lock file (one daemon per state dir).
 pub(crate) fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create state dir {}", dir.display()))?;
+        .with_context(|| format!("--state-dir {}: cannot create it", dir.display()))?;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -488,7 +488,10 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         (None, Some(m)) => config::default_state_dir(m),
         (None, None) => bail!("give --state-dir or --mountpoint"),
     };
-    let s = status::fetch(&dir)?;
+    let s = status::fetch(&dir).with_context(|| match (&args.state_dir, &args.mountpoint) {
+        (None, Some(m)) => format!("--mountpoint {}", m.display()),
+        _ => format!("--state-dir {}", dir.display()),
+    })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

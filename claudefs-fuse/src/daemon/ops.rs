@@ -8,6 +8,7 @@
 //! the fd of the path they were opened on; when that path turns sick they
 //! are re-opened by path on another one (reads at once, writes only before
 //! the write is issued — a write that may have happened is not replayed).
+//! SETATTR lives in `ops_setattr.rs`.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -17,7 +18,6 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub use super::attr::{FileAttr, FileType, SetTime};
 
-use super::attr::timespec;
 use super::fdcache::{self, FdCache};
 use super::idmap::IdMap;
 use super::inodes::InodeTable;
@@ -245,98 +245,43 @@ impl Core {
         }
     }
 
+    /// Attributes of `ino`: from handle `fh` when the kernel names one
+    /// (`FUSE_GETATTR_FH`), else by the inode's name, else (a file that
+    /// lost its last name while open: unlinked, or renamed over) from one
+    /// of its open handles, as `fstat` on Linux answers (`st_nlink` 0).
+    /// A name that now holds another file (its storage `st_ino` differs,
+    /// say changed behind this mount) counts as gone.
     pub fn getattr(&self, cx: &Served, ino: u64, fh: Option<u64>) -> SysResult<FileAttr> {
         if let Some(of) = fh.and_then(|fh| self.file(fh).ok()) {
             if let Ok(st) = self.with_file(cx, &of, Retry::Idempotent, storage::fstat) {
                 return Ok(self.attr(&st));
             }
         }
-        let rel = self.path(ino)?;
-        let attr = cx
-            .note(self.router.run(Retry::Idempotent, |r| r.stat(&rel)))
-            .map(|st| self.attr(&st))?;
-        // The name now holds another file (replaced on the storage behind
-        // our back): this inode has none left.
-        if attr.ino != ino {
-            return Err(libc::ENOENT);
-        }
-        Ok(attr)
+        let by_name = match self.inodes.path(ino) {
+            Some(rel) => cx.note(self.router.run(Retry::Idempotent, |r| r.stat(&rel))),
+            None => Err(libc::ENOENT),
+        };
+        let st = match by_name {
+            Ok(st) if self.inodes.fuse_ino(st.st_ino) == ino => st,
+            Ok(_) | Err(libc::ENOENT) => {
+                let of = self.open_handle(ino, false).ok_or(libc::ENOENT)?;
+                self.with_file(cx, &of, Retry::Idempotent, storage::fstat)?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(self.attr(&st))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn setattr(
-        &self,
-        cx: &Served,
-        ino: u64,
-        fh: Option<u64>,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<SetTime>,
-        mtime: Option<SetTime>,
-    ) -> SysResult<FileAttr> {
-        // ftruncate(2) of an open file needs no name: it may have none left.
-        let of = fh.and_then(|fh| self.file(fh).ok());
-        let path = self.path(ino);
-        let rel = || path.as_deref().map_err(|e| *e);
-        if uid.is_some() || gid.is_some() {
-            let hu = match uid {
-                Some(u) => self.idmap.uid_to_host(u).ok_or(libc::EPERM)?,
-                None => u32::MAX,
-            };
-            let hg = match gid {
-                Some(g) => self.idmap.gid_to_host(g).ok_or(libc::EPERM)?,
-                None => u32::MAX,
-            };
-            let rel = rel()?;
-            cx.note(self.router.run(Retry::Once, |r| r.chown(rel, hu, hg)))?;
-        }
-        if let Some(m) = mode {
-            let rel = rel()?;
-            cx.note(self.router.run(Retry::Once, |r| r.chmod(rel, m & 0o7777)))?;
-        }
-        if let Some(sz) = size {
-            match &of {
-                Some(of) => self.with_file(cx, of, Retry::Once, |fd| storage::ftruncate(fd, sz))?,
-                None => {
-                    let rel = rel()?;
-                    cx.note(self.router.run(Retry::Once, |r| r.truncate(rel, sz)))?
-                }
+    /// An open handle of `ino`, one open for writing first when `writer`.
+    fn open_handle(&self, ino: u64, writer: bool) -> Option<Arc<OpenFile>> {
+        let files = self.files.read().unwrap_or_else(|p| p.into_inner());
+        let mut of_ino = files.values().filter(|of| of.ino == ino);
+        if writer {
+            if let Some(of) = of_ino.clone().find(|of| of.writable()) {
+                return Some(of.clone());
             }
         }
-        if atime.is_some() || mtime.is_some() {
-            let t = [timespec(atime), timespec(mtime)];
-            let rel = rel()?;
-            cx.note(self.router.run(Retry::Once, |r| r.utimens(rel, &t)))?;
-        }
-        if let Some(of) = &of {
-            if let Ok(st) = self.with_file(cx, of, Retry::Idempotent, storage::fstat) {
-                return Ok(self.attr(&st));
-            }
-        }
-        let rel = rel()?;
-        cx.note(self.router.run(Retry::Idempotent, |r| r.stat(rel)))
-            .map(|st| self.attr(&st))
-    }
-
-    /// Clears the suid bit and, on a group-executable file, the sgid bit
-    /// of `ino`, as the VFS does for a write, truncate or chown by a caller
-    /// without `CAP_FSETID` (the kernel asks, `HANDLE_KILLPRIV_V2`; the
-    /// daemon's own calls on storage keep the bits, as root's do).
-    pub fn kill_suidgid(&self, cx: &Served, ino: u64) -> SysResult<()> {
-        let rel = self.path(ino)?;
-        cx.note(self.router.run(Retry::Once, |r| {
-            let mode = r.stat(&rel)?.st_mode;
-            let mut kill = libc::S_ISUID;
-            if mode & libc::S_IXGRP != 0 {
-                kill |= libc::S_ISGID;
-            }
-            if mode & libc::S_IFMT == libc::S_IFREG && mode & kill != 0 {
-                r.chmod(&rel, mode & 0o7777 & !kill)?;
-            }
-            Ok(())
-        }))
+        of_ino.next().cloned()
     }
 
     pub fn readlink(&self, cx: &Served, ino: u64) -> SysResult<Vec<u8>> {
@@ -982,6 +927,10 @@ impl Core {
     }
 }
 
+mod setattr;
+
+#[cfg(test)]
+mod handle_tests;
 #[cfg(test)]
 mod reftest;
 #[cfg(test)]

@@ -64,6 +64,20 @@ pub fn is_path_error(e: Errno) -> bool {
     )
 }
 
+/// What the kernel is told of `e`, a request's errno on path `usable`
+/// or not after its outcome was reported: a sick answer of a path that
+/// failed under it is `EIO` (the storage path died: `ECONNABORTED`,
+/// `ENOTCONN` of a dead FUSE storage mean nothing to the application of
+/// this live mount); any other errno, also a sick-looking one of a path
+/// whose root still answers (`ENXIO` of a FIFO), is the file's own answer.
+fn answer(e: Errno, usable: bool) -> Errno {
+    if is_path_error(e) && !usable {
+        libc::EIO
+    } else {
+        e
+    }
+}
+
 /// Whether a request may be repeated on another path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -304,6 +318,7 @@ impl Router {
             let r = f(&root);
             let err = r.as_ref().err().copied();
             self.report(id, t0, err);
+            let r = r.map_err(|e| answer(e, self.usable(id)));
             match r {
                 Err(e) if is_path_error(e) && retry == Retry::Idempotent => last = e,
                 result => return Routed { result, path },
@@ -327,7 +342,7 @@ impl Router {
         let r = f(&root);
         self.report(id, t0, r.as_ref().err().copied());
         Routed {
-            result: r,
+            result: r.map_err(|e| answer(e, self.usable(id))),
             path: Some(id),
         }
     }
@@ -455,6 +470,33 @@ mod tests {
             .result,
             Err(libc::ENOENT)
         );
+    }
+
+    #[test]
+    fn a_sick_answer_of_a_path_that_failed_under_it_is_eio() {
+        let (_d, r) = two_paths();
+        // The roots answer: a sick-looking errno is the file's own.
+        let out = r.run(Retry::Once, |_| -> SysResult<()> { Err(libc::ENXIO) });
+        assert_eq!(out.result, Err(libc::ENXIO));
+        assert!(r.usable(0) && r.usable(1));
+        // The path fails while the request is on it (as when a concurrent
+        // request found its root dead): what the dead storage said (a
+        // killed FUSE storage: ECONNABORTED) is answered EIO, once.
+        let mut calls = 0;
+        let out = r.run(Retry::Once, |_| -> SysResult<()> {
+            calls += 1;
+            let _ = r.lock().mark_failed(PathId(0));
+            let _ = r.lock().mark_failed(PathId(1));
+            Err(libc::ECONNABORTED)
+        });
+        assert_eq!((out.result, calls), (Err(libc::EIO), 1));
+        let out = r.run_on(1, |_| -> SysResult<()> { Err(libc::ENOTCONN) });
+        assert_eq!(out.result, Err(libc::EIO));
+        // A plain answer of a failed path stays what it is.
+        let out = r.run_on(1, |_| -> SysResult<()> { Err(libc::ENOENT) });
+        assert_eq!(out.result, Err(libc::ENOENT));
+        assert_eq!(answer(libc::ESTALE, true), libc::ESTALE);
+        assert_eq!(answer(libc::ESTALE, false), libc::EIO);
     }
 
     #[test]

@@ -230,87 +230,80 @@ fn install_wake_handler() {
     }
 }
 
+/// What a server checks and opens before it takes a connection: every
+/// flag that can be wrong fails here, before a state dir is created or a
+/// journal read (the keeper runs the same checks before it mounts).
+pub struct Prepared {
+    router: Arc<router::Router>,
+    root_ino: u64,
+    otlp_target: Option<crate::exporter::otlp::OtlpTarget>,
+    want_uring: bool,
+    idmap: idmap::IdMap,
+}
+
+impl Prepared {
+    pub fn new(s: &Settings) -> anyhow::Result<Prepared> {
+        let (router, root_ino) = open_storage(s)?;
+        let otlp_target = crate::exporter::otlp::target_from(
+            s.otlp_endpoint.as_deref(),
+            s.otlp_protocol.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Prepared {
+            router,
+            root_ino,
+            otlp_target,
+            want_uring: want_uring(s)?,
+            idmap: idmap::IdMap::from_spec(&s.idmap)?,
+        })
+    }
+}
+
 /// Runs one server of a mount until the connection ends (or it is drained).
 pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
     let alone = matches!(launch, Launch::Alone);
     // Under a keeper the mountpoint is mounted (and may have no server
     // now: it is not touched) and the keeper holds the state dir.
-    let (mountpoint, _lock) = if alone {
-        (
-            check_mountpoint(&s.mountpoint)?,
-            Some(lock_state_dir(&s.state_dir)?),
-        )
+    let mountpoint = if alone {
+        check_mountpoint(&s.mountpoint)?
     } else {
-        (std::path::absolute(&s.mountpoint)?, None)
+        std::path::absolute(&s.mountpoint)?
     };
     // SAFETY: umask only affects this process; the kernel already applied the caller's.
     unsafe { libc::umask(0) };
     raise_fd_limit();
-    let (router, root_ino) = open_storage(&s)?;
-    let otlp_target =
-        crate::exporter::otlp::target_from(s.otlp_endpoint.as_deref(), s.otlp_protocol.as_deref())
-            .map_err(anyhow::Error::msg)?;
-    let want_uring = want_uring(&s)?;
-    let idmap = idmap::IdMap::from_spec(&s.idmap)?;
+    let Prepared {
+        router,
+        root_ino,
+        otlp_target,
+        want_uring,
+        idmap,
+    } = Prepared::new(&s)?;
+    // Alone, the metrics port is taken before anything is created.
+    let mut listener = match (&launch, s.metrics_addr) {
+        (Launch::Alone, Some(a)) => Some(crate::exporter::http::bind(a)?),
+        _ => None,
+    };
+    let _lock = if alone {
+        Some(lock_state_dir(&s.state_dir)?)
+    } else {
+        None
+    };
     if !alone {
         install_wake_handler();
     }
 
     let mut conn = connect(launch, &mountpoint)?;
-    // Bound once the previous server (an upgrade's) has let the port go.
-    let listener = s
-        .metrics_addr
-        .map(crate::exporter::http::bind)
-        .transpose()?;
-
-    // What the last server left: carried on (same connection) or only
-    // reported (a new mount after a crash).
-    let carry_on = conn.init.is_some();
-    let leftover = LiveState::from_records(&journal::read_leftover(&s.state_dir)?);
-    let t_recovery = std::time::Instant::now();
-    let journal = if carry_on {
-        journal::Journal::start(&s.state_dir, leftover.clone())?
-    } else {
-        journal::Journal::create(&s.state_dir)?
-    };
-    let mut core = ops::Core::new(router.clone(), root_ino, idmap, Some(journal));
-    if conn.view.generation == 0 {
-        core.crash_after = std::env::var(ops::CRASH_AFTER_ENV).ok();
+    // Under a keeper: bound once the previous server (an upgrade's) has
+    // let the port go.
+    if listener.is_none() {
+        listener = s
+            .metrics_addr
+            .map(crate::exporter::http::bind)
+            .transpose()?;
     }
-    let core = Arc::new(core);
-    let locks = Arc::new(locks::Locks::default());
-    if let Some(j) = &core.journal {
-        locks.journal_to(j.clone());
-    }
-    let mut summary = if carry_on {
-        let (nodes_restored, nodes_lost) = core.restore_nodes(&leftover);
-        core.resume_handles(conn.view.generation, &leftover);
-        let (_, mut sum) = recovery::recover(&leftover, |fh, h| core.restore_handle(fh, h));
-        let (locks_restored, locks_lost) =
-            locks.restore(&leftover.locks, |ino| core.inodes.path(ino).is_some());
-        sum.carried_on = true;
-        // A drained server left nothing unfinished.
-        sum.unclean = !conn.handed_over;
-        sum.nodes_restored = nodes_restored;
-        sum.nodes_lost = nodes_lost;
-        sum.locks_restored = locks_restored;
-        sum.locks_lost = locks_lost;
-        sum
-    } else {
-        recovery::recover(&leftover, |_, o| recovery::still_there(&router, o)).1
-    };
-    summary.duration_seconds = t_recovery.elapsed().as_secs_f64();
-    recovery::report(&summary);
 
-    let joiner = Arc::new(kernel_join::Joiner::default());
-    let mut spans = spans::Spans::new(s.sample_rate, 10_000).with_slow_threshold(s.slow_threshold);
-    if s.ebpf {
-        spans = spans.with_joiner(joiner.clone());
-    }
-    let spans = Arc::new(spans);
-    let fs = fs::Fs::new(core.clone(), locks.clone(), spans.clone(), s.passthrough);
-    let passthrough = fs.passthrough.clone();
-
+    // INIT first: a start that fails here leaves the journal as it was.
     let init = InitConfig {
         passthrough: s.passthrough,
         io_uring: want_uring,
@@ -361,6 +354,54 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
         }
         Transport::Dev
     };
+    // What the last server left: carried on (same connection) or only
+    // reported (a new mount after a crash).
+    let carry_on = conn.init.is_some();
+    let leftover = LiveState::from_records(&journal::read_leftover(&s.state_dir)?);
+    let t_recovery = std::time::Instant::now();
+    let journal = if carry_on {
+        journal::Journal::start(&s.state_dir, leftover.clone())?
+    } else {
+        journal::Journal::create(&s.state_dir)?
+    };
+    let mut core = ops::Core::new(router.clone(), root_ino, idmap, Some(journal));
+    if conn.view.generation == 0 {
+        core.crash_after = std::env::var(ops::CRASH_AFTER_ENV).ok();
+    }
+    let core = Arc::new(core);
+    let locks = Arc::new(locks::Locks::default());
+    if let Some(j) = &core.journal {
+        locks.journal_to(j.clone());
+    }
+    let mut summary = if carry_on {
+        let (nodes_restored, nodes_lost) = core.restore_nodes(&leftover);
+        core.resume_handles(conn.view.generation, &leftover);
+        let (_, mut sum) = recovery::recover(&leftover, |fh, h| core.restore_handle(fh, h));
+        let (locks_restored, locks_lost) =
+            locks.restore(&leftover.locks, |ino| core.inodes.path(ino).is_some());
+        sum.carried_on = true;
+        // A drained server left nothing unfinished.
+        sum.unclean = !conn.handed_over;
+        sum.nodes_restored = nodes_restored;
+        sum.nodes_lost = nodes_lost;
+        sum.locks_restored = locks_restored;
+        sum.locks_lost = locks_lost;
+        sum
+    } else {
+        recovery::recover(&leftover, |_, o| recovery::still_there(&router, o)).1
+    };
+    summary.duration_seconds = t_recovery.elapsed().as_secs_f64();
+    recovery::report(&summary);
+
+    let joiner = Arc::new(kernel_join::Joiner::default());
+    let mut spans = spans::Spans::new(s.sample_rate, 10_000).with_slow_threshold(s.slow_threshold);
+    if s.ebpf {
+        spans = spans.with_joiner(joiner.clone());
+    }
+    let spans = Arc::new(spans);
+    let fs = fs::Fs::new(core.clone(), locks.clone(), spans.clone(), s.passthrough);
+    let passthrough = fs.passthrough.clone();
+
     if let Some(k) = &conn.keeper {
         // The keeper holds each clone this server reads on.
         let k = k.clone();

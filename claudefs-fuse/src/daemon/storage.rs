@@ -367,6 +367,24 @@ pub fn ftruncate(fd: RawFd, size: u64) -> SysResult<()> {
     cvt(unsafe { libc::ftruncate(fd, size as libc::off_t) }).map(drop)
 }
 
+/// `fchmod`: the mode of an open file (one unlinked while open included).
+pub fn fchmod(fd: RawFd, mode: u32) -> SysResult<()> {
+    // SAFETY: plain syscall on a caller-owned fd.
+    cvt(unsafe { libc::fchmod(fd, mode as libc::mode_t) }).map(drop)
+}
+
+/// `fchown` (`u32::MAX` leaves an id as it is).
+pub fn fchown(fd: RawFd, uid: u32, gid: u32) -> SysResult<()> {
+    // SAFETY: plain syscall on a caller-owned fd.
+    cvt(unsafe { libc::fchown(fd, uid, gid) }).map(drop)
+}
+
+/// `futimens`.
+pub fn futimens(fd: RawFd, times: &[libc::timespec; 2]) -> SysResult<()> {
+    // SAFETY: caller-owned fd and a 2-element timespec array.
+    cvt(unsafe { libc::futimens(fd, times.as_ptr()) }).map(drop)
+}
+
 /// `pread` into a fresh buffer.
 pub fn pread(fd: RawFd, offset: u64, size: usize) -> SysResult<Vec<u8>> {
     let mut buf = Vec::new();

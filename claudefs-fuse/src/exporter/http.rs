@@ -57,7 +57,7 @@ pub fn negotiate(accept: Option<&str>) -> Format {
 /// address is a clear startup error).
 pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     let l = std::net::TcpListener::bind(addr)
-        .map_err(|e| anyhow::anyhow!("cannot listen on metrics address {addr}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: cannot listen: {e}"))?;
     l.set_nonblocking(true)?;
     Ok(l)
 }

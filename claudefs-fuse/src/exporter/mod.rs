@@ -306,6 +306,14 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("bad address {s:?} (HOST:PORT, e.g. 127.0.0.1:9464)"))
 }
 
+/// Parses a share of requests (`--sample-rate`): a number in `0.0..=1.0`.
+pub fn parse_sample_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err("expected a share of requests in 0.0..=1.0 (e.g. 0.01)".to_string()),
+    }
+}
+
 /// Parses a duration: `250ms`, `2s`, `500us`, `1m`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -326,7 +334,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("bad duration {s:?}"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {s:?} is too long"))
 }
 
 #[cfg(test)]
@@ -344,6 +352,14 @@ mod tests {
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("3 parsecs").is_err());
+        assert_eq!(parse_sample_rate("0.25"), Ok(0.25));
+        assert_eq!(parse_sample_rate("1"), Ok(1.0));
+        for bad in ["-0.1", "1.01", "nan", "inf", "x", ""] {
+            assert!(parse_sample_rate(bad).is_err(), "{bad:?}");
+        }
+        // Past what a Duration holds: an error, not a panic.
+        assert!(parse_duration("99999999999999999999s").is_err());
+        assert!(parse_duration("999999999999999999999m").is_err());
     }
 
     #[test]

@@ -12,7 +12,10 @@ use clap::Args;
 
 use super::otlp::{self, ExportStats};
 use super::probe_metrics::ProbeCollector;
-use super::{http, load_probes, parse_addr, parse_duration, Exporter, ExporterConfig, Metrics};
+use super::{
+    http, load_probes, parse_addr, parse_duration, parse_sample_rate, Exporter, ExporterConfig,
+    Metrics,
+};
 use crate::daemon::spans::Spans;
 use crate::otel_trace::MAX_EXPORT_BUFFER_CAPACITY;
 use crate::probes::EventFilter;
@@ -32,10 +35,10 @@ pub struct ObserveArgs {
     #[arg(long, value_name = "PROTOCOL")]
     pub otlp_protocol: Option<String>,
     /// Share of requests exported as spans when no slow threshold is given.
-    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    #[arg(long, value_name = "RATE", default_value_t = 0.0, allow_negative_numbers = true, value_parser = parse_sample_rate)]
     pub sample_rate: f64,
     /// Export requests slower than this as spans (e.g. 100ms).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_duration)]
     pub slow_threshold: Option<Duration>,
 }
 

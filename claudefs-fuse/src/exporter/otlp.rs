@@ -80,31 +80,70 @@ fn env(name: &str) -> Option<String> {
 }
 
 /// Whether tracing export is wanted: `--otlp-endpoint` or an
-/// `OTEL_EXPORTER_OTLP_*ENDPOINT` variable.
+/// `OTEL_EXPORTER_OTLP_*ENDPOINT` variable. A protocol or an endpoint that
+/// cannot work is an error naming the flag or variable it came from, even
+/// when no endpoint is set (a bad `--otlp-protocol` alone is refused too).
 pub fn target_from(
     endpoint: Option<&str>,
     protocol: Option<&str>,
 ) -> Result<Option<OtlpTarget>, String> {
-    let endpoint = endpoint.map(str::to_string);
-    let env_endpoint =
-        env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
-    let Some(effective) = endpoint.clone().or(env_endpoint) else {
-        return Ok(None);
-    };
     let protocol = match protocol
-        .map(str::to_string)
-        .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
-        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-    {
-        Some(p) => p.parse()?,
+        .map(|p| ("--otlp-protocol", p.to_string()))
+        .or_else(|| {
+            [
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ]
+            .into_iter()
+            .find_map(|name| env(name).map(|v| (name, v)))
+        }) {
+        Some((source, p)) => Some(
+            p.parse::<Protocol>()
+                .map_err(|e| format!("{source} {p:?}: {e}"))?,
+        ),
+        None => None,
+    };
+    let env_endpoint = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .into_iter()
+    .find_map(|name| env(name).map(|v| (name, v)));
+    let (source, effective) = match (endpoint, env_endpoint) {
+        (Some(e), _) => ("--otlp-endpoint", e.to_string()),
+        (None, Some(from_env)) => from_env,
+        (None, None) => return Ok(None),
+    };
+    check_endpoint(&effective).map_err(|why| format!("{source} {effective:?}: {why}"))?;
+    let protocol = match protocol {
+        Some(p) => p,
         None if port_of(&effective) == Some(4317) => Protocol::Grpc,
         None => Protocol::HttpProtobuf,
     };
     let endpoint = endpoint.map(|e| match protocol {
-        Protocol::Grpc => e,
-        Protocol::HttpProtobuf => http_traces_url(&e),
+        Protocol::Grpc => e.to_string(),
+        Protocol::HttpProtobuf => http_traces_url(e),
     });
     Ok(Some(OtlpTarget { protocol, endpoint }))
+}
+
+/// Why `url` cannot be a collector's base URL, if it cannot: it must be
+/// an `http://` or `https://` URL with a host (and `/v1/traces` appended
+/// must still be one).
+fn check_endpoint(url: &str) -> Result<(), String> {
+    const EXPECTED: &str = "expected a URL like http://HOST:4318";
+    let uri: hyper::Uri = http_traces_url(url)
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); {EXPECTED}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(format!("unsupported scheme {other:?}; {EXPECTED}")),
+        None => return Err(format!("no scheme; {EXPECTED}")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("no host; {EXPECTED}"));
+    }
+    Ok(())
 }
 
 fn port_of(url: &str) -> Option<u16> {
@@ -343,6 +382,33 @@ mod tests {
         assert_eq!(port_of("http://127.0.0.1:4317"), Some(4317));
         assert_eq!("grpc".parse::<Protocol>(), Ok(Protocol::Grpc));
         assert!("http/json".parse::<Protocol>().is_err());
+    }
+
+    #[test]
+    fn bad_endpoints_and_protocols_name_their_flag() {
+        let err = |e: Option<&str>, p: Option<&str>| target_from(e, p).unwrap_err();
+        for (endpoint, why) in [
+            ("not a url", "not a URL"),
+            ("ftp://h:4318", "unsupported scheme"),
+            ("h:4318", "expected a URL like http://"),
+            ("http://", "not a URL"),
+        ] {
+            let e = err(Some(endpoint), Some("grpc"));
+            assert!(e.starts_with("--otlp-endpoint ") && e.contains(why), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = err(Some("http://h:4318"), Some("pigeon"));
+        assert!(e.starts_with("--otlp-protocol \"pigeon\""), "{e}");
+        let e = err(None, Some("pigeon"));
+        assert!(e.starts_with("--otlp-protocol "), "{e}");
+        let t = target_from(Some("http://127.0.0.1:4318/"), Some("http/protobuf"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.protocol, Protocol::HttpProtobuf);
+        assert_eq!(
+            t.endpoint.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
     }
 
     #[test]

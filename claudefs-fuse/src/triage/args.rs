@@ -21,7 +21,8 @@ pub struct TriageArgs {
         long,
         value_name = "SECS",
         default_value_t = 10,
-        value_parser = clap::value_parser!(u64).range(1..)
+        allow_negative_numbers = true,
+        value_parser = parse_duration_secs
     )]
     pub duration: u64,
 
@@ -32,6 +33,19 @@ pub struct TriageArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
+}
+
+/// The longest collection `--duration` accepts: one week.
+pub const MAX_DURATION_SECS: u64 = 7 * 24 * 3600;
+
+/// Parses `--duration`: whole seconds in `1..=`[`MAX_DURATION_SECS`].
+fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(secs @ 1..=MAX_DURATION_SECS) => Ok(secs),
+        _ => Err(format!(
+            "expected whole seconds in 1..={MAX_DURATION_SECS} (a week)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -68,8 +82,22 @@ mod tests {
 
     #[test]
     fn rejects_bad_values() {
-        assert!(parse(&["--duration", "0"]).is_err());
-        assert!(parse(&["--duration", "-1"]).is_err());
+        for bad in [
+            "0",
+            "-1",
+            "garbage",
+            "1.5",
+            "",
+            "604801",
+            "99999999999999999999",
+        ] {
+            let err = parse(&["--duration", bad]).unwrap_err().to_string();
+            assert!(
+                err.contains("--duration") && err.contains("whole seconds"),
+                "{bad:?}: {err}"
+            );
+        }
+        assert_eq!(parse(&["--duration", "604800"]).unwrap().duration, 604_800);
         assert!(parse(&["--format", "yaml"]).is_err());
     }
 }

@@ -1,10 +1,13 @@
 //! The run loop of `claudefs-fuse triage`: attach the probes, collect until
-//! the duration ends or Ctrl-C, detach, and print the report.
+//! the duration ends or Ctrl-C (SIGINT) or SIGTERM, detach, and print the
+//! report. The signals are caught from the start, so one that arrives
+//! while the probes load still ends with a report (of an empty window).
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::probes::mountinfo::MountTable;
 use crate::probes::{EventFilter, ProbeOptions, ProbeSet, Probes};
@@ -24,6 +27,10 @@ pub fn run(args: &TriageArgs) -> Result<()> {
 }
 
 async fn collect(args: &TriageArgs) -> Result<()> {
+    // Registered before anything slow, so Ctrl-C or `timeout` never kills
+    // the command without its report.
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mounts_before = MountTable::read_self().context("cannot read /proc/self/mountinfo")?;
     let only_conn = match &args.mount {
         None => None,
@@ -60,21 +67,22 @@ async fn collect(args: &TriageArgs) -> Result<()> {
     );
 
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.duration);
+    // The duration is at most a week (args), so this cannot overflow; if
+    // it did, collect until a signal.
+    let deadline = started.checked_add(Duration::from_secs(args.duration));
     let progress = std::io::stderr().is_terminal();
     let mut next_progress = started;
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut interrupted = false;
+    let mut interrupted = None;
     loop {
         tokio::select! {
-            _ = &mut ctrl_c => { interrupted = true; }
+            _ = sigint.recv() => { interrupted = Some("Ctrl-C"); }
+            _ = sigterm.recv() => { interrupted = Some("SIGTERM"); }
             _ = ticker.tick() => {}
         }
         probes.poll()?;
         let now = Instant::now();
-        if interrupted || now >= deadline {
+        if interrupted.is_some() || deadline.is_some_and(|d| now >= d) {
             break;
         }
         if progress && now >= next_progress {
@@ -93,9 +101,9 @@ async fn collect(args: &TriageArgs) -> Result<()> {
     if progress {
         eprint!("\r{:79}\r", "");
     }
-    if interrupted {
+    if let Some(signal) = interrupted {
         eprintln!(
-            "triage: stopped early after {:.1} s",
+            "triage: stopped early by {signal} after {:.1} s",
             started.elapsed().as_secs_f64()
         );
     }

@@ -62,8 +62,7 @@ fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir_in(parent)?;
     let copy = tmp.path().join("claudefs-fuse-next");
     std::fs::copy(fuse_bin(), &copy)?;
-    let (_src, m) =
-        MountGuard::single_path(tmp.path(), &["--transport".into(), "dev".into()])?;
+    let (_src, m) = MountGuard::single_path(tmp.path(), &["--transport".into(), "dev".into()])?;
     std::fs::write(m.mnt.join("f"), b"x")?;
     let path = CString::new(m.mnt.join("f").to_string_lossy().as_bytes())?;
     let t0 = Instant::now();
@@ -102,7 +101,11 @@ fn main() -> anyhow::Result<()> {
             m.kill9_server();
             kills.push(at);
         } else {
-            let bin = if (i / 2) % 2 == 0 { copy.clone() } else { fuse_bin() };
+            let bin = if (i / 2) % 2 == 0 {
+                copy.clone()
+            } else {
+                fuse_bin()
+            };
             let out = Command::new(fuse_bin())
                 .args(["upgrade", "--mountpoint"])
                 .arg(&m.mnt)
@@ -133,7 +136,9 @@ fn main() -> anyhow::Result<()> {
     }
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
-    let errors = client.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+    let errors = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))??;
     let answers = answers.lock().unwrap().clone();
     let gaps = |events: &[u64]| -> Vec<f64> {
         events
@@ -164,7 +169,11 @@ fn main() -> anyhow::Result<()> {
     );
     for (name, g, k) in [
         ("kill -9 of the server", &mut kill_gaps, &mut keeper_kill),
-        ("upgrade to another binary", &mut upgrade_gaps, &mut keeper_upgrade),
+        (
+            "upgrade to another binary",
+            &mut upgrade_gaps,
+            &mut keeper_upgrade,
+        ),
     ] {
         let (gmax, kmax) = (max(g), max(k));
         println!(
@@ -183,9 +192,7 @@ fn main() -> anyhow::Result<()> {
         median(&mut quiet_gaps),
         qmax
     );
-    println!(
-        "targets: median < 100 ms, max < 500 ms; the application saw {errors} errors"
-    );
+    println!("targets: median < 100 ms, max < 500 ms; the application saw {errors} errors");
     m.stop()?;
     anyhow::ensure!(errors == 0, "the client saw {errors} errors");
     Ok(())
