@@ -73,6 +73,7 @@ impl Workload {
         {
             let f = OpenOptions::new()
                 .create(true)
+                .truncate(true)
                 .read(true)
                 .write(true)
                 .open(mnt.join("log"))
@@ -421,6 +422,7 @@ fn upgrade_refuses_bad_input_and_the_server_keeps_serving() {
     let (_src, m) = dev_mount(tmp.path(), &[]);
     let mut open = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(m.mnt.join("held"))
@@ -514,6 +516,7 @@ fn uring_mount_survives_a_restart() {
         MountGuard::single_path(tmp.path(), &["--transport".into(), "uring".into()]).unwrap();
     let f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(m.mnt.join("kept"))

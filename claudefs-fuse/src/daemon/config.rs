@@ -580,6 +580,7 @@ mod tests {
             otlp_endpoint: None,
             otlp_protocol: None,
             slow_threshold: None,
+            no_keeper: false,
             mountpoint: dir.join("m"),
         }
     }
