@@ -537,3 +537,129 @@ fn uring_mount_survives_a_restart() {
     let out = upgrade(&m, &m.mnt, None);
     one_line_error(&out, "io_uring");
 }
+
+/// Four writers write and fsync; `n` records each so far.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Result<u64, String>>>,
+}
+
+impl Writers {
+    fn start(mnt: &Path) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..4)
+            .map(|i| {
+                let f = File::create(mnt.join(format!("w{i}"))).unwrap();
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        f.write_all_at(&record(n), n * RECORD as u64)
+                            .and_then(|()| f.sync_data())
+                            .map_err(|e| format!("writer {i}, record {n}: {e}"))?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        Writers { stop, threads }
+    }
+
+    fn stop(self) -> Vec<Result<u64, String>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect()
+    }
+}
+
+fn check_records(src: &Path, i: usize, n: u64) {
+    let data = fs::read(src.join(format!("w{i}"))).unwrap();
+    for seq in 0..n {
+        let off = seq as usize * RECORD;
+        assert_eq!(
+            &data[off..off + RECORD],
+            &record(seq)[..],
+            "w{i} record {seq}"
+        );
+    }
+}
+
+#[test]
+fn kill9_under_four_writers_recovers_their_four_files() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, m) = dev_mount(tmp.path(), &[]);
+    let w = Writers::start(&m.mnt);
+    std::thread::sleep(Duration::from_millis(300));
+    m.kill9_server();
+    let st = m.wait_generation(1, Duration::from_secs(10)).unwrap();
+    let r = &st["recovery"];
+    assert_eq!(r["open_files"], 4, "{st}");
+    assert_eq!(r["recovered"], 4, "{st}");
+    assert_eq!(r["orphaned"], 0, "{st}");
+    assert!(r["state"].as_str().unwrap().starts_with("Complete"), "{st}");
+    std::thread::sleep(Duration::from_millis(200));
+    for (i, n) in w.stop().into_iter().enumerate() {
+        let n = n.unwrap_or_else(|e| panic!("the writer saw an error across the restart: {e}"));
+        assert!(n > 0);
+        check_records(&src, i, n);
+    }
+    m.stop().unwrap();
+}
+
+#[test]
+fn kill9_of_keeper_and_server_under_four_writers_and_a_torn_record() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, m) = dev_mount(tmp.path(), &[]);
+    let (mnt, state) = (m.mnt.clone(), m.state.clone());
+    let w = Writers::start(&mnt);
+    std::thread::sleep(Duration::from_millis(300));
+    // The whole daemon dies: the mount with it (the writers then fail).
+    m.kill9();
+    let done: Vec<u64> = w
+        .stop()
+        .into_iter()
+        .map(|r| match r {
+            Ok(n) => n,
+            Err(e) => e
+                .split("record ")
+                .nth(1)
+                .and_then(|s| s.split(':').next())
+                .and_then(|s| s.parse().ok())
+                .expect("the error names the record"),
+        })
+        .collect();
+    // A record cut short at the kill, as a torn store would leave it.
+    let log = state.join("journal.log");
+    let mut bytes = fs::read(&log).unwrap();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    bytes.truncate(end);
+    bytes.extend_from_slice(br#"{"t":"open","fh":99,"ino":"#);
+    fs::write(&log, &bytes).unwrap();
+    let args = vec![
+        "--path".to_string(),
+        src.display().to_string(),
+        "--transport".into(),
+        "dev".into(),
+    ];
+    let m = MountGuard::start(&mnt, &state, &args).unwrap();
+    let st = m.status().unwrap();
+    let r = &st["recovery"];
+    assert_eq!(r["unclean"], true, "{st}");
+    assert_eq!(r["open_files"], 4, "{st}");
+    assert_eq!(r["recovered"], 4, "{st}");
+    assert!(r["state"].as_str().unwrap().starts_with("Complete"), "{st}");
+    // Each record fsync'd before the kill is on storage.
+    for (i, n) in done.into_iter().enumerate() {
+        check_records(&src, i, n);
+    }
+    m.stop().unwrap();
+}

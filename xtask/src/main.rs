@@ -108,8 +108,12 @@ fn test() -> Result<()> {
     cmd::cargo(&root, &["fmt", "--all", "--", "--check"])?;
     cmd::cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
     cmd::cargo(&root, &["build", "--bins"])?;
-    // Every test runs with the default transport (auto: io_uring where the
-    // kernel has it), then the daemon's e2e suites again on /dev/fuse.
+    // Every test runs with the daemon on io_uring where the kernel has it
+    // (named: under a keeper `auto` means /dev/fuse), then the daemon's e2e
+    // suites again on /dev/fuse. Tests that name a transport keep theirs.
+    if std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        std::env::set_var("CLAUDEFS_TEST_TRANSPORT", "uring");
+    }
     let (mut passed, mut failed) = cmd::cargo_test(&root, &[])?;
     std::env::set_var("CLAUDEFS_TEST_TRANSPORT", "dev");
     let (p, f) = cmd::cargo_test(

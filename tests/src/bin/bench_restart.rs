@@ -9,8 +9,9 @@
 //! file in a loop with `AT_STATX_FORCE_SYNC` (one GETATTR per call) and
 //! notes when each answer came. `BENCH_TRIES` times each, 300 ms apart:
 //! kill -9 of the server, and `claudefs-fuse upgrade` to a second copy of
-//! the binary (alternating). The gap of a try is from the last answer
-//! before it to the first answer after it; the table gives the median and
+//! the binary (alternating). The gap of a try is the largest one between
+//! two answers from just before the kill (or the `upgrade` command) to the
+//! new server serving; the table gives the median and
 //! the max over the tries, the keeper's own measure (drain or death to
 //! the next server serving), and as the reference the largest gap
 //! between two answers in a 300 ms window of the same run without a
@@ -32,18 +33,11 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The gap around `at` in the answer times `answers` (sorted, ns).
-fn gap_around(answers: &[u64], at: u64) -> Option<u64> {
-    let i = answers.partition_point(|&t| t <= at);
-    let before = *answers.get(i.checked_sub(1)?)?;
-    let after = *answers.get(i)?;
-    Some(after - before)
-}
-
-/// The largest gap between answers in `[from, to)`.
+/// The largest gap between answers (sorted times, ns) in `[from, to)`,
+/// counting from the last answer before `from` to the first after `to`.
 fn largest_gap(answers: &[u64], from: u64, to: u64) -> u64 {
-    let a = answers.partition_point(|&t| t < from);
-    let b = answers.partition_point(|&t| t < to);
+    let a = answers.partition_point(|&t| t < from).saturating_sub(1);
+    let b = (answers.partition_point(|&t| t < to) + 1).min(answers.len());
     answers[a..b]
         .windows(2)
         .map(|w| w[1] - w[0])
@@ -96,11 +90,14 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(300));
         quiet.push((w0, now()));
         generation += 1;
-        let at = now();
+        let at;
         if i % 2 == 0 {
-            m.kill9_server();
-            kills.push(at);
+            let pid = m.pid();
+            at = now();
+            // SAFETY: signals the server of the mount under test.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         } else {
+            at = now();
             let bin = if (i / 2) % 2 == 0 {
                 copy.clone()
             } else {
@@ -119,9 +116,14 @@ fn main() -> anyhow::Result<()> {
                 "upgrade failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            upgrades.push(at);
         }
         let st = m.wait_generation(generation, Duration::from_secs(10))?;
+        let window = (at, now() + 20_000_000);
+        if i % 2 == 0 {
+            kills.push(window);
+        } else {
+            upgrades.push(window);
+        }
         // The keeper's measure reaches the server once it serves.
         std::thread::sleep(Duration::from_millis(50));
         let gap = m.status()?["keeper"]["last_gap_seconds"]
@@ -140,11 +142,10 @@ fn main() -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("client panicked"))??;
     let answers = answers.lock().unwrap().clone();
-    let gaps = |events: &[u64]| -> Vec<f64> {
+    let gaps = |events: &[(u64, u64)]| -> Vec<f64> {
         events
             .iter()
-            .filter_map(|&t| gap_around(&answers, t))
-            .map(|g| g as f64 / 1e6)
+            .map(|&(a, b)| largest_gap(&answers, a, b) as f64 / 1e6)
             .collect()
     };
     let mut kill_gaps = gaps(&kills);
