@@ -137,7 +137,11 @@ impl MountGuard {
             log,
         };
         let t0 = Instant::now();
-        while !(is_mounted(mnt) && state.join("status.sock").exists()) {
+        // Up once its status socket answers (a file left by a killed
+        // daemon does not).
+        while !(is_mounted(mnt)
+            && std::os::unix::net::UnixStream::connect(state.join("status.sock")).is_ok())
+        {
             if let Some(c) = g.child.as_mut() {
                 if let Some(st) = c.try_wait()? {
                     g.child = None;

@@ -341,6 +341,8 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
         drop(crate::exporter::http::bind(a)?);
     }
     let _lock = lock_state_dir(&s.state_dir)?;
+    // A status socket left by a killed daemon would pass for this mount's.
+    let _ = std::fs::remove_file(s.state_dir.join(super::status::SOCKET));
     let binary = std::env::current_exe().context("cannot find this program's binary")?;
     let fd = match mount::mount_fuse(&mountpoint) {
         Ok(fd) => Ok(fd),
