@@ -321,7 +321,7 @@ pub struct Bpftrace {
 }
 
 impl Bpftrace {
-    /// Starts `script` and waits until it is attached (at most 20 s).
+    /// Starts `script` and waits until it is attached (at most 60 s).
     pub fn start(script: &str) -> anyhow::Result<Bpftrace> {
         use std::io::BufRead;
         let mut child = Command::new("bpftrace")
@@ -349,13 +349,14 @@ impl Bpftrace {
             child: Some(child),
             output,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // bpftrace parses the kernel BTF first: seconds on a loaded 2-vCPU VM.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match b.output.recv_timeout(left) {
                 Ok(l) if l.trim() == "READY" => return Ok(b),
                 Ok(_) => {}
-                Err(_) => anyhow::bail!("bpftrace did not attach within 20 s"),
+                Err(_) => anyhow::bail!("bpftrace did not attach within 60 s"),
             }
         }
     }

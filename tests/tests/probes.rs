@@ -761,8 +761,10 @@ fn a_signal_ends_a_kernel_flock_wait() {
     // One interrupted wait of about 0.3 s; the uncontended flock after it
     // did not wait, and started no new wait from a stale one.
     assert_eq!(w.calls, 1, "{w:?}");
+    // The timer is armed just before flock(2) enters the kernel: the wait
+    // the probes see is a little under the 0.3 s.
     assert!(
-        (300_000_000..2_000_000_000).contains(&w.max_wait_ns),
+        (250_000_000..2_000_000_000).contains(&w.max_wait_ns),
         "{w:?}"
     );
     assert_eq!(
