@@ -217,6 +217,14 @@ fn wake_blocked_reads() {
 
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
+/// Ignores SIGINT and SIGTERM (under a keeper, see `run`).
+fn ignore_stop_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: sets the disposition of a signal to ignore.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+}
+
 /// Installs the no-op `SIGUSR1` handler of [`wake_blocked_reads`].
 fn install_wake_handler() {
     // SAFETY: a zeroed sigaction with a valid handler and an empty mask;
@@ -482,7 +490,13 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
     };
     let sock = status::serve(&s.state_dir, snap)?;
 
-    spawn_signal_handler(mountpoint.clone(), stop.clone())?;
+    if alone {
+        spawn_signal_handler(mountpoint.clone(), stop.clone())?;
+    } else {
+        // The keeper's signals stop the mount (a terminal's Ctrl-C reaches
+        // both): the server leaves them to it.
+        ignore_stop_signals();
+    }
     let exporter = start_exporter(
         &s,
         &mountpoint,

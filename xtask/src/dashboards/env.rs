@@ -5,6 +5,7 @@
 //! on; everything is stopped, removed and set back on drop.
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -176,13 +177,16 @@ impl Env {
             .arg(&self.mnt)
             .stdout(Stdio::null())
             .stderr(log)
+            // Its own process group: keeper and server die together in
+            // `kill_daemon`.
+            .process_group(0)
             .spawn()
             .context("cannot start claudefs-fuse mount")?;
         self.daemon = Some(child);
         let t = Instant::now();
         loop {
             let ready = is_mounted(&self.mnt)
-                && self.state.join("status.sock").exists()
+                && std::os::unix::net::UnixStream::connect(self.state.join("status.sock")).is_ok()
                 && http_get(self.metrics_port, "/healthz").is_ok_and(|(c, _)| c == 200);
             if ready {
                 return Ok(());
@@ -203,11 +207,21 @@ impl Env {
         }
     }
 
-    /// kill -9 the daemon and lazily unmount what it leaves.
+    /// kill -9 the daemon, keeper and server (the whole daemon crashes:
+    /// the mount goes), and lazily unmount what it leaves.
     pub fn kill_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {
-            let _ = c.kill();
+            // SAFETY: signals the process group this child leads.
+            unsafe { libc::kill(-(c.id() as libc::pid_t), libc::SIGKILL) };
             let _ = c.wait();
+            // The server (not our child) is gone once its mount is dead.
+            let t = Instant::now();
+            while self.state.join("status.sock").exists()
+                && std::os::unix::net::UnixStream::connect(self.state.join("status.sock")).is_ok()
+                && t.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         umount_lazy(&self.mnt);
     }
