@@ -15,6 +15,10 @@
 //!    rounds of flock contention (one holds waiters parked for 2.5 s);
 //!    the OTLP collector is down, so spans are dropped, until a stand-in
 //!    collector comes up and spans are exported;
+//!    then the server is killed with -9 while a flock is held and a
+//!    waiter parked: the keeper starts the next server, which takes the
+//!    lock back and gets the waiter's request resent, and is upgraded
+//!    (the restart and hand-over panels);
 //! 2. bindfs is killed: path 0 fails (Prometheus sees
 //!    `path_state{state="failed"}` and the PathFailed alert goes pending),
 //!    then bindfs is remounted and the path comes back;
@@ -44,13 +48,79 @@ use super::workload::{self, Background, HeldOpen, OtlpSink};
 use super::{Report, PROMETHEUS_SERIES};
 
 /// Panel queries that may stay at zero in this run, by (panel, refId):
-/// drops that only a host under pressure produces, and worker wakeups
-/// that only slow storage (or an fsync racing another request) produces.
+/// drops that only a host under pressure produces, worker wakeups that
+/// only slow storage (or an fsync racing another request) produces, and
+/// resent requests found applied, which only a create, unlink or rename
+/// in flight at the crash produces (the e2e restart tests make one).
 const MAY_BE_ZERO: &[(&str, &str)] = &[
     ("Probe events", "B"),
     ("Statistics map full", "A"),
     ("Daemon workers", "B"),
+    ("Hand-over", "C"),
 ];
+
+/// The daemon's status (`claudefs-fuse status --json`).
+fn daemon_status(env: &Env) -> Result<Value> {
+    let out = Command::new(&env.bin)
+        .args(["status", "--json", "--state-dir"])
+        .arg(&env.state)
+        .output()?;
+    if !out.status.success() {
+        bail!("status: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// kill -9 of the server while flock(1) holds a lock and another waits
+/// on it; the next server serves, the holder still holds, the waiter gets
+/// the lock once the holder lets go.
+fn restart_under_a_lock(env: &Env) -> Result<()> {
+    let lockfile = env.mnt.join("restart-lock");
+    fs::write(&lockfile, b"").context("cannot create the lock file")?;
+    let mut holder = Command::new("flock")
+        .arg("-x")
+        .arg(&lockfile)
+        .args(["sleep", "1.5"])
+        .spawn()
+        .context("cannot run flock(1)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut waiter = Command::new("flock")
+        .arg("-x")
+        .arg(&lockfile)
+        .arg("true")
+        .spawn()
+        .context("cannot run flock(1)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let st = daemon_status(env)?;
+    let generation = st["keeper"]["generation"].as_u64().unwrap_or(0);
+    let pid = st["pid"].as_u64().context("no server pid in status")? as libc::pid_t;
+    // SAFETY: signals the server of the mount under test.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for(Duration::from_secs(10), "the next server to serve", || {
+        Ok(daemon_status(env).is_ok_and(|s| {
+            s["keeper"]["generation"].as_u64() > Some(generation)
+                && s["session"]["resent"].as_u64() >= Some(1)
+        }))
+    })?;
+    if waiter.try_wait()?.is_some() {
+        bail!("the waiter got the lock while the holder held it");
+    }
+    if !holder.wait()?.success() || !waiter.wait()?.success() {
+        bail!("flock(1) failed across the restart");
+    }
+    // And one upgrade (to the same binary): the upgrade counter.
+    let out = Command::new(&env.bin)
+        .args(["upgrade", "--mountpoint"])
+        .arg(&env.mnt)
+        .arg("--state-dir")
+        .arg(&env.state)
+        .output()?;
+    if !out.status.success() {
+        bail!("upgrade: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    println!("live: server killed under a held lock, then upgraded; the next one serves");
+    Ok(())
+}
 
 pub fn run(
     root: &Path,
@@ -93,6 +163,9 @@ pub fn run(
         if let Err(e) = workload::flock_round(&env.mnt, Duration::from_millis(hold)) {
             report.fail(e);
         }
+    }
+    if let Err(e) = restart_under_a_lock(&env) {
+        report.fail(format!("server restart: {e:#}"));
     }
     std::thread::sleep(Duration::from_secs(2));
 
