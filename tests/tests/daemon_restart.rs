@@ -663,3 +663,45 @@ fn kill9_of_keeper_and_server_under_four_writers_and_a_torn_record() {
     }
     m.stop().unwrap();
 }
+
+#[test]
+fn a_file_renamed_on_storage_while_no_server_ran_is_found_by_its_handle() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, m) = dev_mount(tmp.path(), &[]);
+    fs::create_dir(m.mnt.join("d")).unwrap();
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.mnt.join("d/a"))
+        .unwrap();
+    f.write_all_at(b"before", 0).unwrap();
+    // No server between the kill and the rename: the keeper is stopped.
+    let keeper = m.keeper_pid() as i32;
+    // SAFETY: signals the keeper of the mount under test.
+    unsafe { libc::kill(keeper, libc::SIGSTOP) };
+    let server = m.kill9_server();
+    assert!(claudefs_e2e::wait_until(Duration::from_secs(5), || {
+        fs::read_to_string(format!("/proc/{server}/stat")).map_or(true, |s| s.contains(") Z "))
+    }));
+    fs::rename(src.join("d/a"), src.join("moved")).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(keeper, libc::SIGCONT) };
+    let st = m.wait_generation(1, Duration::from_secs(10)).unwrap();
+    let r = &st["recovery"];
+    assert_eq!(r["recovered"], 1, "{st}");
+    assert_eq!(r["orphaned"], 0, "{st}");
+    assert_eq!(r["nodes_lost"], 0, "{st}");
+    f.write_all_at(b" after", 6).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(fs::read(src.join("moved")).unwrap(), b"before after");
+    assert!(
+        m.log_text().contains("found by its file handle"),
+        "{}",
+        m.log_text()
+    );
+}

@@ -575,6 +575,7 @@ mod tests {
         j.record(Record::Node {
             ino: 10,
             path: "d".into(),
+            h: None,
         });
         j.opened(1, 10, 5, 2, Path::new("d"));
         j.record(Record::Lock {

@@ -88,10 +88,14 @@ pub fn record(out: &mut Vec<u8>, r: &Record) {
             out.extend_from_slice(b"}\n");
         }
         // Every new node the kernel learns (each create) and forgets.
-        Record::Node { ino, path } => {
+        Record::Node { ino, path, h } => {
             num(out, br#"{"t":"node","ino":"#, *ino);
             out.extend_from_slice(br#","path":"#);
             string(out, path);
+            if let Some(h) = h {
+                out.extend_from_slice(br#","h":"#);
+                string(out, h);
+            }
             out.extend_from_slice(b"}\n");
         }
         Record::Unnode { ino } => {
@@ -150,7 +154,12 @@ mod tests {
                 }),
             any::<u64>().prop_map(|fh| Record::Sync { fh }),
             any::<u64>().prop_map(|fh| Record::Close { fh }),
-            (any::<u64>(), any::<String>()).prop_map(|(ino, path)| Record::Node { ino, path }),
+            (
+                any::<u64>(),
+                any::<String>(),
+                proptest::option::of(any::<String>())
+            )
+                .prop_map(|(ino, path, h)| Record::Node { ino, path, h }),
             any::<u64>().prop_map(|ino| Record::Unnode { ino }),
             (
                 any::<u64>(),

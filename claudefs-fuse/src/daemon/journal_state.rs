@@ -40,10 +40,13 @@ pub enum Record {
     Close {
         fh: u64,
     },
-    /// The kernel knows `ino`, first named `path` (relative to the root).
+    /// The kernel knows `ino`, first named `path` (relative to the root),
+    /// with the storage's file handle `h` when it has one (`filehandle.rs`).
     Node {
         ino: u64,
         path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        h: Option<String>,
     },
     /// The kernel forgot `ino`.
     Unnode {
@@ -141,6 +144,8 @@ pub struct Intent {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LiveState {
     pub nodes: BTreeMap<u64, String>,
+    /// The storage file handles of the nodes that have one.
+    pub handles: BTreeMap<u64, String>,
     pub opens: BTreeMap<u64, OpenHandle>,
     pub dirty: BTreeMap<u64, DirtyRange>,
     pub locks: BTreeMap<(u64, u64), Held>,
@@ -213,11 +218,16 @@ impl LiveState {
                 self.dirty.remove(fh);
                 self.opens.remove(fh);
             }
-            Record::Node { ino, path } => {
+            Record::Node { ino, path, h } => {
                 self.nodes.insert(*ino, path.clone());
+                match h {
+                    Some(h) => self.handles.insert(*ino, h.clone()),
+                    None => self.handles.remove(ino),
+                };
             }
             Record::Unnode { ino } => {
                 self.nodes.remove(ino);
+                self.handles.remove(ino);
             }
             Record::Moved { from, to } => {
                 for p in self.nodes.values_mut() {
@@ -287,6 +297,7 @@ impl LiveState {
             out.push(Record::Node {
                 ino: *ino,
                 path: path.clone(),
+                h: self.handles.get(ino).cloned(),
             });
         }
         for (fh, o) in &self.opens {
@@ -354,6 +365,7 @@ mod tests {
         Record::Node {
             ino,
             path: path.into(),
+            h: (ino == 10).then(|| "1:0a0b".to_string()),
         }
     }
 

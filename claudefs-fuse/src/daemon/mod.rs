@@ -19,6 +19,7 @@ pub mod attr;
 pub mod backing;
 pub mod config;
 pub mod fdcache;
+pub mod filehandle;
 pub mod fs;
 pub mod handover;
 pub mod idmap;

@@ -197,7 +197,7 @@ impl Core {
     /// Stats `rel` and records a kernel lookup of it.
     fn entry_at(&self, root: &StorageRoot, rel: &Path) -> SysResult<FileAttr> {
         let st = root.stat(rel)?;
-        self.remember(st.st_ino, rel);
+        self.remember(root, st.st_ino, rel);
         Ok(self.attr(&st))
     }
 
@@ -226,14 +226,16 @@ impl Core {
         }
     }
 
-    /// Records a kernel lookup of `st_ino` at `rel`, journaling a node
-    /// that is new or has a new name.
-    fn remember(&self, st_ino: u64, rel: &Path) -> u64 {
+    /// Records a kernel lookup of `st_ino` at `rel` (on `root`), journaling
+    /// a node that is new or has a new name, with its file handle.
+    fn remember(&self, root: &StorageRoot, st_ino: u64, rel: &Path) -> u64 {
         let (ino, changed) = self.inodes.remember_noting(st_ino, rel);
-        if changed {
+        if changed && self.journal.is_some() {
+            let h = super::filehandle::handle_of(root, rel);
             self.journal(|| Record::Node {
                 ino,
                 path: rel.to_string_lossy().into_owned(),
+                h,
             });
         }
         ino
@@ -379,7 +381,7 @@ impl Core {
                     let fd = r.open_at(&rel, oflags, mode)?;
                     self.own(r, &rel, uid, gid)?;
                     let st = storage::fstat(fd.as_raw_fd())?;
-                    self.remember(st.st_ino, &rel);
+                    self.remember(r, st.st_ino, &rel);
                     let attr = self.attr(&st);
                     self.pages.opened(attr.ino, &st);
                     Ok((fd, attr))

@@ -238,6 +238,7 @@ mod tests {
         let live = LiveState::from_records(&[Record::Node {
             ino: 5,
             path: "x".into(),
+            h: None,
         }]);
         let (st, sum) = recover(&live, |_, _| unreachable!());
         assert!(sum.unclean);

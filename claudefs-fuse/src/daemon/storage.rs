@@ -92,6 +92,11 @@ impl StorageRoot {
         self.fd.as_raw_fd()
     }
 
+    /// The root's fd (for `*at` calls outside this module).
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.raw()
+    }
+
     /// `/proc/self/fd/N/rel`: a path usable by the non-`*at` calls (xattrs)
     /// that still goes through this root's mount.
     fn proc_path(&self, rel: &Path) -> SysResult<CString> {

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use super::{Core, OpenFile, CREATE_FLAGS};
+use crate::daemon::filehandle;
 use crate::daemon::journal_state::{LiveState, OpenHandle};
 use crate::daemon::router::Retry;
 use crate::daemon::storage;
@@ -20,7 +21,9 @@ pub const HANDLE_SPACE_BITS: u32 = 40;
 
 impl Core {
     /// Restores the nodes of `live`; returns (found again, lost). A node
-    /// is found when its path still names the same inode.
+    /// is found when its path still names the same inode, or else where
+    /// its file handle leads (renamed on storage meanwhile; see
+    /// `filehandle.rs`).
     pub fn restore_nodes(&self, live: &LiveState) -> (usize, usize) {
         let (mut found, mut lost) = (0, 0);
         for (ino, path) in &live.nodes {
@@ -30,15 +33,38 @@ impl Core {
                 .run(Retry::Idempotent, |r| r.stat(&rel))
                 .result
                 .is_ok_and(|st| self.inodes.fuse_ino(st.st_ino) == *ino);
-            if same {
-                self.inodes.restore(*ino, &rel);
-                found += 1;
+            let at = if same {
+                Some(rel)
             } else {
-                tracing::debug!(ino, path, "node of the last server not found again");
-                lost += 1;
+                live.handles.get(ino).and_then(|h| self.by_handle(*ino, h))
+            };
+            match at {
+                Some(at) => {
+                    if at.as_os_str() != path.as_str() {
+                        tracing::info!(ino, from = path, to = %at.display(), "node found by its file handle at a new path");
+                    }
+                    self.inodes.restore(*ino, &at);
+                    found += 1;
+                }
+                None => {
+                    tracing::debug!(ino, path, "node of the last server not found again");
+                    lost += 1;
+                }
             }
         }
         (found, lost)
+    }
+
+    /// Where the file of handle `h` (node `ino`) is now, on a usable path.
+    fn by_handle(&self, ino: u64, h: &str) -> Option<PathBuf> {
+        (0..self.router.len() as u64)
+            .filter(|&p| self.router.usable(p))
+            .filter_map(|p| self.router.root(p))
+            .find_map(|root| {
+                filehandle::find(&root, h)
+                    .filter(|(_, st_ino)| self.inodes.fuse_ino(*st_ino) == ino)
+                    .map(|(rel, _)| rel)
+            })
     }
 
     /// Re-opens handle `fh` of the previous server; says whether it is
