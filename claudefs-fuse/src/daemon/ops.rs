@@ -38,6 +38,7 @@ thread_local! {
 mod names;
 mod once;
 mod restore;
+mod xattr;
 
 pub use once::CRASH_AFTER_ENV;
 
@@ -694,48 +695,6 @@ impl Core {
 
     pub fn statfs(&self, cx: &Served) -> SysResult<libc::statvfs> {
         cx.note(self.router.run(Retry::Idempotent, |r| r.statfs()))
-    }
-
-    pub fn getxattr(
-        &self,
-        cx: &Served,
-        ino: u64,
-        name: &OsStr,
-        size: u32,
-    ) -> SysResult<(usize, Vec<u8>)> {
-        let rel = self.path(ino)?;
-        cx.note(
-            self.router
-                .run(Retry::Idempotent, |r| r.getxattr(&rel, name, size as usize)),
-        )
-    }
-
-    pub fn listxattr(&self, cx: &Served, ino: u64, size: u32) -> SysResult<(usize, Vec<u8>)> {
-        let rel = self.path(ino)?;
-        cx.note(
-            self.router
-                .run(Retry::Idempotent, |r| r.listxattr(&rel, size as usize)),
-        )
-    }
-
-    pub fn setxattr(
-        &self,
-        cx: &Served,
-        ino: u64,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-    ) -> SysResult<()> {
-        let rel = self.path(ino)?;
-        cx.note(
-            self.router
-                .run(Retry::Once, |r| r.setxattr(&rel, name, value, flags)),
-        )
-    }
-
-    pub fn removexattr(&self, cx: &Served, ino: u64, name: &OsStr) -> SysResult<()> {
-        let rel = self.path(ino)?;
-        cx.note(self.router.run(Retry::Once, |r| r.removexattr(&rel, name)))
     }
 
     /// access(2) against the local (mapped) owner and mode.

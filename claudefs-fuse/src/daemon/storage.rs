@@ -366,6 +366,47 @@ impl StorageRoot {
     }
 }
 
+/// `fgetxattr`: (value size, value) of an open file — with `size == 0`
+/// only the size.
+pub fn fgetxattr(fd: RawFd, name: &OsStr, size: usize) -> SysResult<(usize, Vec<u8>)> {
+    let n = cname(name)?;
+    let mut buf = vec![0u8; size];
+    // SAFETY: valid fd and C string; buffer pointer/length describe writable memory.
+    let r = unsafe { libc::fgetxattr(fd, n.as_ptr(), buf.as_mut_ptr().cast(), size) };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    buf.truncate(if size == 0 { 0 } else { r as usize });
+    Ok((r as usize, buf))
+}
+
+/// `flistxattr`.
+pub fn flistxattr(fd: RawFd, size: usize) -> SysResult<(usize, Vec<u8>)> {
+    let mut buf = vec![0u8; size];
+    // SAFETY: valid fd; buffer pointer/length describe writable memory.
+    let r = unsafe { libc::flistxattr(fd, buf.as_mut_ptr().cast(), size) };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    buf.truncate(if size == 0 { 0 } else { r as usize });
+    Ok((r as usize, buf))
+}
+
+/// `fsetxattr`.
+pub fn fsetxattr(fd: RawFd, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
+    let n = cname(name)?;
+    // SAFETY: valid fd, C string and value buffer.
+    cvt(unsafe { libc::fsetxattr(fd, n.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
+        .map(drop)
+}
+
+/// `fremovexattr`.
+pub fn fremovexattr(fd: RawFd, name: &OsStr) -> SysResult<()> {
+    let n = cname(name)?;
+    // SAFETY: valid fd and C string.
+    cvt(unsafe { libc::fremovexattr(fd, n.as_ptr()) }).map(drop)
+}
+
 /// `ftruncate`.
 pub fn ftruncate(fd: RawFd, size: u64) -> SysResult<()> {
     // SAFETY: plain syscall on a caller-owned fd.

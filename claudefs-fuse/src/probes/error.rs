@@ -9,7 +9,7 @@ pub enum ProbeError {
     /// The process lacks the privileges to load tracing BPF programs.
     #[error(
         "loading eBPF probes needs root, or the CAP_BPF and CAP_PERFMON capabilities \
-         (missing: {missing}); run as root, e.g. `sudo claudefs-fuse triage`"
+         (missing: {missing}); run the command as root (sudo)"
     )]
     Privileges {
         /// Comma-separated names of the missing capabilities.
