@@ -18,7 +18,10 @@ use claudefs_e2e::{fuse_bin, fuse_unavailable, in_ci, wait_until, Bindfs};
 use serde_yaml::Value as Yaml;
 
 #[path = "../../xtask/src/dashboards/promql.rs"]
-#[allow(dead_code, reason = "the dashboards check's helpers; this test uses some")]
+#[allow(
+    dead_code,
+    reason = "the dashboards check's helpers; this test uses some"
+)]
 mod promql;
 
 /// The workspace root (also what the included dashboards helpers' own
@@ -31,7 +34,8 @@ fn workspace_root() -> PathBuf {
 }
 
 fn read(rel: &str) -> String {
-    fs::read_to_string(workspace_root().join(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+    fs::read_to_string(workspace_root().join(rel))
+        .unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
 }
 
 /// Every YAML document of a file.
@@ -160,7 +164,10 @@ fn systemd_units_pass_systemd_analyze_verify() {
     fs::copy(fuse_bin(), r.join("usr/local/bin/claudefs-fuse")).unwrap();
     fs::copy("/bin/kill", r.join("bin/kill")).unwrap();
     fs::write(r.join("etc/claudefs-fuse/mnt-data.toml"), "").unwrap();
-    let units = ["claudefs-fuse-observe.service", "claudefs-fuse-mount@.service"];
+    let units = [
+        "claudefs-fuse-observe.service",
+        "claudefs-fuse-mount@.service",
+    ];
     for u in units {
         fs::copy(
             workspace_root().join("deploy/systemd").join(u),
@@ -195,7 +202,10 @@ fn systemd_units_pass_systemd_analyze_verify() {
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_ascii_uppercase)
         .collect();
-    assert!(known.contains("CAP_BPF"), "systemd knows no CAP_BPF: {known:?}");
+    assert!(
+        known.contains("CAP_BPF"),
+        "systemd knows no CAP_BPF: {known:?}"
+    );
     for u in units {
         let text = read(&format!("deploy/systemd/{u}"));
         for l in text.lines().filter(|l| {
@@ -220,14 +230,21 @@ fn systemd_units_pass_systemd_analyze_verify() {
         assert!(mount.contains(&format!("\n{l}\n")), "mount unit lacks {l}");
     }
     // No mount namespace for the mount unit, and no fd store.
-    for l in ["\nProtectSystem=", "\nPrivateTmp=", "\nFileDescriptorStoreMax="] {
+    for l in [
+        "\nProtectSystem=",
+        "\nPrivateTmp=",
+        "\nFileDescriptorStoreMax=",
+    ] {
         assert!(!mount.contains(l), "mount unit sets {l}");
     }
 }
 
 #[test]
 fn every_command_line_in_deploy_is_accepted_by_the_binary() {
-    for unit in ["claudefs-fuse-observe.service", "claudefs-fuse-mount@.service"] {
+    for unit in [
+        "claudefs-fuse-observe.service",
+        "claudefs-fuse-mount@.service",
+    ] {
         let argv = exec_start(unit);
         assert_eq!(argv[0], "/usr/local/bin/claudefs-fuse", "{unit}");
         assert_binary_accepts(&argv[1..], unit);
@@ -265,7 +282,10 @@ fn every_command_line_in_deploy_is_accepted_by_the_binary() {
                 .fold(a, |a, (k, v)| a.replace(&format!("$({k})"), v))
         })
         .collect();
-    assert!(!args.iter().any(|a| a.contains("$(")), "unresolved: {args:?}");
+    assert!(
+        !args.iter().any(|a| a.contains("$(")),
+        "unresolved: {args:?}"
+    );
     assert_binary_accepts(&args, "DaemonSet args");
     let port = c["ports"][0]["containerPort"].as_u64().unwrap();
     assert_eq!(args.last().unwrap(), &format!("10.0.0.7:{port}"));
@@ -281,7 +301,11 @@ fn every_command_line_in_deploy_is_accepted_by_the_binary() {
 fn containerfile_builds_what_exists() {
     let cf = read("deploy/container/Containerfile");
     let stages: Vec<&str> = cf.lines().filter(|l| l.starts_with("FROM ")).collect();
-    assert_eq!(stages.len(), 2, "a build stage and a runtime stage: {stages:?}");
+    assert_eq!(
+        stages.len(),
+        2,
+        "a build stage and a runtime stage: {stages:?}"
+    );
     assert!(stages[0].contains("rust:") && stages[0].ends_with(" AS build"));
     assert!(stages[1].contains("debian:") && stages[1].contains("-slim"));
     // The workspace rust-version is what the build image carries.
@@ -291,19 +315,29 @@ fn containerfile_builds_what_exists() {
         .find_map(|l| l.strip_prefix("rust-version = "))
         .unwrap()
         .trim_matches('"');
-    assert!(stages[0].contains(&format!("rust:{rust_version}-")), "{}", stages[0]);
+    assert!(
+        stages[0].contains(&format!("rust:{rust_version}-")),
+        "{}",
+        stages[0]
+    );
     let mut copied = BTreeSet::new();
     for l in cf.lines().filter(|l| l.starts_with("COPY ")) {
         let words: Vec<&str> = l.split_whitespace().skip(1).collect();
         if words[0].starts_with("--from=") {
             assert_eq!(
                 words[1..],
-                ["/src/target/release/claudefs-fuse", "/usr/local/bin/claudefs-fuse"]
+                [
+                    "/src/target/release/claudefs-fuse",
+                    "/usr/local/bin/claudefs-fuse"
+                ]
             );
             continue;
         }
         for src in &words[..words.len() - 1] {
-            assert!(workspace_root().join(src).exists(), "COPY source {src} does not exist");
+            assert!(
+                workspace_root().join(src).exists(),
+                "COPY source {src} does not exist"
+            );
             copied.insert(src.to_string());
         }
     }
@@ -366,7 +400,7 @@ fn kubernetes_objects_fit_together() {
     // The measured numbers sit next to the resources.
     let text = read("deploy/kubernetes/observe-daemonset.yaml");
     assert!(
-        text.contains("bench agent") && text.contains("per 1M FUSE requests"),
+        text.contains("bench agent") && text.contains("CPU-seconds per 1M FUSE"),
         "no measurement next to the resources"
     );
     let svc = one(&objects, "Service");
@@ -374,15 +408,17 @@ fn kubernetes_objects_fit_together() {
         assert_eq!(&pod_labels[k.as_str().unwrap()], v, "Service selector");
     }
     assert_eq!(
-        svc["spec"]["ports"][0]["targetPort"],
-        c["ports"][0]["name"],
+        svc["spec"]["ports"][0]["targetPort"], c["ports"][0]["name"],
         "Service targetPort"
     );
     let sm = one(&objects, "ServiceMonitor");
     for (k, v) in sm["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
         assert_eq!(&svc["metadata"]["labels"][k.as_str().unwrap()], v);
     }
-    assert_eq!(sm["spec"]["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"]);
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["port"],
+        svc["spec"]["ports"][0]["name"]
+    );
     let relabel = &sm["spec"]["endpoints"][0]["relabelings"][0];
     assert_eq!(relabel["targetLabel"].as_str(), Some("instance"));
     let ns = one(&objects, "Namespace")["metadata"]["name"].clone();
@@ -417,14 +453,20 @@ fn dashboards_configmap_and_prometheusrule_equal_their_sources() {
     assert_eq!(keys, names, "run `cargo xtask deploy generate`");
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
-        let want: serde_json::Value = serde_json::from_str(&fs::read_to_string(f).unwrap()).unwrap();
+        let want: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(f).unwrap()).unwrap();
         let got: serde_json::Value =
             serde_json::from_str(data[name.as_str()].as_str().unwrap()).unwrap();
-        assert!(got == want, "{name} in the ConfigMap differs: run `cargo xtask deploy generate`");
+        assert!(
+            got == want,
+            "{name} in the ConfigMap differs: run `cargo xtask deploy generate`"
+        );
     }
     let rule = one(&objects, "PrometheusRule");
     let alerts = &yaml_docs("dashboards/alerts.yml")[0];
-    assert!(alerts["groups"].as_sequence().is_some_and(|g| !g.is_empty()));
+    assert!(alerts["groups"]
+        .as_sequence()
+        .is_some_and(|g| !g.is_empty()));
     assert!(
         rule["spec"]["groups"] == alerts["groups"],
         "the PrometheusRule differs from dashboards/alerts.yml: run `cargo xtask deploy generate`"
@@ -456,7 +498,11 @@ fn collector_configs_receive_otlp_and_remote_write() {
             .arg(workspace_root().join("deploy/collector/prometheus-agent.yml"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     for f in yaml_files("deploy/collector") {
         assert!(!yaml_docs(&f).is_empty(), "{f}");
@@ -479,14 +525,18 @@ impl Prom {
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", cfg.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .args(args.iter().map(|a| a.replace("{dir}", &dir.path().display().to_string())))
+            .args(
+                args.iter()
+                    .map(|a| a.replace("{dir}", &dir.path().display().to_string())),
+            )
             .stdout(Stdio::null())
             .stderr(fs::File::create(dir.path().join("log")).unwrap())
             .spawn()
             .unwrap();
         let p = Self { child, port, dir };
         assert!(
-            wait_until(Duration::from_secs(20), || http_get(port, "/-/ready").is_ok()),
+            wait_until(Duration::from_secs(20), || http_get(port, "/-/ready")
+                .is_ok()),
             "prometheus {args:?} not ready: {}",
             p.log()
         );
@@ -602,13 +652,16 @@ fn agent_mode_prometheus_remote_writes_two_hosts_to_a_central_one() {
         .collect();
     // The Overview dashboard's queries, each host selected alone, on the
     // central Prometheus: every query over metrics observe emits has data.
-    let overview = promql::load_dashboard(&workspace_root().join("dashboards/fuse-overview.json")).unwrap();
+    let overview =
+        promql::load_dashboard(&workspace_root().join("dashboards/fuse-overview.json")).unwrap();
     let mut checked = 0;
     let mut empty = Vec::new();
     for t in &overview.targets {
         let names = promql::metric_names(&t.expr);
         let observed = names.iter().all(|n| {
-            emitted.iter().any(|e| e == n || promql::in_family(n, e) || promql::in_family(e, n))
+            emitted
+                .iter()
+                .any(|e| e == n || promql::in_family(n, e) || promql::in_family(e, n))
         });
         if names.is_empty() || !observed {
             continue;
@@ -633,7 +686,10 @@ fn agent_mode_prometheus_remote_writes_two_hosts_to_a_central_one() {
             checked += 1;
         }
     }
-    assert!(checked >= 8, "only {checked} Overview queries are over observe's metrics");
+    assert!(
+        checked >= 8,
+        "only {checked} Overview queries are over observe's metrics"
+    );
     assert!(
         empty.is_empty(),
         "{} of {checked} Overview queries have no data on the central Prometheus:\n{}",

@@ -80,8 +80,8 @@ fn dashboards_configmap(root: &Path) -> Result<String> {
 /// A PrometheusRule whose `spec` is `dashboards/alerts.yml` (its `groups`).
 fn prometheus_rule(root: &Path) -> Result<String> {
     let path = root.join("dashboards/alerts.yml");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let groups = text
         .find("\ngroups:")
         .map(|i| &text[i + 1..])

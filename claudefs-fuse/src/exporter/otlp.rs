@@ -89,7 +89,10 @@ fn resource(service: &str) -> Resource {
     let base = Resource::builder()
         .with_service_name(service.clone())
         .build();
-    if base.get(&opentelemetry::Key::from_static_str(HOST_NAME)).is_some() {
+    if base
+        .get(&opentelemetry::Key::from_static_str(HOST_NAME))
+        .is_some()
+    {
         return base;
     }
     match kernel_host_name() {
