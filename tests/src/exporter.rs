@@ -284,6 +284,8 @@ pub fn grpc_receiver() -> anyhow::Result<(u16, Received)> {
 #[derive(Debug, Clone)]
 pub struct GotSpan {
     pub service: String,
+    /// The resource's `host.name`.
+    pub host: String,
     pub name: String,
     pub kind: i32,
     pub trace_id: Vec<u8>,
@@ -327,10 +329,17 @@ pub fn spans(got: &Received) -> Vec<GotSpan> {
                 .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
                 .map(|a| any_value(&a.value))
                 .unwrap_or_default();
+            let host = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "host.name"))
+                .map(|a| any_value(&a.value))
+                .unwrap_or_default();
             for ss in &rs.scope_spans {
                 for s in &ss.spans {
                     out.push(GotSpan {
                         service: service.clone(),
+                        host: host.clone(),
                         name: s.name.clone(),
                         kind: s.kind,
                         trace_id: s.trace_id.clone(),
@@ -404,6 +413,11 @@ impl Observe {
     /// Its stderr so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 }
 

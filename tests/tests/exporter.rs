@@ -286,8 +286,10 @@ fn check_spans(got: &Received, mnt: &Path) {
         "no joined lookup span received; got {} spans",
         all.len()
     );
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     for s in &all {
         assert_eq!(s.service, "claudefs-fuse");
+        assert_eq!(s.host, host_name.trim(), "host.name of {s:?}");
         assert_eq!(s.trace_id.len(), 16);
         assert!(s.trace_id.iter().any(|b| *b != 0), "zero trace id");
         assert_eq!(s.span_id.len(), 8);

@@ -2,12 +2,14 @@
 //! fresh machine lacks, `test` is the CI entry point, `demo` is the main job
 //! on an embedded default, `build-ebpf` builds the probes, `bench` measures,
 //! `dashboards check` proves the Grafana dashboards and alert rules against
-//! a real Prometheus scraping a live daemon.
+//! a real Prometheus scraping a live daemon, `deploy generate` writes the
+//! Kubernetes objects made from `dashboards/`.
 
 mod bench;
 mod cmd;
 mod dashboards;
 mod demo;
+mod deploy;
 mod ebpf;
 mod setup;
 
@@ -44,11 +46,23 @@ enum Command {
         /// Only this benchmark (`daemon`, `probes`, ...).
         name: Option<String>,
     },
+    /// The fleet deployment files in `deploy/`.
+    Deploy {
+        #[command(subcommand)]
+        action: DeployAction,
+    },
     /// Grafana dashboards and Prometheus alert rules in `dashboards/`.
     Dashboards {
         #[command(subcommand)]
         action: DashboardsAction,
     },
+}
+
+#[derive(Subcommand)]
+enum DeployAction {
+    /// Write the Kubernetes ConfigMap of the dashboards and the
+    /// PrometheusRule of the alerts from `dashboards/`.
+    Generate,
 }
 
 #[derive(Subcommand)]
@@ -79,6 +93,9 @@ fn main() -> std::process::ExitCode {
             println!("{}", object.display());
             Ok(())
         }),
+        Command::Deploy {
+            action: DeployAction::Generate,
+        } => deploy::generate(&workspace_root()),
         Command::Dashboards {
             action:
                 DashboardsAction::Check {

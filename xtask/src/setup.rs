@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux", // flock(1)
     "python3",
     "prometheus", // prometheus + promtool: exporter tests and `cargo xtask dashboards check`
+    "systemd",    // systemd-analyze: the fleet test verifies the units in deploy/systemd
 ];
 
 /// The nightly toolchain that builds the probes (`-Z build-std=core`).

@@ -79,6 +79,42 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// The spans' resource: `service.name` (`OTEL_SERVICE_NAME`, else
+/// `service`), the attributes of `OTEL_RESOURCE_ATTRIBUTES`, and
+/// `host.name`, the kernel's host name unless that variable sets one: the
+/// attribute that tells a fleet's hosts apart in a central trace store
+/// (on Kubernetes the DaemonSet sets it to the node's name).
+fn resource(service: &str) -> Resource {
+    let service = env("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_string());
+    let base = Resource::builder()
+        .with_service_name(service.clone())
+        .build();
+    if base
+        .get(&opentelemetry::Key::from_static_str(HOST_NAME))
+        .is_some()
+    {
+        return base;
+    }
+    match kernel_host_name() {
+        Some(host) => Resource::builder()
+            .with_service_name(service)
+            .with_attribute(KeyValue::new(HOST_NAME, host))
+            .build(),
+        None => base,
+    }
+}
+
+/// The semantic-convention key of the host's name.
+const HOST_NAME: &str = "host.name";
+
+/// The kernel's host name (`uname -n`), from procfs.
+fn kernel_host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
 /// Whether tracing export is wanted: `--otlp-endpoint` or an
 /// `OTEL_EXPORTER_OTLP_*ENDPOINT` variable. A protocol or an endpoint that
 /// cannot work is an error naming the flag or variable it came from, even
@@ -320,9 +356,7 @@ impl SpanPipeline {
         let mut processor = BatchSpanProcessor::builder(exporter, Tokio)
             .with_batch_config(config)
             .build();
-        let resource = Resource::builder()
-            .with_service_name(env("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_string()))
-            .build();
+        let resource = resource(service);
         processor.set_resource(&resource);
         Ok(Self {
             processor,
@@ -371,6 +405,16 @@ mod tests {
     use super::*;
     use crate::otel_trace::OtelSpanBuilder;
     use crate::tracing_client::TraceContext;
+
+    #[test]
+    fn resource_names_the_host() {
+        let r = resource("claudefs-fuse");
+        let host = r
+            .get(&opentelemetry::Key::from_static_str(HOST_NAME))
+            .map(|v| v.to_string());
+        assert!(host.is_some(), "no host.name in {r:?}");
+        assert_eq!(host, kernel_host_name(), "host.name of {r:?}");
+    }
 
     #[test]
     fn urls_and_protocols() {
