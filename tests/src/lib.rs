@@ -109,7 +109,12 @@ impl MountGuard {
         args: &[String],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(mnt)?;
+        // A dead mount there says EEXIST: the daemon deals with it.
+        if let Err(e) = std::fs::create_dir_all(mnt) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(e.into());
+            }
+        }
         let log = state.with_extension("log");
         let logf = std::fs::File::create(&log)?;
         // CLAUDEFS_TEST_TRANSPORT (dev, uring, auto) picks the transport of

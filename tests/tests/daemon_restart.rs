@@ -705,3 +705,37 @@ fn a_file_renamed_on_storage_while_no_server_ran_is_found_by_its_handle() {
         m.log_text()
     );
 }
+
+#[test]
+fn the_dead_mount_of_a_daemon_killed_whole_is_detached_by_the_next_mount() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, m) = dev_mount(tmp.path(), &[]);
+    fs::write(m.mnt.join("f"), b"kept").unwrap();
+    let (server, keeper) = (m.pid() as i32, m.keeper_pid() as i32);
+    // SAFETY: signals the processes of the mount under test.
+    unsafe {
+        libc::kill(keeper, libc::SIGKILL);
+        libc::kill(server, libc::SIGKILL);
+    }
+    assert!(claudefs_e2e::wait_until(Duration::from_secs(5), || {
+        fs::metadata(&m.mnt).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
+    }));
+    // What a service manager restarting the mount does: mount again.
+    let args = vec![
+        "--path".to_string(),
+        src.display().to_string(),
+        "--transport".into(),
+        "dev".into(),
+    ];
+    let again = MountGuard::start(&m.mnt, &m.state, &args).unwrap();
+    assert_eq!(fs::read(again.mnt.join("f")).unwrap(), b"kept");
+    assert!(
+        again.log_text().contains("dead claudefs-fuse mount"),
+        "{}",
+        again.log_text()
+    );
+    again.stop().unwrap();
+}

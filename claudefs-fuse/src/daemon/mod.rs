@@ -54,15 +54,48 @@ use anyhow::{bail, Context};
 
 use config::{MountArgs, StatusArgs};
 
-/// Whether `dir` is already a mount point (or a dead FUSE mount).
+/// The file system type of the mount at `abs`, if it is a mount point.
+fn fstype_at(abs: &Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let target = abs.to_string_lossy().replace(' ', "\\040");
+    mounts
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(target.as_str()))
+        .last()
+        .and_then(|l| l.split(" - ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .map(str::to_string)
+}
+
+/// Whether `dir` is already a mount point (or a dead FUSE mount). A dead
+/// claudefs-fuse mount (its daemon killed whole: no server, no keeper) is
+/// detached first: nothing can use it any more, and a service manager
+/// restarting the mount would otherwise fail on it.
 pub(crate) fn check_mountpoint(dir: &Path) -> anyhow::Result<PathBuf> {
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            bail!(
-                "mountpoint {} is in use (a dead FUSE mount; unmount it first)",
+            let abs = std::path::absolute(dir)?;
+            if fstype_at(&abs).as_deref() != Some(mount::FSTYPE) {
+                bail!(
+                    "mountpoint {} is in use (a dead FUSE mount; unmount it first)",
+                    dir.display()
+                )
+            }
+            tracing::warn!(
+                "{}: a dead claudefs-fuse mount (its daemon was killed): detaching it",
                 dir.display()
-            )
+            );
+            let c = CString::new(abs.as_os_str().as_bytes())?;
+            // SAFETY: valid C string; detaches the dead mount.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                bail!(
+                    "mountpoint {} is a dead claudefs-fuse mount that cannot be detached: {}",
+                    dir.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            return check_mountpoint(dir);
         }
         Err(e) => bail!("mountpoint {}: {e}", dir.display()),
     };
