@@ -60,8 +60,7 @@ fn fstype_at(abs: &Path) -> Option<String> {
     let target = abs.to_string_lossy().replace(' ', "\\040");
     mounts
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(target.as_str()))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(target.as_str()))
         .and_then(|l| l.split(" - ").nth(1))
         .and_then(|r| r.split(' ').next())
         .map(str::to_string)
