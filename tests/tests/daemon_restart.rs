@@ -739,3 +739,37 @@ fn the_dead_mount_of_a_daemon_killed_whole_is_detached_by_the_next_mount() {
     );
     again.stop().unwrap();
 }
+
+#[test]
+fn an_upgrade_whose_server_dies_before_serving_goes_back_to_the_old_binary() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_src, m) = dev_mount(tmp.path(), &[]);
+    let held = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.mnt.join("held"))
+        .unwrap();
+    held.write_all_at(b"one", 0).unwrap();
+    // Prepares like any server, then dies once it has the connection.
+    let dying = tmp.path().join("dies-at-start");
+    fs::write(
+        &dying,
+        format!(
+            "#!/bin/sh\nCLAUDEFS_FUSE_TEST_DIE_AT_START=1 exec {} \"$@\"\n",
+            fuse_bin().display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&dying, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    one_line_error(&upgrade(&m, &m.mnt, Some(&dying)), "died before it served");
+    let st = m.wait_generation(2, Duration::from_secs(10)).unwrap();
+    let exe = fs::read_link(format!("/proc/{}/exe", st["pid"])).unwrap();
+    assert_eq!(exe, fuse_bin().canonicalize().unwrap(), "{st}");
+    held.write_all_at(b"two", 3).unwrap();
+    assert_eq!(fs::read(m.mnt.join("held")).unwrap(), b"onetwo");
+}

@@ -95,6 +95,9 @@ struct Server {
     generation: u64,
     pid: u32,
     binary: PathBuf,
+    /// The binary of the server it took over from in an upgrade: the one
+    /// to go back to if this one dies before it serves.
+    fallback: Option<PathBuf>,
     chan: Arc<Channel>,
     started: bool,
     serving: Option<Transport>,
@@ -182,6 +185,7 @@ impl Keeper {
             generation,
             pid,
             binary: binary.to_path_buf(),
+            fallback: None,
             chan,
             started: false,
             serving: None,
@@ -588,6 +592,7 @@ fn serve(
                     Some(mut u) if u.drain.is_some() => {
                         k.upgrades += 1;
                         k.start(&mut u.next, status.success())?;
+                        u.next.fallback = Some(cur.binary.clone());
                         cur = u.next;
                         // Answered when it serves.
                         upgraded = u.reply.or(Some(mpsc::channel().0));
@@ -603,7 +608,31 @@ fn serve(
                             "the server stopped ({status}) with the mount alive: starting the next one"
                         );
                         std::thread::sleep(k.backoff(cur.serving_since));
-                        let bin = cur.binary.clone();
+                        // A new binary that died before it served: back to
+                        // the one it took over from.
+                        let bin = match (&cur.serving, &cur.fallback) {
+                            (None, Some(old)) => {
+                                tracing::error!(
+                                    "the upgraded server ({}) died before it served: back to {}",
+                                    cur.binary.display(),
+                                    old.display()
+                                );
+                                if let Some(r) = upgraded.take() {
+                                    let _ = r.send(UpgradeAnswer {
+                                        ok: false,
+                                        error: format!(
+                                            "the new server ({}) died before it served ({status}); {} took over again",
+                                            cur.binary.display(),
+                                            old.display()
+                                        ),
+                                        generation: 0,
+                                        gap_seconds: 0.0,
+                                    });
+                                }
+                                old.clone()
+                            }
+                            _ => cur.binary.clone(),
+                        };
                         cur = k.spawn(&bin)?;
                     }
                 }

@@ -31,6 +31,11 @@ use super::{
 use crate::multipath::LoadBalancePolicy;
 use crate::session::{InitConfig, InitState, Readers, Session, Transport};
 
+/// The test hook `CLAUDEFS_FUSE_TEST_DIE_AT_START`: the server aborts as
+/// soon as it has the connection (an upgrade to a binary that dies before
+/// it serves).
+pub const DIE_AT_START_ENV: &str = "CLAUDEFS_FUSE_TEST_DIE_AT_START";
+
 /// How a server gets its connection.
 #[derive(Debug)]
 pub enum Launch {
@@ -302,6 +307,11 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
     }
 
     let mut conn = connect(launch, &mountpoint)?;
+    if std::env::var_os(DIE_AT_START_ENV).is_some() {
+        // The test hook of a new binary that takes the connection and dies.
+        tracing::error!("{DIE_AT_START_ENV}: aborting with the connection taken");
+        std::process::abort();
+    }
     // Under a keeper: bound once the previous server (an upgrade's) has
     // let the port go.
     if listener.is_none() {
