@@ -45,6 +45,8 @@ pub const PENDING_LIMIT: usize = 10_000;
 const SDK_QUEUE: usize = 2048;
 /// Spans per export request.
 const SDK_BATCH: usize = 512;
+/// How long a stop waits for the collector to take the last spans.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,9 +396,41 @@ impl SpanPipeline {
         self.pending.len()
     }
 
-    /// Flushes and stops. Blocks: call it outside the runtime's workers.
+    /// Flushes and stops, waiting at most [`SHUTDOWN_GRACE`] for the
+    /// collector: what it has not taken by then is counted dropped. Blocks:
+    /// call it outside the runtime's workers (which must still run).
     pub fn shutdown(self) {
-        let _ = self.processor.shutdown_with_timeout(Duration::from_secs(2));
+        let SpanPipeline {
+            processor,
+            pending,
+            stats,
+            ..
+        } = self;
+        // Spans never handed to the SDK are lost with the process.
+        stats
+            .dropped
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        // The SDK's shutdown ignores its timeout: it waits for every queued
+        // batch to be exported, each up to the export timeout, which a
+        // collector that accepts and never answers makes minutes. So it runs
+        // on a thread of its own, left behind if it takes too long.
+        let (done, finished) = std::sync::mpsc::channel();
+        let flusher = std::thread::Builder::new()
+            .name("cfs-otlp-flush".into())
+            .spawn(move || {
+                let _ = processor.shutdown_with_timeout(SHUTDOWN_GRACE);
+                let _ = done.send(());
+            });
+        if flusher.is_err() || finished.recv_timeout(SHUTDOWN_GRACE).is_err() {
+            let done =
+                stats.exported.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
+            let left = stats.handed.load(Ordering::Relaxed).saturating_sub(done);
+            stats.dropped.fetch_add(left, Ordering::Relaxed);
+            tracing::warn!(
+                "OTLP: the collector did not take the last {left} spans within {SHUTDOWN_GRACE:?}; \
+                 stopping without them"
+            );
+        }
     }
 }
 
