@@ -332,9 +332,18 @@ impl Bpftrace {
         let mut child = Command::new("bpftrace")
             .args(["-e", script])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot run bpftrace: {e}"))?;
+        // Its stderr, kept to say why if it exits before it attaches.
+        let stderr = child.stderr.take();
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut e) = stderr {
+                let _ = std::io::Read::read_to_string(&mut e, &mut text);
+            }
+            text
+        });
         let stdout = child
             .stdout
             .take()
@@ -350,7 +359,7 @@ impl Bpftrace {
                 }
             }
         });
-        let b = Bpftrace {
+        let mut b = Bpftrace {
             child: Some(child),
             output,
         };
@@ -361,7 +370,14 @@ impl Bpftrace {
             match b.output.recv_timeout(left) {
                 Ok(l) if l.trim() == "READY" => return Ok(b),
                 Ok(_) => {}
-                Err(_) => anyhow::bail!("bpftrace did not attach within 60 s"),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    anyhow::bail!("bpftrace did not attach within 60 s")
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = b.child.take().map(|mut c| c.wait());
+                    let errors = errors.join().unwrap_or_default();
+                    anyhow::bail!("bpftrace exited before it attached ({status:?}): {errors}")
+                }
             }
         }
     }
