@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use claudefs_e2e::testfs::{opcode, MountedFs, TestFsOptions};
 use claudefs_e2e::{require_privileges, stat};
+use claudefs_fuse::probes::events::RING_RECORD_BYTES;
 use claudefs_fuse::probes::hist::LatencyHistogram;
 use claudefs_fuse::probes::snapshot::{
     AttachKind, FlockKind, FlockMode, FlockTarget, ProbeSnapshot,
@@ -40,6 +41,13 @@ fn load_probes_as(classic: bool) -> Probes {
         ..Default::default()
     };
     let probes = Probes::load(&opts).unwrap_or_else(|e| panic!("{e}"));
+    assert_attached_as_expected(&probes, classic);
+    probes
+}
+
+/// Every program is attached, as classic tracepoints with `classic`, else
+/// as BTF tracepoints where this kernel allows.
+fn assert_attached_as_expected(probes: &Probes, classic: bool) {
     let attached = probes.attached_programs();
     let btf_here = Path::new("/sys/kernel/btf/vmlinux").exists()
         && !Path::new("/sys/kernel/btf/fuse").exists();
@@ -56,7 +64,6 @@ fn load_probes_as(classic: bool) -> Probes {
         "{attached:?} {:?}",
         probes.warnings()
     );
-    probes
 }
 
 /// Per-opcode (count, errors) of one connection.
@@ -216,6 +223,113 @@ fn request_counts_match(classic: bool) {
     assert!(mine.count >= HITS + MISSES, "{mine:?}");
     let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
     assert_eq!(mine.comm, comm.trim_end());
+}
+
+/// Per-opcode (count, histogram count) of one connection, every opcode
+/// (the handshake too: the kernel emits an event for each).
+fn op_totals(snap: &ProbeSnapshot, conn: u32) -> BTreeMap<u32, (u64, u64)> {
+    snap.ops
+        .iter()
+        .filter(|o| o.conn == conn)
+        .map(|o| (o.opcode, (o.stats.count, o.stats.hist.count())))
+        .collect()
+}
+
+#[test]
+fn a_full_event_ring_counts_lost_events_and_keeps_counts_exact() {
+    if !require_privileges("a_full_event_ring_counts_lost_events_and_keeps_counts_exact") {
+        return;
+    }
+    // A small ring: two pages (the smallest power of two above one).
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let ring_bytes = u32::try_from(2 * page).expect("page size");
+    let capacity = ring_bytes as u64 / RING_RECORD_BYTES as u64;
+    // Loaded before the mount, so the probes see all of its requests and
+    // agree with the file system's own counts; events only once the
+    // connection is known, and only of it.
+    let mut probes = Probes::load_with_event_ring(&ProbeOptions::default(), ring_bytes)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_attached_as_expected(&probes, false);
+    let fs = MountedFs::mount(TestFsOptions::default()).expect("mount");
+    probes
+        .set_event_filter(EventFilter::All, Some(fs.conn))
+        .expect("event filter");
+
+    let before = settle(&fs, &mut probes);
+    let before_counters = probes.counters().expect("counters");
+    let before_fs = fs_counts(&fs);
+    let _ = probes.take_events();
+
+    // Far more requests than the ring holds, with the reader held back:
+    // nothing below drains the ring (no poll, snapshot nor counters).
+    let stats = (20 * capacity).max(2000);
+    for i in 0..stats {
+        if i % 2 == 0 {
+            assert_eq!(stat(&fs.path("a")), Ok(()));
+        } else {
+            assert_eq!(stat(&fs.path(&format!("missing-{i}"))), Err(libc::ENOENT));
+        }
+    }
+
+    let after = settle(&fs, &mut probes);
+    let c = probes.counters().expect("counters");
+    let events: Vec<_> = probes.take_events();
+
+    // The statistics are exact: per opcode as the file system counted.
+    let by_probes = diff(&op_counts(&after, fs.conn), &op_counts(&before, fs.conn));
+    let by_fs = diff(&fs_counts(&fs), &before_fs);
+    assert_eq!(
+        by_probes, by_fs,
+        "probes (left) vs file system (right), (count, errors) per opcode"
+    );
+    assert_eq!(
+        by_fs.get(&opcode::LOOKUP).map(|c| c.1),
+        Some(stats / 2),
+        "every missing name is a failed LOOKUP: {by_fs:?}"
+    );
+    // Every opcode's histogram holds each of its requests once.
+    for o in after.ops.iter().filter(|o| o.conn == fs.conn) {
+        assert_eq!(o.stats.hist.count(), o.stats.count, "opcode {}", o.opcode);
+    }
+
+    let (totals_before, totals_after) = (op_totals(&before, fs.conn), op_totals(&after, fs.conn));
+    let requests: u64 = totals_after.values().map(|t| t.0).sum::<u64>()
+        - totals_before.values().map(|t| t.0).sum::<u64>();
+    let submitted = c.events_submitted - before_counters.events_submitted;
+    let lost = c.events_lost - before_counters.events_lost;
+    let delivered = c.events_delivered - before_counters.events_delivered;
+    eprintln!(
+        "ring of {ring_bytes} bytes ({capacity} records of {RING_RECORD_BYTES} bytes): \
+         {stats} stats, {requests} requests, {submitted} events submitted, {lost} lost, \
+         {delivered} delivered"
+    );
+    // The filter passes only our connection's events, so every one of its
+    // requests was either written to the ring or counted as lost.
+    assert_eq!(c.map_full, 0, "a request not counted would break the sums");
+    assert!(lost > 0, "the ring never filled: {c:?}");
+    assert_eq!(submitted + lost, requests, "{c:?}");
+    // The ring held what fits in it (the producer never fills it whole):
+    // the size asked for took effect.
+    assert!(
+        submitted <= capacity && 2 * submitted > capacity,
+        "{submitted} events in a ring of {capacity} records"
+    );
+    // Nothing was lost on the userspace side.
+    assert_eq!(delivered, submitted, "{c:?}");
+    assert_eq!(c.events_dropped_in_queue, 0, "{c:?}");
+    assert_eq!(events.len() as u64, submitted);
+    assert!(events.iter().all(|e| e.conn == fs.conn));
+    // Each event is one of the requests counted.
+    let mut per_op: BTreeMap<u32, u64> = BTreeMap::new();
+    for e in &events {
+        *per_op.entry(e.opcode).or_default() += 1;
+    }
+    for (op, n) in &per_op {
+        let counted =
+            totals_after.get(op).map_or(0, |t| t.0) - totals_before.get(op).map_or(0, |t| t.0);
+        assert!(*n <= counted, "opcode {op}: {n} events, {counted} requests");
+    }
 }
 
 #[test]

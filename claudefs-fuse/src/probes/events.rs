@@ -4,7 +4,10 @@
 //!
 //! The kernel submits without waking userspace, so the ring is drained on
 //! the caller's timer (`Probes::poll`, about every 100 ms); the ring is
-//! sized for that (8 MiB, about 150 000 events).
+//! sized for that (8 MiB, about 130 000 events of [`RING_RECORD_BYTES`];
+//! `Probes::load_with_event_ring` picks another size). When it is full
+//! the kernel drops the event and counts it (`events_lost`); the request
+//! is still counted in the statistics.
 //!
 //! [`Probes::take_events`]: crate::probes::Probes::take_events
 
@@ -16,6 +19,12 @@ use claudefs_ebpf_common::{
 };
 
 use crate::probes::clock::MonoToUnix;
+
+/// Bytes one event takes in the ring buffer: the record and the kernel's
+/// 8-byte record header (`BPF_RINGBUF_HDR_SZ`), rounded up to 8 bytes as
+/// the kernel does. A ring of `n` bytes holds fewer than
+/// `n / RING_RECORD_BYTES` events (the producer never fills it whole).
+pub const RING_RECORD_BYTES: usize = (size_of::<RequestEventRaw>() + 8).next_multiple_of(8);
 
 /// Which finished requests the kernel writes to the ring buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

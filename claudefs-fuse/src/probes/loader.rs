@@ -1,6 +1,7 @@
 //! Loading and attaching the probes: the layouts of the running kernel
-//! (`layout`) into load-time globals, map sizing, program load (verifier
-//! errors keep their log) and attach.
+//! (`layout`) into load-time globals, map sizing (the per-CPU maps to a
+//! memory budget, the event ring to the size asked for, if any),
+//! program load (verifier errors keep their log) and attach.
 //!
 //! Hooks come in two groups that load independently: FUSE requests
 //! (`fuse/fuse_request_send|end`, Linux >= 6.12) and kernel-served flock
@@ -47,8 +48,12 @@ pub(crate) struct Loaded {
 
 /// Reads the layouts, loads the object and attaches each group of hooks
 /// `opts` asks for: BTF first, classic as the fallback. An error only when
-/// no group could be attached.
-pub(crate) fn load(opts: &ProbeOptions, object: &[u8]) -> Result<Loaded, ProbeError> {
+/// no group could be attached (or `event_ring_bytes` is not a valid size).
+pub(crate) fn load(
+    opts: &ProbeOptions,
+    object: &[u8],
+    event_ring_bytes: Option<u32>,
+) -> Result<Loaded, ProbeError> {
     let mut warnings = Vec::new();
     let btf = if opts.classic_only {
         Err("classic tracepoints were asked for".to_string())
@@ -114,7 +119,7 @@ pub(crate) fn load(opts: &ProbeOptions, object: &[u8]) -> Result<Loaded, ProbeEr
         all.extend(g.iter().copied());
     }
     let aya_btf = btf.as_ref().ok().map(|b| &b.aya);
-    let ebpf = load_object(object, &all, aya_btf)?;
+    let ebpf = load_object(object, &all, aya_btf, event_ring_bytes)?;
 
     let mut loaded = Loaded {
         ebpf,
@@ -315,6 +320,36 @@ pub fn per_cpu_entries(default: u32, value_size: usize, cpus: usize) -> u32 {
         .clamp(64, default.max(64))
 }
 
+/// The page size of this machine (4096 where it cannot be read).
+pub(crate) fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions; it returns -1 on error.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+/// Checks a requested event ring size: the kernel wants a power of two
+/// that is a multiple of the page size (aya would silently round anything
+/// else up, so a caller would not get the ring it asked for).
+pub(crate) fn check_event_ring_bytes(bytes: u32, page_size: u32) -> Result<u32, ProbeError> {
+    if bytes.is_power_of_two() && bytes.is_multiple_of(page_size) {
+        return Ok(bytes);
+    }
+    Err(ProbeError::Map {
+        map: map_names::EVENTS,
+        source: aya::maps::MapError::IoError(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "an event ring of {bytes} bytes was asked for; its size must be a power of \
+                 two and a multiple of the page size ({page_size} bytes), e.g. {}",
+                bytes
+                    .max(page_size)
+                    .checked_next_power_of_two()
+                    .unwrap_or(1 << 31)
+            ),
+        )),
+    })
+}
+
 /// Tries to lift RLIMIT_MEMLOCK for kernels that still charge BPF memory
 /// to it; failure is expected (and harmless) on memcg-charging kernels.
 fn raise_memlock() {
@@ -332,11 +367,14 @@ fn raise_memlock() {
     }
 }
 
-/// Parses the object, sets the globals and creates the maps.
+/// Parses the object, sets the globals and creates the maps (the event
+/// ring of `event_ring_bytes`, checked by [`check_event_ring_bytes`], or of
+/// the object's size).
 pub(crate) fn load_object(
     object: &[u8],
     globals: &[(&'static str, u32)],
     btf: Option<&aya::Btf>,
+    event_ring_bytes: Option<u32>,
 ) -> Result<Ebpf, ProbeError> {
     raise_memlock();
     let cpus = aya::util::nr_cpus().unwrap_or(1);
@@ -362,6 +400,12 @@ pub(crate) fn load_object(
             map_names::FLOCK_WAITERS,
             per_cpu_entries(1024, size_of::<WaiterStats>(), cpus),
         );
+    if let Some(bytes) = event_ring_bytes {
+        loader.map_max_entries(
+            map_names::EVENTS,
+            check_event_ring_bytes(bytes, page_size())?,
+        );
+    }
     loader.load(object).map_err(ProbeError::from_object)
 }
 
@@ -466,5 +510,35 @@ mod tests {
         assert!(many as usize * 2600 * 128 <= PER_CPU_MAP_BUDGET);
         assert_eq!(per_cpu_entries(1024, 1 << 20, 4096), 64, "floor");
         assert_eq!(per_cpu_entries(16, 8, 1), 64, "never below the floor");
+    }
+
+    #[test]
+    fn event_ring_sizes_are_powers_of_two_of_whole_pages() {
+        for (bytes, page) in [(4096, 4096), (8192, 4096), (8 << 20, 4096), (1 << 31, 4096)] {
+            assert_eq!(
+                check_event_ring_bytes(bytes, page).ok(),
+                Some(bytes),
+                "{bytes}"
+            );
+        }
+        assert_eq!(check_event_ring_bytes(65536, 65536).ok(), Some(65536));
+        for (bytes, page) in [
+            (0, 4096),
+            (2048, 4096),
+            (12288, 4096),
+            (5000, 4096),
+            (8192, 65536),
+            (u32::MAX, 4096),
+        ] {
+            let err = check_event_ring_bytes(bytes, page)
+                .expect_err(&format!("{bytes} with pages of {page}"))
+                .to_string();
+            assert!(err.contains("EVENTS"), "{err}");
+            assert!(err.contains(&format!("{bytes} bytes")), "{err}");
+            assert!(err.contains("power of two"), "{err}");
+            assert!(err.contains(&format!("page size ({page} bytes)")), "{err}");
+        }
+        let err = check_event_ring_bytes(5000, 4096).unwrap_err().to_string();
+        assert!(err.contains("e.g. 8192"), "{err}");
     }
 }

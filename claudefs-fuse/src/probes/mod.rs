@@ -91,7 +91,8 @@ pub struct ProbeOptions {
 /// Counters the probes keep about themselves (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProbeCounters {
-    /// Events dropped because the ring buffer was full.
+    /// Events dropped because the ring buffer was full (the request is
+    /// still counted in the statistics).
     pub events_lost: u64,
     /// Events the kernel wrote to the ring buffer.
     pub events_submitted: u64,
@@ -148,18 +149,40 @@ impl Probes {
     /// kernel without the FUSE tracepoints still gets the flock probes
     /// (and a warning).
     pub fn load(opts: &ProbeOptions) -> Result<Probes, ProbeError> {
-        Probes::load_object(opts, PROBES_OBJECT)
+        Probes::load_sized(opts, PROBES_OBJECT, None)
+    }
+
+    /// [`Probes::load`] with an event ring of `bytes` instead of the
+    /// object's 8 MiB (about 130 000 events of 64 bytes each: the 56-byte
+    /// record and the ring's 8-byte header). `bytes` must be a power of two
+    /// and a multiple of the page size, else this is an error (whatever
+    /// the privileges). A full ring loses events, counted in
+    /// [`ProbeCounters::events_lost`], never counts or histograms; tests
+    /// make the ring small to fill it.
+    pub fn load_with_event_ring(opts: &ProbeOptions, bytes: u32) -> Result<Probes, ProbeError> {
+        Probes::load_sized(opts, PROBES_OBJECT, Some(bytes))
     }
 
     /// [`Probes::load`] with another build of the probes object.
     pub fn load_object(opts: &ProbeOptions, object: &[u8]) -> Result<Probes, ProbeError> {
+        Probes::load_sized(opts, object, None)
+    }
+
+    fn load_sized(
+        opts: &ProbeOptions,
+        object: &[u8],
+        event_ring_bytes: Option<u32>,
+    ) -> Result<Probes, ProbeError> {
+        if let Some(bytes) = event_ring_bytes {
+            loader::check_event_ring_bytes(bytes, loader::page_size())?;
+        }
         let missing = procfs::missing_caps_of_self();
         if !missing.is_empty() {
             return Err(ProbeError::Privileges {
                 missing: missing.join(", "),
             });
         }
-        let loaded = loader::load(opts, object)?;
+        let loaded = loader::load(opts, object, event_ring_bytes)?;
         let mut ebpf = loaded.ebpf;
         set_event_config(&mut ebpf, opts.events.to_config(opts.only_conn))?;
         let ring = match ebpf.take_map(map_names::EVENTS) {
@@ -487,4 +510,24 @@ fn set_event_config(ebpf: &mut Ebpf, cfg: EventConfig) -> Result<(), ProbeError>
         Array::try_from(m).map_err(|source| ProbeError::Map { map: name, source })?;
     arr.set(0, cfg, 0)
         .map_err(|source| ProbeError::Map { map: name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_ring_of_a_bad_size_is_refused_before_anything_loads() {
+        // Refused before the privilege check, so this holds for any user.
+        let page = loader::page_size();
+        for bytes in [0, page + 1, 3 * page] {
+            let err = Probes::load_with_event_ring(&ProbeOptions::default(), bytes)
+                .expect_err("a bad ring size")
+                .to_string();
+            assert!(
+                err.contains(map_names::EVENTS) && err.contains("power of two"),
+                "{bytes}: {err}"
+            );
+        }
+    }
 }
