@@ -320,11 +320,9 @@ pub fn per_cpu_entries(default: u32, value_size: usize, cpus: usize) -> u32 {
         .clamp(64, default.max(64))
 }
 
-/// The page size of this machine (4096 where it cannot be read).
+/// The page size of this machine.
 pub(crate) fn page_size() -> u32 {
-    // SAFETY: sysconf has no preconditions; it returns -1 on error.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u32::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+    u32::try_from(rustix::param::page_size()).unwrap_or(4096)
 }
 
 /// Checks a requested event ring size: the kernel wants a power of two
