@@ -20,7 +20,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -220,11 +220,14 @@ impl ExportStats {
     }
 }
 
-/// Counts what the wrapped exporter achieves.
+/// Counts what the wrapped exporter achieves, and says in the log when
+/// exports start failing and when they work again (each failure at debug).
 #[derive(Debug)]
 struct Counting<E> {
     inner: E,
     stats: Arc<ExportStats>,
+    /// Whether the last export failed.
+    failing: AtomicBool,
 }
 
 impl<E: SpanExporter> SpanExporter for Counting<E> {
@@ -232,12 +235,24 @@ impl<E: SpanExporter> SpanExporter for Counting<E> {
         let n = batch.len() as u64;
         let r = self.inner.export(batch).await;
         match &r {
-            Ok(()) => self.stats.exported.fetch_add(n, Ordering::Relaxed),
-            Err(e) => {
-                tracing::debug!("OTLP export of {n} spans failed: {e}");
-                self.stats.failed.fetch_add(n, Ordering::Relaxed)
+            Ok(()) => {
+                self.stats.exported.fetch_add(n, Ordering::Relaxed);
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("OTLP: the collector takes spans again");
+                }
             }
-        };
+            Err(e) => {
+                self.stats.failed.fetch_add(n, Ordering::Relaxed);
+                if self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::debug!("OTLP export of {n} spans failed: {e}");
+                } else {
+                    tracing::warn!(
+                        "OTLP export of {n} spans failed: {e}; spans are dropped and counted \
+                         (claudefs_fuse_spans_dropped_total) until the collector takes them"
+                    );
+                }
+            }
+        }
         r
     }
 
@@ -349,6 +364,7 @@ impl SpanPipeline {
         let exporter = Counting {
             inner: exporter,
             stats: stats.clone(),
+            failing: AtomicBool::new(false),
         };
         let config = BatchConfigBuilder::default()
             .with_max_queue_size(SDK_QUEUE)
