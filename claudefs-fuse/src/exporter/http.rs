@@ -13,7 +13,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::{Format, Metrics};
 
@@ -52,6 +52,10 @@ pub fn negotiate(accept: Option<&str>) -> Format {
         Format::Text
     }
 }
+
+/// A connection that has not sent a whole request head by then is closed
+/// (a scraper that stalls must not hold a socket for ever).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Binds the metrics address (before anything else starts, so a bad
 /// address is a clear startup error).
@@ -125,6 +129,8 @@ pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(m.clone(), req));
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
