@@ -9,8 +9,9 @@
 //! buffer each); a completion means the kernel put a request in that
 //! entry; the answer is written into the same buffers and committed with
 //! `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`, which also gives the entry back
-//! for the next request: one io_uring_enter(2) per round, however many
-//! requests it answers.
+//! for the next request: per round, however many requests it answers,
+//! one io_uring_enter(2) that submits the answers and one that waits
+//! (measured faster than doing both in one).
 //!
 //! An answer given later from another thread (a parked flock) is written
 //! into its entry at once and the queue woken through an eventfd its ring
@@ -413,9 +414,19 @@ fn queue_thread<H: Handler>(
             });
         }
         let answered = std::mem::take(&mut *qr.queue.answered.lock());
+        let committed = !answered.is_empty();
         for slot in answered {
             held = held.saturating_sub(1);
             qr.commit(slot)?;
+        }
+        // The answers go in a system call of their own, before the wait:
+        // measured A/B (4 alternations in one run, uncached stat), 1 process
+        // ran at ~55k/s instead of ~42k/s and 4 at ~270k/s instead of
+        // ~250k/s than with the answers and the wait in one
+        // io_uring_enter (the application's wakeup no longer waits for the
+        // queue thread to go to sleep in the same call; not proven).
+        if committed {
+            qr.ring.submit()?;
         }
         if ended {
             return Ok(());
