@@ -326,8 +326,21 @@ pub struct Bpftrace {
 }
 
 impl Bpftrace {
-    /// Starts `script` and waits until it is attached (at most 60 s).
+    /// Starts `script` and waits until it is attached (at most 60 s). A
+    /// bpftrace that exits before it attaches is started once more (seen
+    /// once in CI, under load); why it exited is printed.
     pub fn start(script: &str) -> anyhow::Result<Bpftrace> {
+        match Self::start_once(script) {
+            Err(e) if e.to_string().contains("exited before") => {
+                eprintln!("{e}; starting bpftrace again");
+                std::thread::sleep(Duration::from_secs(1));
+                Self::start_once(script)
+            }
+            r => r,
+        }
+    }
+
+    fn start_once(script: &str) -> anyhow::Result<Bpftrace> {
         use std::io::BufRead;
         let mut child = Command::new("bpftrace")
             .args(["-e", script])

@@ -305,7 +305,7 @@ fn twenty_scrapers_at_once_each_get_whole_consistent_scrapes() {
                 let p = dir.join(format!("f{}", i % 32));
                 fs::write(&p, b"data").expect("write through the mount");
                 let _ = claudefs_e2e::stat(&dir.join("missing"));
-                if i % 2 == 1 {
+                if !i.is_multiple_of(2) {
                     fs::remove_file(&p).expect("unlink through the mount");
                 }
                 i += 1;
@@ -333,7 +333,7 @@ fn twenty_scrapers_at_once_each_get_whole_consistent_scrapes() {
                             assert!(v >= was, "{series} went back from {was} to {v}");
                         }
                     }
-                    if text.len() != last_len && n % 10 == 0 {
+                    if text.len() != last_len && n.is_multiple_of(10) {
                         let mut k = kept.lock().unwrap();
                         if k.len() < 40 {
                             k.push(text.clone());
