@@ -604,3 +604,34 @@ fn fstat_of_an_unlinked_open_file_is_the_open_file() {
     // Nothing is left on the storage.
     assert_eq!(fs::read_dir(&src).unwrap().count(), 0);
 }
+
+/// lseek(SEEK_DATA) past the end answers ENXIO, as on Linux, however
+/// often: a file's own answer, which must not count against its storage
+/// path (ten of them used to fail the only path, and the mount answered
+/// EIO to everything).
+#[test]
+fn seek_data_past_the_end_is_enxio_and_leaves_the_path_alone() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, m) = MountGuard::single_path(tmp.path(), &[]).unwrap();
+    fs::write(src.join("f"), vec![7u8; 4096]).unwrap();
+    let f = fs::File::open(m.mnt.join("f")).unwrap();
+    for _ in 0..30 {
+        // SAFETY: lseek on an fd this test owns.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), 8192, libc::SEEK_DATA) };
+        assert_eq!(r, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENXIO)
+        );
+    }
+    // SAFETY: as above; data starts at 0.
+    assert_eq!(unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA) }, 0);
+    assert_eq!(fs::read(m.mnt.join("f")).unwrap().len(), 4096);
+    let st = m.status().unwrap();
+    assert_eq!(st["paths"][0]["state"], "Active", "{st}");
+    assert_eq!(st["paths"][0]["error_count"], 0, "{st}");
+}

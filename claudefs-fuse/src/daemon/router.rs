@@ -256,7 +256,7 @@ impl Router {
     /// Reports the outcome of one request on path `id` started at `t0`.
     fn report(&self, id: u64, t0: Option<Instant>, result: Option<Errno>) {
         match result {
-            Some(e) if is_path_error(e) => self.path_failed(id),
+            Some(e) if is_path_error(e) => self.sick_answer(id, e),
             _ => {
                 if let Some(t0) = t0 {
                     self.record_latency(id, t0.elapsed());
@@ -265,12 +265,31 @@ impl Router {
         }
     }
 
+    /// A sick-looking answer `e` on path `id`. `ENXIO` and `ENODEV` while
+    /// the root answers are the file's own (a FIFO opened for writing with
+    /// no reader, a device node without its driver) and count nothing;
+    /// anything else counts as in [`Self::path_failed`].
+    fn sick_answer(&self, id: u64, e: Errno) {
+        let root_ok = self.root_answers(id);
+        if root_ok && matches!(e, libc::ENXIO | libc::ENODEV) {
+            return;
+        }
+        self.count_sick(id, root_ok);
+    }
+
+    /// Whether path `id`'s root answers statfs and stat.
+    fn root_answers(&self, id: u64) -> bool {
+        self.root(id)
+            .is_some_and(|r| r.statfs().is_ok() && r.stat(std::path::Path::new("")).is_ok())
+    }
+
     /// A sick answer on path `id`: count it, and fail the path at once if
     /// its root does not answer either.
     pub fn path_failed(&self, id: u64) {
-        let root_ok = self
-            .root(id)
-            .is_some_and(|r| r.statfs().is_ok() && r.stat(std::path::Path::new("")).is_ok());
+        self.count_sick(id, self.root_answers(id));
+    }
+
+    fn count_sick(&self, id: u64, root_ok: bool) {
         if let Some(s) = self.slots.get(id as usize) {
             s.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -497,6 +516,29 @@ mod tests {
         assert_eq!(out.result, Err(libc::ENOENT));
         assert_eq!(answer(libc::ESTALE, true), libc::ESTALE);
         assert_eq!(answer(libc::ESTALE, false), libc::EIO);
+    }
+
+    #[test]
+    fn enxio_and_enodev_of_a_live_root_are_the_files_answers() {
+        let (_d, r) = two_paths();
+        for e in [libc::ENXIO, libc::ENODEV] {
+            for _ in 0..10 {
+                let out = r.run(Retry::Once, |_| -> SysResult<()> { Err(e) });
+                assert_eq!(out.result, Err(e));
+            }
+        }
+        // Twenty answers, not one counted: both paths stay Active.
+        for id in 0..2 {
+            assert_eq!(
+                r.lock().get_path(PathId(id)).unwrap().state,
+                PathState::Active
+            );
+        }
+        assert!(r.counters().iter().all(|c| c.errors == 0));
+        // EIO of a live root still counts against its path.
+        let out = r.run(Retry::Once, |_| -> SysResult<()> { Err(libc::EIO) });
+        assert_eq!(out.result, Err(libc::EIO));
+        assert_eq!(r.counters().iter().map(|c| c.errors).sum::<u64>(), 1);
     }
 
     #[test]
