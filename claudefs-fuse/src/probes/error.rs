@@ -42,6 +42,18 @@ pub enum ProbeError {
     )]
     NoTracepoints { reasons: String },
 
+    /// An event ring size the kernel cannot make.
+    #[error(
+        "an event ring of {bytes} bytes was asked for; its size must be a power of two and \
+         a multiple of the page size ({page_size} bytes), e.g. {suggested}"
+    )]
+    EventRingSize {
+        bytes: u32,
+        page_size: u32,
+        /// The nearest size that works.
+        suggested: u32,
+    },
+
     /// The embedded BPF object could not be parsed or its maps created.
     #[error("cannot load the eBPF object: {0}")]
     Object(#[source] aya::EbpfError),

@@ -332,19 +332,13 @@ pub(crate) fn check_event_ring_bytes(bytes: u32, page_size: u32) -> Result<u32, 
     if bytes.is_power_of_two() && bytes.is_multiple_of(page_size) {
         return Ok(bytes);
     }
-    Err(ProbeError::Map {
-        map: map_names::EVENTS,
-        source: aya::maps::MapError::IoError(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "an event ring of {bytes} bytes was asked for; its size must be a power of \
-                 two and a multiple of the page size ({page_size} bytes), e.g. {}",
-                bytes
-                    .max(page_size)
-                    .checked_next_power_of_two()
-                    .unwrap_or(1 << 31)
-            ),
-        )),
+    Err(ProbeError::EventRingSize {
+        bytes,
+        page_size,
+        suggested: bytes
+            .max(page_size)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 31),
     })
 }
 
@@ -531,7 +525,7 @@ mod tests {
             let err = check_event_ring_bytes(bytes, page)
                 .expect_err(&format!("{bytes} with pages of {page}"))
                 .to_string();
-            assert!(err.contains("EVENTS"), "{err}");
+            assert!(err.contains("event ring"), "{err}");
             assert!(err.contains(&format!("{bytes} bytes")), "{err}");
             assert!(err.contains("power of two"), "{err}");
             assert!(err.contains(&format!("page size ({page} bytes)")), "{err}");

@@ -525,7 +525,7 @@ mod tests {
                 .expect_err("a bad ring size")
                 .to_string();
             assert!(
-                err.contains(map_names::EVENTS) && err.contains("power of two"),
+                err.contains("event ring") && err.contains("power of two"),
                 "{bytes}: {err}"
             );
         }
