@@ -1,12 +1,13 @@
 //! Helpers of the exporter tests: free ports, a tiny HTTP GET, a protobuf
 //! scrape, `kernel.bpf_stats_enabled` on for a while, promtool, a real
-//! Prometheus server, and an OTLP trace receiver (gRPC with tonic,
+//! Prometheus server, an OTLP trace receiver (gRPC with tonic,
 //! HTTP/protobuf on `claudefs_testkit::serve`) that keeps every span it
-//! gets.
+//! gets, and a black-holed collector that never answers.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -207,6 +208,23 @@ impl Drop for PrometheusServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A collector that accepts every connection and never reads or answers:
+/// (port, connections accepted so far). The sockets stay open.
+pub fn black_hole() -> anyhow::Result<(u16, Arc<AtomicU64>)> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let a = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held: Vec<TcpStream> = Vec::new();
+        for c in l.incoming().flatten() {
+            a.fetch_add(1, Ordering::Relaxed);
+            held.push(c);
+        }
+    });
+    Ok((port, accepted))
 }
 
 /// Everything a receiver got.

@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use claudefs_e2e::exporter::{free_port, http_get, http_receiver, spans};
+use claudefs_e2e::exporter::{black_hole, free_port, http_get, http_receiver, spans};
 use claudefs_e2e::{fuse_bin, wait_until, MountGuard};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -265,20 +265,6 @@ impl Setup {
     }
 }
 
-/// A collector that accepts every connection and never reads or answers;
-/// its port.
-fn black_hole() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = l.local_addr()?.port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for c in l.incoming().flatten() {
-            held.push(c);
-        }
-    });
-    Ok(port)
-}
-
 fn main() -> anyhow::Result<()> {
     if !fuse_bin().exists() {
         anyhow::bail!(
@@ -320,7 +306,7 @@ fn main() -> anyhow::Result<()> {
     }
     // The collector faults: one that accepts and never answers, one that
     // is not there (connections refused).
-    let hole_port = black_hole()?;
+    let (hole_port, _) = black_hole()?;
     let down_port = free_port();
     let setups: Vec<Setup> = vec![
         Setup::new("off", &[], sink_port),
