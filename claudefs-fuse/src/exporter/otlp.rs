@@ -218,6 +218,12 @@ impl ExportStats {
     pub fn lost(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
     }
+
+    /// Spans handed to the SDK and not yet exported or failed.
+    fn in_sdk(&self) -> u64 {
+        let done = self.exported.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+        self.handed.load(Ordering::Relaxed).saturating_sub(done)
+    }
 }
 
 /// Counts what the wrapped exporter achieves, and says in the log when
@@ -397,8 +403,7 @@ impl SpanPipeline {
             self.pending.push_back(s);
         }
         let st = &self.stats;
-        let done = st.exported.load(Ordering::Relaxed) + st.failed.load(Ordering::Relaxed);
-        let in_sdk = st.handed.load(Ordering::Relaxed).saturating_sub(done) as usize;
+        let in_sdk = st.in_sdk() as usize;
         let room = SDK_QUEUE.saturating_sub(in_sdk + SDK_BATCH);
         let n = room.min(self.pending.len());
         for s in self.pending.drain(..n) {
@@ -430,17 +435,15 @@ impl SpanPipeline {
         // batch to be exported, each up to the export timeout, which a
         // collector that accepts and never answers makes minutes. So it runs
         // on a thread of its own, left behind if it takes too long.
-        let (done, finished) = std::sync::mpsc::channel();
+        let (flushed_tx, flushed) = std::sync::mpsc::channel();
         let flusher = std::thread::Builder::new()
             .name("cfs-otlp-flush".into())
             .spawn(move || {
                 let _ = processor.shutdown_with_timeout(SHUTDOWN_GRACE);
-                let _ = done.send(());
+                let _ = flushed_tx.send(());
             });
-        if flusher.is_err() || finished.recv_timeout(SHUTDOWN_GRACE).is_err() {
-            let done =
-                stats.exported.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
-            let left = stats.handed.load(Ordering::Relaxed).saturating_sub(done);
+        if flusher.is_err() || flushed.recv_timeout(SHUTDOWN_GRACE).is_err() {
+            let left = stats.in_sdk();
             stats.dropped.fetch_add(left, Ordering::Relaxed);
             tracing::warn!(
                 "OTLP: the collector did not take the last {left} spans within {SHUTDOWN_GRACE:?}; \
