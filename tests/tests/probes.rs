@@ -241,9 +241,7 @@ fn a_full_event_ring_counts_lost_events_and_keeps_counts_exact() {
         return;
     }
     // A small ring: two pages (the smallest power of two above one).
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let ring_bytes = u32::try_from(2 * page).expect("page size");
+    let ring_bytes = 2 * claudefs_fuse::probes::page_size();
     let capacity = ring_bytes as u64 / RING_RECORD_BYTES as u64;
     // Loaded before the mount, so the probes see all of its requests and
     // agree with the file system's own counts; events only once the

@@ -48,7 +48,8 @@ pub(crate) struct Loaded {
 
 /// Reads the layouts, loads the object and attaches each group of hooks
 /// `opts` asks for: BTF first, classic as the fallback. An error only when
-/// no group could be attached (or `event_ring_bytes` is not a valid size).
+/// no group could be attached. `event_ring_bytes` must have passed
+/// [`check_event_ring_bytes`].
 pub(crate) fn load(
     opts: &ProbeOptions,
     object: &[u8],
@@ -320,8 +321,9 @@ pub fn per_cpu_entries(default: u32, value_size: usize, cpus: usize) -> u32 {
         .clamp(64, default.max(64))
 }
 
-/// The page size of this machine.
-pub(crate) fn page_size() -> u32 {
+/// The page size of this machine (what an event ring's size is a
+/// multiple of).
+pub fn page_size() -> u32 {
     u32::try_from(rustix::param::page_size()).unwrap_or(4096)
 }
 
@@ -360,8 +362,8 @@ fn raise_memlock() {
 }
 
 /// Parses the object, sets the globals and creates the maps (the event
-/// ring of `event_ring_bytes`, checked by [`check_event_ring_bytes`], or of
-/// the object's size).
+/// ring of `event_ring_bytes`, already checked by the caller with
+/// [`check_event_ring_bytes`], or of the object's size).
 pub(crate) fn load_object(
     object: &[u8],
     globals: &[(&'static str, u32)],
@@ -393,10 +395,7 @@ pub(crate) fn load_object(
             per_cpu_entries(1024, size_of::<WaiterStats>(), cpus),
         );
     if let Some(bytes) = event_ring_bytes {
-        loader.map_max_entries(
-            map_names::EVENTS,
-            check_event_ring_bytes(bytes, page_size())?,
-        );
+        loader.map_max_entries(map_names::EVENTS, bytes);
     }
     loader.load(object).map_err(ProbeError::from_object)
 }

@@ -30,6 +30,8 @@ pub mod readout;
 pub mod snapshot;
 pub mod tracefs;
 
+pub use crate::probes::loader::page_size;
+
 use std::collections::HashSet;
 
 use aya::maps::{Array, HashMap, MapData, RingBuf};
@@ -173,9 +175,11 @@ impl Probes {
         object: &[u8],
         event_ring_bytes: Option<u32>,
     ) -> Result<Probes, ProbeError> {
-        if let Some(bytes) = event_ring_bytes {
-            loader::check_event_ring_bytes(bytes, loader::page_size())?;
-        }
+        // Checked here, before the privileges, so a bad size is the same
+        // error for any user.
+        let event_ring_bytes = event_ring_bytes
+            .map(|bytes| loader::check_event_ring_bytes(bytes, page_size()))
+            .transpose()?;
         let missing = procfs::missing_caps_of_self();
         if !missing.is_empty() {
             return Err(ProbeError::Privileges {
@@ -519,7 +523,7 @@ mod tests {
     #[test]
     fn an_event_ring_of_a_bad_size_is_refused_before_anything_loads() {
         // Refused before the privilege check, so this holds for any user.
-        let page = loader::page_size();
+        let page = page_size();
         for bytes in [0, page + 1, 3 * page] {
             let err = Probes::load_with_event_ring(&ProbeOptions::default(), bytes)
                 .expect_err("a bad ring size")
