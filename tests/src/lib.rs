@@ -330,17 +330,19 @@ impl Bpftrace {
     /// bpftrace that exits before it attaches is started once more (seen
     /// once in CI, under load); why it exited is printed.
     pub fn start(script: &str) -> anyhow::Result<Bpftrace> {
-        match Self::start_once(script) {
-            Err(e) if e.to_string().contains("exited before") => {
-                eprintln!("{e}; starting bpftrace again");
+        match Self::start_once(script)? {
+            Ok(b) => Ok(b),
+            Err(exited) => {
+                eprintln!("{exited}; starting bpftrace again");
                 std::thread::sleep(Duration::from_secs(1));
-                Self::start_once(script)
+                Self::start_once(script)?.map_err(anyhow::Error::msg)
             }
-            r => r,
         }
     }
 
-    fn start_once(script: &str) -> anyhow::Result<Bpftrace> {
+    /// One start: the attached bpftrace, or (inner `Err`) how it exited
+    /// before it attached.
+    fn start_once(script: &str) -> anyhow::Result<Result<Bpftrace, String>> {
         use std::io::BufRead;
         let mut child = Command::new("bpftrace")
             .args(["-e", script])
@@ -381,7 +383,7 @@ impl Bpftrace {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match b.output.recv_timeout(left) {
-                Ok(l) if l.trim() == "READY" => return Ok(b),
+                Ok(l) if l.trim() == "READY" => return Ok(Ok(b)),
                 Ok(_) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     anyhow::bail!("bpftrace did not attach within 60 s")
@@ -389,7 +391,9 @@ impl Bpftrace {
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     let status = b.child.take().map(|mut c| c.wait());
                     let errors = errors.join().unwrap_or_default();
-                    anyhow::bail!("bpftrace exited before it attached ({status:?}): {errors}")
+                    return Ok(Err(format!(
+                        "bpftrace exited before it attached ({status:?}): {errors}"
+                    )));
                 }
             }
         }
