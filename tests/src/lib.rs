@@ -8,10 +8,11 @@
 //! cannot run; in CI (`CI=true`) that is a failure, elsewhere a skip.
 //!
 //! [`testfs`] is a counting FUSE file system mounted in-process, for the
-//! probe tests; [`require_privileges`] decides whether a privileged test
+//! probe tests, and [`probes`] loads the probes for them; [`require_privileges`] decides whether a privileged test
 //! can run here.
 
 pub mod exporter;
+pub mod probes;
 pub mod testfs;
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,6 @@
-//! End-to-end tests of the eBPF probes against a real FUSE mount (root).
+//! End-to-end tests of the eBPF probes against a real FUSE mount (root):
+//! request counts, events, in-flight requests, histograms, and against
+//! bpftrace; the flock probes are in `probes_flock.rs`.
 //!
 //! Each test loads its own probe set and mounts its own [`TestFs`]; the
 //! probes see every FUSE connection on the host, so every assertion filters
@@ -10,16 +12,14 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use claudefs_e2e::probes::{assert_attached_as_expected, load_probes, load_probes_as};
 use claudefs_e2e::testfs::{opcode, MountedFs, TestFsOptions};
 use claudefs_e2e::{require_privileges, stat};
 use claudefs_fuse::probes::events::RING_RECORD_BYTES;
 use claudefs_fuse::probes::hist::LatencyHistogram;
-use claudefs_fuse::probes::snapshot::{
-    AttachKind, FlockKind, FlockMode, FlockTarget, ProbeSnapshot,
-};
+use claudefs_fuse::probes::snapshot::ProbeSnapshot;
 use claudefs_fuse::probes::{EventFilter, ProbeOptions, Probes};
 
 /// Opcodes the file system does not see through its methods: the
@@ -27,44 +27,6 @@ use claudefs_fuse::probes::{EventFilter, ProbeOptions, Probes};
 /// (the kernel sends it once, for the first statx(2) on the mount, then
 /// falls back to GETATTR for good).
 const NOT_COUNTED_BY_FS: [u32; 3] = [opcode::INIT, opcode::DESTROY, opcode::STATX];
-
-fn load_probes() -> Probes {
-    load_probes_as(false)
-}
-
-/// Loads every program, as classic tracepoints with `classic`; else as
-/// BTF tracepoints wherever this kernel allows (which CI's does: a
-/// fallback there is a regression, not a detail).
-fn load_probes_as(classic: bool) -> Probes {
-    let opts = ProbeOptions {
-        classic_only: classic,
-        ..Default::default()
-    };
-    let probes = Probes::load(&opts).unwrap_or_else(|e| panic!("{e}"));
-    assert_attached_as_expected(&probes, classic);
-    probes
-}
-
-/// Every program is attached, as classic tracepoints with `classic`, else
-/// as BTF tracepoints where this kernel allows.
-fn assert_attached_as_expected(probes: &Probes, classic: bool) {
-    let attached = probes.attached_programs();
-    let btf_here = Path::new("/sys/kernel/btf/vmlinux").exists()
-        && !Path::new("/sys/kernel/btf/fuse").exists();
-    let want = if classic {
-        AttachKind::Tracepoint
-    } else if btf_here {
-        AttachKind::Btf
-    } else {
-        eprintln!("note: no BTF for fuse here; the classic fallback is expected");
-        AttachKind::Tracepoint
-    };
-    assert!(
-        attached.iter().all(|a| a.kind == Some(want)),
-        "{attached:?} {:?}",
-        probes.warnings()
-    );
-}
 
 /// Per-opcode (count, errors) of one connection.
 fn op_counts(snap: &ProbeSnapshot, conn: u32) -> BTreeMap<u32, (u64, u64)> {
@@ -90,6 +52,24 @@ fn diff(
             (c - bc > 0 || e - be > 0).then_some((*op, (c - bc, e - be)))
         })
         .collect()
+}
+
+/// What the probes counted (`snap` against `before_probes`) and what the
+/// file system counted since `before_fs` are the same, per opcode: the
+/// file system's counts (count, errors), returned.
+fn assert_probes_count_as_the_fs(
+    snap: &ProbeSnapshot,
+    fs: &MountedFs,
+    before_probes: &BTreeMap<u32, (u64, u64)>,
+    before_fs: &BTreeMap<u32, (u64, u64)>,
+) -> BTreeMap<u32, (u64, u64)> {
+    let by_probes = diff(&op_counts(snap, fs.conn), before_probes);
+    let by_fs = diff(&fs_counts(fs), before_fs);
+    assert_eq!(
+        by_probes, by_fs,
+        "probes (left) vs file system (right), (count, errors) per opcode"
+    );
+    by_fs
 }
 
 /// Polls until the probes and the file system agree and nothing changed
@@ -164,12 +144,7 @@ fn request_counts_match(classic: bool) {
     assert_eq!(names, 4);
 
     let snap = settle(&fs, &mut probes);
-    let by_probes = diff(&op_counts(&snap, fs.conn), &before_probes);
-    let by_fs = diff(&fs_counts(&fs), &before_fs);
-    assert_eq!(
-        by_probes, by_fs,
-        "probes (left) vs file system (right), (count, errors) per opcode"
-    );
+    let by_fs = assert_probes_count_as_the_fs(&snap, &fs, &before_probes, &before_fs);
     // The workload's known operations are all there.
     assert_eq!(
         by_fs.get(&opcode::LOOKUP).map(|c| c.1),
@@ -200,7 +175,7 @@ fn request_counts_match(classic: bool) {
         .into_iter()
         .filter(|e| e.conn == fs.conn)
         .collect();
-    let total: u64 = by_probes.values().map(|c| c.0).sum();
+    let total: u64 = by_fs.values().map(|c| c.0).sum();
     assert_eq!(events.len() as u64, total);
     assert_eq!(snap.events_lost, 0);
     let missing_lookups = events
@@ -275,12 +250,8 @@ fn a_full_event_ring_counts_lost_events_and_keeps_counts_exact() {
     let events: Vec<_> = probes.take_events();
 
     // The statistics are exact: per opcode as the file system counted.
-    let by_probes = diff(&op_counts(&after, fs.conn), &op_counts(&before, fs.conn));
-    let by_fs = diff(&fs_counts(&fs), &before_fs);
-    assert_eq!(
-        by_probes, by_fs,
-        "probes (left) vs file system (right), (count, errors) per opcode"
-    );
+    let by_fs =
+        assert_probes_count_as_the_fs(&after, &fs, &op_counts(&before, fs.conn), &before_fs);
     assert_eq!(
         by_fs.get(&opcode::LOOKUP).map(|c| c.1),
         Some(stats / 2),
@@ -542,174 +513,6 @@ fn percentiles_of_a_known_distribution_are_within_ten_percent() {
     }
 }
 
-const HOLDER: &str = r#"
-import fcntl, os, sys, time
-f = open(sys.argv[1])
-fcntl.flock(f, fcntl.LOCK_EX)
-open(sys.argv[2], "w").close()
-while not os.path.exists(sys.argv[3]):
-    time.sleep(0.002)
-time.sleep(0.3)
-"#;
-
-fn wait_for(probes: &mut Probes, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        probes.poll().expect("poll");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// `/proc/PID/syscall` says the process is blocked in flock(2).
-fn in_flock(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .is_some_and(|nr| nr == libc::SYS_flock.to_string())
-}
-
-fn exited(child: &mut Child) -> bool {
-    matches!(child.try_wait(), Ok(Some(_)))
-}
-
-/// A flock held 300 ms by one process and requested (blocking) by another
-/// shows a wait of at least 300 ms, attributed to `target` and the file; a
-/// LOCK_NB attempt meanwhile shows as refused.
-fn flock_contention(flock_locks: bool, classic: bool) {
-    let mut probes = load_probes_as(classic);
-    let fs = MountedFs::mount(TestFsOptions {
-        flock_locks,
-        ..Default::default()
-    })
-    .expect("mount");
-    let target = if flock_locks {
-        FlockTarget::Fuse { conn: fs.conn }
-    } else {
-        FlockTarget::Device { dev: fs.conn }
-    };
-    let file = fs.path("lockfile");
-    let markers = tempfile::tempdir().expect("tempdir");
-    let (locked, go) = (markers.path().join("locked"), markers.path().join("go"));
-
-    let mut holder = Command::new("python3")
-        .arg("-c")
-        .arg(HOLDER)
-        .args([&file, &locked, &go])
-        .spawn()
-        .expect("spawn python3 (the lock holder)");
-    wait_for(&mut probes, "the holder to lock", || {
-        locked.exists() || exited(&mut holder)
-    });
-    assert!(!exited(&mut holder), "the holder died");
-
-    // A non-blocking attempt on the held lock is refused.
-    let own = std::fs::File::open(&file).expect("open lockfile");
-    // SAFETY: flock on a valid open fd.
-    let rc = unsafe { libc::flock(own.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    assert_eq!(rc, -1);
-    assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::EWOULDBLOCK)
-    );
-    drop(own);
-
-    let mut waiter = Command::new("flock")
-        .args(["-x".as_ref(), file.as_os_str(), "true".as_ref()])
-        .spawn()
-        .expect("spawn flock(1) (the waiter)");
-    let waiter_pid = waiter.id();
-    wait_for(&mut probes, "the waiter to block", || {
-        in_flock(waiter_pid) || exited(&mut waiter)
-    });
-    std::fs::write(&go, b"").expect("write go marker");
-    wait_for(&mut probes, "the waiter to get the lock", || {
-        exited(&mut waiter)
-    });
-    assert!(waiter.wait().expect("waiter status").success());
-    assert!(holder.wait().expect("holder status").success());
-
-    probes.poll().expect("poll");
-    let snap = probes.snapshot().expect("snapshot");
-    let sample = |kind, mode| {
-        snap.flocks
-            .iter()
-            .find(|f| f.target == target && f.kind == kind && f.mode == mode)
-            .unwrap_or_else(|| {
-                panic!(
-                    "no {kind:?}/{mode:?} flocks on {target:?}: {:#?}",
-                    snap.flocks
-                )
-            })
-    };
-    let blocking = sample(FlockKind::Exclusive, FlockMode::Blocking);
-    // The holder's uncontended lock and the waiter's contended one. (An
-    // uncontended call may still take over 1 ms on a loaded machine when it
-    // is a FUSE round trip, so "waited" is at least the contended one.)
-    assert_eq!(blocking.calls, 2, "{blocking:?}");
-    assert!((1..=2).contains(&blocking.waited), "{blocking:?}");
-    assert_eq!(blocking.refused, 0, "{blocking:?}");
-    assert!(blocking.wait.max_ns >= 300_000_000, "{blocking:?}");
-    let nb = sample(FlockKind::Exclusive, FlockMode::NonBlocking);
-    assert_eq!((nb.calls, nb.refused), (1, 1), "{nb:?}");
-    assert!(
-        nb.wait.max_ns < 300_000_000,
-        "a refused LOCK_NB does not wait: {nb:?}"
-    );
-
-    let w = snap
-        .flock_waiters
-        .iter()
-        .find(|w| w.tgid == waiter_pid)
-        .unwrap_or_else(|| {
-            panic!(
-                "waiter {waiter_pid} not reported: {:#?}",
-                snap.flock_waiters
-            )
-        });
-    assert_eq!(w.target, target);
-    assert_eq!(w.comm, "flock");
-    assert_eq!(w.file.as_deref(), Some(file.to_string_lossy().as_ref()));
-    assert!(w.fd.is_some(), "{w:?}");
-    assert_eq!(w.calls, 1);
-    assert!(w.max_wait_ns >= 300_000_000, "{w:?}");
-
-    let fs_ops = fs_counts(&fs);
-    if flock_locks {
-        assert!(
-            fs_ops.get(&opcode::SETLKW).is_some_and(|c| c.0 >= 2),
-            "{fs_ops:?}"
-        );
-        assert_eq!(fs_ops.get(&opcode::SETLK), Some(&(1, 1)), "{fs_ops:?}");
-    } else {
-        assert!(!fs_ops.contains_key(&opcode::SETLKW), "{fs_ops:?}");
-    }
-}
-
-#[test]
-fn flock_served_by_the_fuse_daemon_is_attributed_to_the_connection() {
-    if !require_privileges("flock_served_by_the_fuse_daemon_is_attributed_to_the_connection") {
-        return;
-    }
-    flock_contention(true, false);
-}
-
-#[test]
-fn flock_served_by_the_kernel_is_attributed_to_the_device() {
-    if !require_privileges("flock_served_by_the_kernel_is_attributed_to_the_device") {
-        return;
-    }
-    flock_contention(false, false);
-}
-
-#[test]
-fn kernel_served_flock_on_classic_tracepoints() {
-    if !require_privileges("kernel_served_flock_on_classic_tracepoints") {
-        return;
-    }
-    flock_contention(false, true);
-}
-
 /// bpftrace counting `fuse_request_send` per opcode on one connection.
 fn bpftrace_send_counter(conn: u32) -> String {
     format!(
@@ -815,72 +618,4 @@ fn counts_match_bpftrace_on_a_bindfs_mount() {
         "the workload reached the file system: {ours:?}"
     );
     assert_eq!(ours, by_bpftrace, "ours vs bpftrace, per opcode");
-}
-
-/// Blocks on an exclusive flock of argv[1] until SIGALRM after 0.3 s
-/// interrupts it (EINTR), then takes an uncontended flock of argv[2].
-const INTERRUPTED_WAITER: &str = r#"
-import fcntl, signal, sys
-class Alarm(Exception):
-    pass
-def on_alarm(*_):
-    raise Alarm()
-signal.signal(signal.SIGALRM, on_alarm)
-signal.setitimer(signal.ITIMER_REAL, 0.3)
-try:
-    fcntl.flock(open(sys.argv[1]), fcntl.LOCK_EX)
-    sys.exit("the held lock was granted")
-except Alarm:
-    pass
-fcntl.flock(open(sys.argv[2]), fcntl.LOCK_EX)
-"#;
-
-#[test]
-fn a_signal_ends_a_kernel_flock_wait() {
-    if !require_privileges("a_signal_ends_a_kernel_flock_wait") {
-        return;
-    }
-    let mut probes = load_probes();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (held, free) = (dir.path().join("held"), dir.path().join("free"));
-    std::fs::write(&held, b"").expect("create");
-    std::fs::write(&free, b"").expect("create");
-    let holder = std::fs::File::open(&held).expect("open");
-    // SAFETY: flock on a valid open fd.
-    assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let lost_before = probes.counters().expect("counters").flock_waits_lost;
-
-    let mut waiter = Command::new("python3")
-        .arg("-c")
-        .arg(INTERRUPTED_WAITER)
-        .args([&held, &free])
-        .spawn()
-        .expect("spawn python3 (the waiter)");
-    let pid = waiter.id();
-    wait_for(&mut probes, "the waiter to finish", || exited(&mut waiter));
-    assert!(waiter.wait().expect("status").success());
-    drop(holder);
-
-    probes.poll().expect("poll");
-    let snap = probes.snapshot().expect("snapshot");
-    let dev = claudefs_fuse::probes::dev::kernel_dev_of_path(&held).expect("dev");
-    let w = snap
-        .flock_waiters
-        .iter()
-        .find(|w| w.tgid == pid)
-        .unwrap_or_else(|| panic!("waiter {pid} not reported: {:#?}", snap.flock_waiters));
-    assert_eq!(w.target, FlockTarget::Device { dev });
-    // One interrupted wait of about 0.3 s; the uncontended flock after it
-    // did not wait, and started no new wait from a stale one.
-    assert_eq!(w.calls, 1, "{w:?}");
-    // The timer is armed just before flock(2) enters the kernel: the wait
-    // the probes see is a little under the 0.3 s.
-    assert!(
-        (250_000_000..2_000_000_000).contains(&w.max_wait_ns),
-        "{w:?}"
-    );
-    assert_eq!(
-        probes.counters().expect("counters").flock_waits_lost,
-        lost_before
-    );
 }
