@@ -45,6 +45,18 @@ pub enum TransportArg {
     Dev,
 }
 
+/// The scheduling class of the io_uring queue threads (`--queue-policy`,
+/// see `session::queue_sched`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueuePolicyArg {
+    /// SCHED_IDLE while nothing else competes for their CPU (the waiting
+    /// application stays on its CPU), SCHED_OTHER when something does.
+    Idle,
+    /// SCHED_OTHER always.
+    Normal,
+}
+
 /// One `--path DIR[,priority=N][,addr=HOST:PORT]` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathSpec {
@@ -180,6 +192,11 @@ pub struct MountArgs {
     /// Request transport: auto (default), uring or dev.
     #[arg(long, value_enum)]
     pub transport: Option<TransportArg>,
+    /// Scheduling of the io_uring queue threads: idle (default: SCHED_IDLE
+    /// while their CPU has nothing else to run, so an application stays on
+    /// its CPU; SCHED_OTHER when it has) or normal.
+    #[arg(long, value_enum)]
+    pub queue_policy: Option<QueuePolicyArg>,
     /// TOML file with the same options.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -242,6 +259,7 @@ struct FileConfig {
     poll_us: Option<u64>,
     passthrough: Option<bool>,
     transport: Option<TransportArg>,
+    queue_policy: Option<QueuePolicyArg>,
     health_interval_ms: Option<u64>,
     sample_rate: Option<f64>,
     metrics_addr: Option<String>,
@@ -263,6 +281,7 @@ pub struct Settings {
     pub poll_us: u64,
     pub passthrough: bool,
     pub transport: TransportArg,
+    pub queue_policy: QueuePolicyArg,
     pub health_interval_ms: u64,
     pub sample_rate: f64,
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -495,6 +514,10 @@ impl MountArgs {
                 .transport
                 .or(file.transport)
                 .unwrap_or(TransportArg::Auto),
+            queue_policy: self
+                .queue_policy
+                .or(file.queue_policy)
+                .unwrap_or(QueuePolicyArg::Idle),
             health_interval_ms,
             sample_rate,
             metrics_addr,
@@ -572,6 +595,7 @@ mod tests {
             poll_us: None,
             passthrough: false,
             transport: None,
+            queue_policy: None,
             config,
             health_interval_ms: None,
             sample_rate: None,
@@ -723,6 +747,7 @@ mod tests {
             poll_us: None,
             passthrough: false,
             transport: None,
+            queue_policy: None,
             config: Some(cfg),
             health_interval_ms: None,
             sample_rate: None,

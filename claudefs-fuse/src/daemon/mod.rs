@@ -282,6 +282,7 @@ pub(crate) struct ExportParts {
     transport: Transport,
     counters: Arc<crate::session::Counters>,
     keeper: Arc<server::KeeperView>,
+    queue_sched: Arc<crate::session::queue_sched::QueueSched>,
 }
 
 /// The exporter's view of the `/dev/fuse` workers, `threads` in all.
@@ -379,6 +380,8 @@ pub(crate) fn start_exporter(
         let (readers, threads) = (parts.readers.clone(), parts.threads);
         let transport = parts.transport.name();
         let (session, keeper) = (parts.counters.clone(), parts.keeper.clone());
+        let queue_sched = parts.queue_sched.clone();
+        let uring = parts.transport == Transport::Uring;
         let mount = mountpoint.display().to_string();
         Arc::new(move || {
             let counters = core.router.counters();
@@ -414,6 +417,14 @@ pub(crate) fn start_exporter(
                 spans_exported: stats.exported.load(Ordering::Relaxed),
                 workers: workers_view(&readers, threads),
                 transport,
+                queues: uring.then(|| {
+                    let q = queue_sched.view();
+                    dm::QueuesView {
+                        idle: q.idle,
+                        normal: q.threads.saturating_sub(q.idle),
+                        demotions: q.demotions,
+                    }
+                }),
                 server: dm::ServerView {
                     generation: keeper.generation,
                     restarts: keeper.restarts,
@@ -511,6 +522,7 @@ pub(crate) fn status_snapshot(
         transport: String::new(),
         session: serde_json::Value::Null,
         keeper: serde_json::Value::Null,
+        queues: serde_json::Value::Null,
     }
 }
 

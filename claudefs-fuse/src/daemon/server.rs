@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::config::{PolicyArg, Settings, TransportArg};
+use super::config::{PolicyArg, QueuePolicyArg, Settings, TransportArg};
 use super::handover::{Channel, ToKeeper, ToServer};
 use super::journal_state::LiveState;
 use super::{
@@ -29,6 +29,7 @@ use super::{
     status, status_snapshot, storage, unmount, workers_view, ExportParts,
 };
 use crate::multipath::LoadBalancePolicy;
+use crate::session::queue_sched::{QueuePolicy, QueueSched};
 use crate::session::{InitConfig, InitState, Readers, Session, Transport};
 
 /// The test hook `CLAUDEFS_FUSE_TEST_DIE_AT_START`: the server aborts as
@@ -453,6 +454,17 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
         cpus > 1,
     ));
 
+    let queue_sched = Arc::new(QueueSched::new(
+        match s.queue_policy {
+            QueuePolicyArg::Idle => QueuePolicy::Idle,
+            QueuePolicyArg::Normal => QueuePolicy::Normal,
+        },
+        match transport {
+            Transport::Uring => crate::session::uring::possible_cpus(),
+            Transport::Dev => 0,
+        },
+    ));
+
     let stop = Arc::new(AtomicBool::new(false));
     router.spawn_health_checker(Duration::from_millis(s.health_interval_ms), stop.clone())?;
     spawn_sweeper(core.clone(), passthrough.clone(), stop.clone())?;
@@ -475,6 +487,7 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
         let view = view.clone();
         let mp = mountpoint.display().to_string();
         let policy = format!("{:?}", s.policy);
+        let queue_sched = queue_sched.clone();
         Arc::new(move || {
             let mut st = status_snapshot(
                 &mp,
@@ -495,6 +508,13 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
                 "deduplicated": c(&core.deduplicated),
             });
             st.keeper = serde_json::to_value(&*view).unwrap_or_default();
+            if transport == Transport::Uring {
+                let q = queue_sched.view();
+                st.queues = serde_json::json!({
+                    "policy": queue_sched.policy().name(), "threads": q.threads,
+                    "idle": q.idle, "demotions": q.demotions,
+                });
+            }
             st
         })
     };
@@ -523,6 +543,7 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
             transport,
             counters: session.counters().clone(),
             keeper: view.clone(),
+            queue_sched: queue_sched.clone(),
         },
     );
     let draining = Arc::new(AtomicBool::new(false));
@@ -557,7 +578,7 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
         }
     );
     let result = match transport {
-        Transport::Uring => session.run_uring(Arc::new(fs), readers.clone()),
+        Transport::Uring => session.run_uring(Arc::new(fs), readers.clone(), queue_sched),
         Transport::Dev => session.run_dev(Arc::new(fs), readers.clone(), Some(stop.clone())),
     };
     stop.store(true, Ordering::Relaxed);

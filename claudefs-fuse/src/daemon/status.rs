@@ -68,6 +68,10 @@ pub struct Status {
     /// hand-over's gap (see `server::KeeperView`).
     #[serde(default)]
     pub keeper: serde_json::Value,
+    /// Over io_uring: the queue threads' policy, how many run and how many
+    /// at SCHED_IDLE now, demotions (see `session::queue_sched`).
+    #[serde(default)]
+    pub queues: serde_json::Value,
 }
 
 /// Serves `snapshot()` on `dir/status.sock` from a background thread.
@@ -118,6 +122,9 @@ pub fn render(s: &Status) -> String {
         s.cached_fds,
         s.workers
     );
+    if !s.queues.is_null() {
+        o.push_str(&format!("queue threads: {}\n", s.queues));
+    }
     o.push_str("paths:\n");
     for p in &s.paths {
         o.push_str(&format!(

@@ -115,7 +115,17 @@ pub struct DaemonView {
     pub workers: WorkersView,
     /// The request transport (`uring`, `dev`; empty: not known).
     pub transport: &'static str,
+    /// Over io_uring: the queue threads.
+    pub queues: Option<QueuesView>,
     pub server: ServerView,
+}
+
+/// The io_uring queue threads' scheduling classes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueuesView {
+    pub idle: usize,
+    pub normal: usize,
+    pub demotions: u64,
 }
 
 /// The server's place on its connection (see `daemon::keeper`).
@@ -218,6 +228,13 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
     if !v.transport.is_empty() {
         transport.add(vec![v.transport.into()], 1.0);
     }
+    let mut queues = FamilyBuilder::gauge(names::DAEMON_QUEUE_THREADS);
+    let mut demotions = FamilyBuilder::counter(names::DAEMON_QUEUE_DEMOTIONS);
+    if let Some(q) = &v.queues {
+        queues.add(vec!["idle".into()], q.idle as f64);
+        queues.add(vec!["normal".into()], q.normal as f64);
+        demotions.add(vec![], q.demotions as f64);
+    }
     let mut polls = FamilyBuilder::counter(names::DAEMON_READER_POLLS);
     polls.add(vec!["hit".into()], w.poll_hits as f64);
     polls.add(vec!["miss".into()], w.poll_misses as f64);
@@ -273,6 +290,8 @@ pub fn daemon_families(v: &DaemonView) -> Vec<MetricFamily> {
         workers,
         woken,
         polls,
+        queues,
+        demotions,
         one(names::SPANS_DROPPED, true, v.spans_dropped as f64),
         one(names::SPANS_EXPORTED, true, v.spans_exported as f64),
     ]

@@ -50,6 +50,12 @@ families! {
     /// Counter, wakeups: parked workers woken to read /dev/fuse.
     DAEMON_WORKER_WAKEUPS = "claudefs_fuse_daemon_worker_wakeups_total", ["reason"],
         "Parked FUSE workers woken to read /dev/fuse: reason=may_block (a request that may take long started while no other worker read), reason=stalled (requests waited behind one that took over 10 ms: storage is slow or hangs), reason=backlog (requests kept queueing behind a busy reader: the load needs more workers).";
+    /// Gauge, threads: the io_uring queue threads by scheduling class.
+    DAEMON_QUEUE_THREADS = "claudefs_fuse_daemon_queue_threads", ["class"],
+        "The mount daemon's io_uring queue threads (one per CPU) by scheduling class: class=idle (SCHED_IDLE: the application woken by an answer stays on its CPU), class=normal (SCHED_OTHER: --queue-policy normal, or moved back by the guard because something else competed for the CPU).";
+    /// Counter, demotions: queue threads moved back to SCHED_OTHER.
+    DAEMON_QUEUE_DEMOTIONS = "claudefs_fuse_daemon_queue_demotions_total", [],
+        "Times the guard moved an io_uring queue thread from SCHED_IDLE back to SCHED_OTHER because it waited for its CPU (mean run-queue delay above 50 us); a steady rise means the host's CPUs are busy and the queue threads keep backing off (up to 64 s at a time).";
     /// Counter, polls: the lone reader's polls for the next request.
     DAEMON_READER_POLLS = "claudefs_fuse_daemon_reader_polls_total", ["result"],
         "Polls of /dev/fuse by the reading worker after an answer (--poll-us): result=hit (the next request came within the window, no sleep and wakeup), result=miss (the window ran out).";

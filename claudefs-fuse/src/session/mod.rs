@@ -23,6 +23,7 @@ pub mod abi;
 pub mod dev;
 pub mod init;
 pub mod notify;
+pub mod queue_sched;
 pub mod readers;
 pub mod reply;
 pub mod request;

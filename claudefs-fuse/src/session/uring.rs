@@ -32,6 +32,7 @@ use std::time::Duration;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::abi::{self, uring_cmd};
+use super::queue_sched::QueueSched;
 use super::reply::{Sender, Token};
 use super::{request, serve, Counters, Handler, Readers, Session};
 
@@ -363,9 +364,11 @@ fn queue_thread<H: Handler>(
     mut qr: QueueRing,
     handler: Arc<H>,
     counters: Arc<Counters>,
+    sched: &QueueSched,
 ) -> std::io::Result<()> {
     let qid = qr.queue.qid;
     pin(usize::from(qid));
+    sched.register(usize::from(qid));
     ON_QUEUE.set(u32::from(qid));
     for _ in 0..DEPTH {
         qr.register()?;
@@ -444,11 +447,13 @@ fn queue_thread<H: Handler>(
 impl Session {
     /// Serves `handler` over io_uring (FUSE_OVER_IO_URING must be in
     /// force), with a `/dev/fuse` worker beside the queues (see the module
-    /// doc), until the connection ends.
+    /// doc), until the connection ends. The queue threads run in the
+    /// classes `sched` gives them (see `queue_sched`).
     pub fn run_uring<H: Handler>(
         &self,
         handler: Arc<H>,
         readers: Arc<Readers>,
+        sched: Arc<QueueSched>,
     ) -> std::io::Result<()> {
         if !self.state.has(abi::init_flags::OVER_IO_URING) {
             return Err(std::io::Error::other(
@@ -458,6 +463,12 @@ impl Session {
         let payload_len = (self.state.max_write as usize)
             .max(usize::from(self.state.max_pages) * 4096)
             .max(abi::MIN_READ_BUFFER);
+        let guard_stop = Arc::new(AtomicBool::new(false));
+        if let Err(e) = sched.spawn_guard(guard_stop.clone()) {
+            // Without its guard no queue thread may go to SCHED_IDLE.
+            tracing::warn!("cannot start the queue guard: {e}; queue threads stay at SCHED_OTHER");
+            sched.unguarded();
+        }
         let mut threads = Vec::new();
         for qid in 0..possible_cpus() {
             // SAFETY: eventfd has no preconditions; the result is checked.
@@ -474,6 +485,7 @@ impl Session {
             });
             let fd = std::os::fd::AsFd::as_fd(&*self.dev).as_raw_fd();
             let (handler, counters) = (handler.clone(), self.counters.clone());
+            let sched = sched.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("cfs-ring-{qid}"))
@@ -492,7 +504,7 @@ impl Session {
                                     payload_len,
                                     event_buf: Box::new(0),
                                 };
-                                queue_thread(qr, handler, counters)
+                                queue_thread(qr, handler, counters, &sched)
                             });
                         if let Err(e) = &r {
                             tracing::error!(queue = qid, "io_uring queue stopped: {e}");
@@ -502,6 +514,7 @@ impl Session {
             );
         }
         let result = self.serve_dev(handler, readers, None);
+        guard_stop.store(true, Ordering::Relaxed);
         // The queues end as the kernel tears its entries down; the process
         // does not wait long for them.
         let t0 = std::time::Instant::now();

@@ -235,11 +235,20 @@ struct PassthroughHp {
 }
 
 impl PassthroughHp {
+    /// With `uring`, FUSE over io_uring is switched on first (libfuse
+    /// falls back to `/dev/fuse` in silence when the module's
+    /// `enable_uring` is off), and the mount must show io_uring rings.
     fn start(bin: &Path, src: &Path, mnt: &Path, uring: bool) -> anyhow::Result<Self> {
         fs::create_dir_all(mnt)?;
         let mut cmd = Command::new(bin);
         cmd.arg("--foreground");
         if uring {
+            let p = "/sys/module/fuse/parameters/enable_uring";
+            let on =
+                fs::read_to_string(p).is_ok_and(|v| v.trim() == "Y") || fs::write(p, b"Y").is_ok();
+            if !on {
+                anyhow::bail!("cannot switch on FUSE over io_uring ({p})");
+            }
             cmd.args(["-o", "io_uring"]);
         }
         let child = cmd
@@ -256,8 +265,22 @@ impl PassthroughHp {
         if !wait_until(Duration::from_secs(10), || is_mounted(mnt)) {
             anyhow::bail!("passthrough_hp did not mount {}", mnt.display());
         }
+        if uring && !wait_until(Duration::from_secs(5), || io_uring_fds(hp.child.id()) > 0) {
+            anyhow::bail!("passthrough_hp -o io_uring runs without an io_uring ring");
+        }
         Ok(hp)
     }
+}
+
+/// How many io_uring instances process `pid` holds open.
+fn io_uring_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .filter(|t| t.as_os_str() == "anon_inode:[io_uring]")
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 impl Drop for PassthroughHp {
