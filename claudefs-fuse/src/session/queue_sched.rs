@@ -154,24 +154,20 @@ impl QueueSched {
         let Some(slot) = self.slots.get(qid) else {
             return;
         };
+        if self.policy == QueuePolicy::Idle && !self.unguarded.load(Ordering::Relaxed) {
+            match may_leave_idle().map_err(std::io::Error::other).and_then(|()| set_class(0, true)) {
+                Ok(()) => slot.idle.store(true, Ordering::Relaxed),
+                Err(e) => tracing::warn!(
+                    queue = qid,
+                    "queue thread stays at SCHED_OTHER (a thread of this process cannot leave SCHED_IDLE, or enter it: {e})"
+                ),
+            }
+        }
+        // Last: the guard takes the thread in the class it is in now.
         slot.tid.store(
             rustix::thread::gettid().as_raw_nonzero().get(),
-            Ordering::Relaxed,
+            Ordering::Release,
         );
-        if self.policy != QueuePolicy::Idle || self.unguarded.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Err(e) = may_leave_idle() {
-            tracing::warn!(
-                queue = qid,
-                "queue thread stays at SCHED_OTHER (a thread of this process cannot leave SCHED_IDLE: {e})"
-            );
-            return;
-        }
-        match set_class(0, true) {
-            Ok(()) => slot.idle.store(true, Ordering::Relaxed),
-            Err(e) => tracing::warn!(queue = qid, "queue thread stays at SCHED_OTHER: {e}"),
-        }
     }
 
     /// The guard could not start: queue threads that register from now on
@@ -219,7 +215,7 @@ impl QueueSched {
             let now = Instant::now();
             let mut ran = false;
             for (qid, (slot, w)) in self.slots.iter().zip(&mut watches).enumerate() {
-                let tid = slot.tid.load(Ordering::Relaxed);
+                let tid = slot.tid.load(Ordering::Acquire);
                 if tid == 0 {
                     continue;
                 }
