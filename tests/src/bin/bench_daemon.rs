@@ -1,7 +1,8 @@
 //! Benchmark of `claudefs-fuse mount` against the directory itself,
 //! bindfs, and (with `PASSTHROUGH_HP=/path/to/passthrough_hp`) libfuse's
 //! passthrough_hp on `/dev/fuse` and with `-o io_uring`, all over the same
-//! backing directory; claudefs on io_uring, on `--transport dev`, and with
+//! backing directory; claudefs on io_uring (its default queue policy and
+//! `--queue-policy normal`), on `--transport dev`, and with
 //! `--passthrough`. Every setup runs in its default configuration.
 //!
 //! Run (root, /dev/fuse, bindfs): `cargo xtask bench daemon`.
@@ -382,6 +383,11 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     };
     cfs("claudefs uring", &["--transport", "uring"], &mut setups)?;
+    cfs(
+        "uring normal",
+        &["--transport", "uring", "--queue-policy", "normal"],
+        &mut setups,
+    )?;
     cfs("claudefs dev", &["--transport", "dev"], &mut setups)?;
     cfs("claudefs+pt", &["--passthrough"], &mut setups)?;
 
@@ -439,6 +445,9 @@ fn main() -> anyhow::Result<()> {
         comparisons.push(("uring / best peer".into(), u, peers.clone()));
         if let Some(h) = idx("pt_hp uring") {
             comparisons.push(("uring / pt_hp uring".into(), u, vec![h]));
+        }
+        if let Some(n) = idx("uring normal") {
+            comparisons.push(("uring idle / normal".into(), u, vec![n]));
         }
     }
     if let (Some(d), Some(b)) = (dev, idx("bindfs")) {
