@@ -45,6 +45,28 @@ pub fn cpath(rel: &Path) -> SysResult<CString> {
     CString::new(bytes).map_err(|_| libc::EINVAL)
 }
 
+/// Runs `f` on `rel` as a C string for `*at()` (`.` for the root), built
+/// on the stack for paths shorter than 256 bytes (rustix's `Arg`): the
+/// per-request calls (stat, open, mknod, unlink) allocate nothing.
+fn with_cpath<T>(rel: &Path, f: impl FnOnce(&std::ffi::CStr) -> SysResult<T>) -> SysResult<T> {
+    use rustix::path::Arg;
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let mut out = None;
+    let built = rel.into_with_c_str(|c| {
+        out = Some(f(c));
+        Ok(())
+    });
+    match (out, built) {
+        (Some(r), _) => r,
+        (None, Err(e)) => Err(e.raw_os_error()),
+        (None, Ok(())) => Err(libc::EINVAL),
+    }
+}
+
 fn cname(name: &OsStr) -> SysResult<CString> {
     CString::new(name.as_bytes()).map_err(|_| libc::EINVAL)
 }
@@ -110,11 +132,14 @@ impl StorageRoot {
 
     /// `fstatat(rel, AT_SYMLINK_NOFOLLOW)`.
     pub fn stat(&self, rel: &Path) -> SysResult<libc::stat> {
-        let c = cpath(rel)?;
         // SAFETY: zeroed `stat` is a valid out-buffer for fstatat.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: valid dirfd, C string and out-pointer.
-        cvt(unsafe { libc::fstatat(self.raw(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+        with_cpath(rel, |c| {
+            // SAFETY: valid dirfd, C string and out-pointer.
+            cvt(unsafe {
+                libc::fstatat(self.raw(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+            })
+        })?;
         Ok(st)
     }
 
@@ -156,10 +181,11 @@ impl StorageRoot {
 
     /// `openat(rel, flags, mode)`; symlinks at the last component are refused.
     pub fn open_at(&self, rel: &Path, flags: i32, mode: u32) -> SysResult<OwnedFd> {
-        let c = cpath(rel)?;
         let flags = flags | libc::O_CLOEXEC | libc::O_NOFOLLOW;
-        // SAFETY: valid dirfd and C string; the result is checked.
-        let fd = cvt(unsafe { libc::openat(self.raw(), c.as_ptr(), flags, mode as libc::c_uint) })?;
+        let fd = with_cpath(rel, |c| {
+            // SAFETY: valid dirfd and C string; the result is checked.
+            cvt(unsafe { libc::openat(self.raw(), c.as_ptr(), flags, mode as libc::c_uint) })
+        })?;
         // SAFETY: freshly opened fd that we own.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
@@ -173,15 +199,16 @@ impl StorageRoot {
 
     /// `mknodat`.
     pub fn mknod(&self, rel: &Path, mode: u32, rdev: u64) -> SysResult<()> {
-        let c = cpath(rel)?;
-        // SAFETY: valid dirfd and C string.
-        cvt(unsafe {
-            libc::mknodat(
-                self.raw(),
-                c.as_ptr(),
-                mode as libc::mode_t,
-                rdev as libc::dev_t,
-            )
+        with_cpath(rel, |c| {
+            // SAFETY: valid dirfd and C string.
+            cvt(unsafe {
+                libc::mknodat(
+                    self.raw(),
+                    c.as_ptr(),
+                    mode as libc::mode_t,
+                    rdev as libc::dev_t,
+                )
+            })
         })
         .map(drop)
     }
@@ -210,10 +237,12 @@ impl StorageRoot {
 
     /// `unlinkat` (with `AT_REMOVEDIR` for `dir`).
     pub fn unlink(&self, rel: &Path, dir: bool) -> SysResult<()> {
-        let c = cpath(rel)?;
         let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
-        // SAFETY: valid dirfd and C string.
-        cvt(unsafe { libc::unlinkat(self.raw(), c.as_ptr(), flags) }).map(drop)
+        with_cpath(rel, |c| {
+            // SAFETY: valid dirfd and C string.
+            cvt(unsafe { libc::unlinkat(self.raw(), c.as_ptr(), flags) })
+        })
+        .map(drop)
     }
 
     /// `renameat2`.
@@ -550,6 +579,37 @@ pub fn fstat(fd: RawFd) -> SysResult<libc::stat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_reach_the_calls_as_c_strings_short_long_and_bad() {
+        let d = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(d.path()).unwrap();
+        // The root itself is ".".
+        assert_eq!(root.stat(Path::new("")).unwrap().st_ino, {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(d.path()).unwrap().ino()
+        });
+        // Short (on the stack) and longer than the stack buffer (heap).
+        let deep = vec!["dddddddddd"; 30].join("/");
+        std::fs::create_dir_all(d.path().join(&deep)).unwrap();
+        for name in ["f".to_string(), format!("{deep}/f")] {
+            assert!(name.len() < 256 || name.len() > 300);
+            let rel = Path::new(&name);
+            drop(
+                root.open_at(rel, libc::O_CREAT | libc::O_WRONLY, 0o600)
+                    .unwrap(),
+            );
+            assert_eq!(root.stat(rel).unwrap().st_size, 0);
+            root.unlink(rel, false).unwrap();
+            assert_eq!(root.stat(rel).unwrap_err(), libc::ENOENT);
+            root.mknod(rel, libc::S_IFREG | 0o600, 0).unwrap();
+            root.unlink(rel, false).unwrap();
+        }
+        // An interior NUL is EINVAL, before any call.
+        let bad = Path::new(OsStr::from_bytes(b"a\0b"));
+        assert_eq!(root.stat(bad).unwrap_err(), libc::EINVAL);
+        assert_eq!(root.unlink(bad, false).unwrap_err(), libc::EINVAL);
+    }
 
     #[test]
     fn close_to_open_on_all_but_known_local_file_systems() {
