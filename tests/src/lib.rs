@@ -517,6 +517,22 @@ pub fn require_privileges(test: &str) -> bool {
     }
 }
 
+/// Whether a test that mounts on FUSE over io_uring can run: FUSE and a
+/// kernel with `enable_uring` (Linux 6.14, CONFIG_FUSE_IO_URING). CI's
+/// kernel has it, so there a missing one fails the test; elsewhere the
+/// test prints why and returns.
+pub fn uring_mounts() -> bool {
+    if fuse_unavailable().is_some() {
+        return false;
+    }
+    if !std::path::Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        assert!(!in_ci(), "CI's kernel has FUSE over io_uring");
+        eprintln!("skipping: no FUSE over io_uring in this kernel");
+        return false;
+    }
+    true
+}
+
 /// `CI` is set to `true` (GitHub Actions, GitLab and most CI systems).
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")

@@ -503,12 +503,7 @@ fn a_server_restarting_in_a_loop_backs_off_and_a_clean_unmount_ends_the_keeper()
 
 #[test]
 fn uring_mount_survives_a_restart() {
-    if fuse_unavailable().is_some() {
-        return;
-    }
-    if !Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
-        assert!(!claudefs_e2e::in_ci(), "CI's kernel has FUSE over io_uring");
-        eprintln!("skipping: no FUSE over io_uring in this kernel");
+    if !claudefs_e2e::uring_mounts() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use claudefs_e2e::{fuse_unavailable, statx_sync, wait_until, MountGuard};
+use claudefs_e2e::{statx_sync, wait_until, MountGuard};
 
 /// The scheduling class (`policy`, field 41 of `stat`) of every queue
 /// thread of process `pid`.
@@ -90,12 +90,7 @@ impl Drop for BusyCpus {
 
 #[test]
 fn queue_threads_leave_sched_idle_while_every_cpu_is_busy() {
-    if fuse_unavailable().is_some() {
-        return;
-    }
-    if !Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
-        assert!(!claudefs_e2e::in_ci(), "CI's kernel has FUSE over io_uring");
-        eprintln!("skipping: no FUSE over io_uring in this kernel");
+    if !claudefs_e2e::uring_mounts() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
