@@ -11,7 +11,9 @@
 //! `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`, which also gives the entry back
 //! for the next request: per round, however many requests it answers,
 //! one io_uring_enter(2) that submits the answers and one that waits
-//! (measured faster than doing both in one).
+//! (measured faster than doing both in one). Queue threads run at
+//! SCHED_IDLE while nothing else wants their CPU, so the application an
+//! answer wakes stays on its CPU (see `queue_sched`).
 //!
 //! An answer given later from another thread (a parked flock) is written
 //! into its entry at once and the queue woken through an eventfd its ring
