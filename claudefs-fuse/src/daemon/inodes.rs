@@ -14,7 +14,7 @@
 use super::nummap::NumMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// `base/rest` without the trailing `/` that `join("")` would add.
 fn rejoin(base: &Path, rest: &Path) -> PathBuf {
@@ -36,8 +36,9 @@ pub const RESTORED_LOOKUPS: u64 = 1 << 48;
 
 #[derive(Debug)]
 struct Node {
-    /// Known names, most recent first (several for hard links).
-    paths: Vec<PathBuf>,
+    /// Known names, most recent first (several for hard links), shared
+    /// with the requests that use them (no copy per request).
+    paths: Vec<Arc<Path>>,
     lookups: u64,
 }
 
@@ -60,7 +61,7 @@ impl InodeTable {
         nodes.insert(
             ROOT_INO,
             Node {
-                paths: vec![PathBuf::new()],
+                paths: vec![Arc::from(Path::new(""))],
                 lookups: 1,
             },
         );
@@ -90,7 +91,7 @@ impl InodeTable {
     }
 
     /// Path (relative to the storage root) of a known inode.
-    pub fn path(&self, ino: u64) -> Option<PathBuf> {
+    pub fn path(&self, ino: u64) -> Option<Arc<Path>> {
         self.read()
             .nodes
             .get(&ino)
@@ -120,9 +121,9 @@ impl InodeTable {
         });
         let mut changed = false;
         if ino != ROOT_INO || node.paths.is_empty() {
-            changed = node.paths.first().is_none_or(|p| p != path);
-            node.paths.retain(|p| p != path);
-            node.paths.insert(0, path.to_path_buf());
+            changed = node.paths.first().is_none_or(|p| **p != *path);
+            node.paths.retain(|p| **p != *path);
+            node.paths.insert(0, Arc::from(path));
         }
         node.lookups = node.lookups.saturating_add(1);
         (ino, changed)
@@ -135,7 +136,7 @@ impl InodeTable {
             return;
         }
         self.write().nodes.entry(ino).or_insert_with(|| Node {
-            paths: vec![path.to_path_buf()],
+            paths: vec![Arc::from(path)],
             lookups: RESTORED_LOOKUPS,
         });
     }
@@ -163,7 +164,7 @@ impl InodeTable {
     pub fn unlinked(&self, rel: &Path) {
         let mut inner = self.write();
         for node in inner.nodes.values_mut() {
-            node.paths.retain(|p| p != rel);
+            node.paths.retain(|p| **p != *rel);
         }
     }
 
@@ -177,7 +178,7 @@ impl InodeTable {
         for node in inner.nodes.values_mut() {
             for p in node.paths.iter_mut() {
                 if let Ok(rest) = p.strip_prefix(from) {
-                    *p = rejoin(to, rest);
+                    *p = rejoin(to, rest).into();
                 }
             }
         }
@@ -189,9 +190,9 @@ impl InodeTable {
         for node in inner.nodes.values_mut() {
             for p in node.paths.iter_mut() {
                 if let Ok(rest) = p.strip_prefix(a) {
-                    *p = rejoin(b, rest);
+                    *p = rejoin(b, rest).into();
                 } else if let Ok(rest) = p.strip_prefix(b) {
-                    *p = rejoin(a, rest);
+                    *p = rejoin(a, rest).into();
                 }
             }
         }
@@ -226,7 +227,7 @@ mod tests {
         let i = t.remember(10, Path::new("a"));
         t.remember(10, Path::new("a"));
         t.forget(i, 1);
-        assert_eq!(t.path(i), Some(PathBuf::from("a")));
+        assert_eq!(t.path(i), Some(Path::new("a").into()));
         t.forget(i, 1);
         assert_eq!(t.path(i), None);
         t.forget(ROOT_INO, 100);
@@ -234,14 +235,14 @@ mod tests {
         let h = t.remember(20, Path::new("x"));
         t.remember(20, Path::new("y"));
         t.unlinked(Path::new("y"));
-        assert_eq!(t.path(h), Some(PathBuf::from("x")));
+        assert_eq!(t.path(h), Some(Path::new("x").into()));
         // The last name gone (unlinked while open): no path, still held.
         t.unlinked(Path::new("x"));
         assert_eq!(t.path(h), None);
         assert_eq!(t.len(), 2);
         t.remember(20, Path::new("z"));
-        assert_eq!(t.path(h), Some(PathBuf::from("z")));
-        assert_eq!(t.path(ROOT_INO), Some(PathBuf::new()));
+        assert_eq!(t.path(h), Some(Path::new("z").into()));
+        assert_eq!(t.path(ROOT_INO), Some(Path::new("").into()));
     }
 
     #[test]
@@ -254,7 +255,7 @@ mod tests {
         assert!(!t.forget(10, 3));
         assert!(t.forget(10, 1));
         t.restore(11, Path::new("r"));
-        assert_eq!(t.path(11), Some(PathBuf::from("r")));
+        assert_eq!(t.path(11), Some(Path::new("r").into()));
         assert!(!t.forget(11, 1000), "a restored node stays");
     }
 
@@ -266,18 +267,18 @@ mod tests {
         t.remember(12, Path::new("dx"));
         t.renamed(Path::new("d"), Path::new("e/f"));
         assert_eq!(t.path(10).unwrap().as_os_str(), "e/f");
-        assert_eq!(t.path(11).unwrap(), PathBuf::from("e/f/x"));
-        assert_eq!(t.path(12).unwrap(), PathBuf::from("dx"));
+        assert_eq!(t.path(11).unwrap(), Path::new("e/f/x").into());
+        assert_eq!(t.path(12).unwrap(), Path::new("dx").into());
         t.exchanged(Path::new("e/f"), Path::new("dx"));
-        assert_eq!(t.path(11).unwrap(), PathBuf::from("dx/x"));
-        assert_eq!(t.path(12).unwrap(), PathBuf::from("e/f"));
+        assert_eq!(t.path(11).unwrap(), Path::new("dx/x").into());
+        assert_eq!(t.path(12).unwrap(), Path::new("e/f").into());
         assert_eq!(t.path(12).unwrap().as_os_str(), "e/f");
         // Renamed over: the replaced file loses its name to the moved one.
         t.remember(13, Path::new("g"));
         t.renamed(Path::new("e/f"), Path::new("g"));
         assert_eq!(t.path(13), None);
-        assert_eq!(t.path(12).unwrap(), PathBuf::from("g"));
+        assert_eq!(t.path(12).unwrap(), Path::new("g").into());
         t.renamed(Path::new("g"), Path::new("g"));
-        assert_eq!(t.path(12).unwrap(), PathBuf::from("g"));
+        assert_eq!(t.path(12).unwrap(), Path::new("g").into());
     }
 }

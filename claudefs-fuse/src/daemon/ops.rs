@@ -182,7 +182,7 @@ impl Core {
         )
     }
 
-    fn path(&self, ino: u64) -> SysResult<PathBuf> {
+    fn path(&self, ino: u64) -> SysResult<Arc<Path>> {
         self.inodes.path(ino).ok_or(libc::ENOENT)
     }
 

@@ -73,7 +73,7 @@ impl Core {
         let rel = self
             .inodes
             .path(h.ino)
-            .unwrap_or_else(|| PathBuf::from(&h.path));
+            .unwrap_or_else(|| std::path::Path::new(&h.path).into());
         let flags = h.flags & !CREATE_FLAGS;
         let routed = self.router.run(Retry::Idempotent, |r| {
             let fd = r.open_at(&rel, flags, 0)?;

@@ -4,7 +4,7 @@
 //! (fchmod, fchown, futimens, ftruncate of the open file), as on Linux.
 
 use std::os::fd::RawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use super::{Core, FileAttr, OpenFile, Served, SetTime};
@@ -15,7 +15,7 @@ use crate::daemon::storage::{self, StorageRoot, SysResult};
 /// What a SETATTR changes: the inode by its name, or, for a file that
 /// has no name any more (unlinked while open), through an open handle.
 enum Target {
-    Named(PathBuf),
+    Named(Arc<Path>),
     Open(Arc<OpenFile>),
 }
 
