@@ -193,18 +193,15 @@ impl QueueSched {
     }
 
     /// Starts the guard (under `idle` only); it ends when `stop` is set.
-    pub fn spawn_guard(
-        self: &Arc<Self>,
-        stop: Arc<AtomicBool>,
-    ) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
+    pub fn spawn_guard(self: &Arc<Self>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
         if self.policy != QueuePolicy::Idle {
-            return Ok(None);
+            return Ok(());
         }
         let me = self.clone();
         std::thread::Builder::new()
             .name("cfs-queue-guard".into())
             .spawn(move || me.guard(&stop))
-            .map(Some)
+            .map(drop)
     }
 
     fn guard(&self, stop: &AtomicBool) {
@@ -243,6 +240,9 @@ impl QueueSched {
                             );
                         }
                         Err(e) => {
+                            // Still idle: watched as such, demoted again
+                            // at the next check.
+                            watch.failed(now);
                             tracing::warn!(
                                 queue = qid,
                                 "cannot move a queue thread back to SCHED_OTHER: {e}"
@@ -255,6 +255,8 @@ impl QueueSched {
                             tracing::debug!(queue = qid, "queue thread back to SCHED_IDLE");
                         }
                         Err(e) => {
+                            // Still normal: tried again after a backoff.
+                            watch.failed(now);
                             tracing::debug!(queue = qid, "queue thread stays at SCHED_OTHER: {e}")
                         }
                     },
@@ -333,6 +335,15 @@ impl Watch {
         let mut buf = [0u8; 96];
         let n = self.file.as_ref()?.read_at(&mut buf, 0).ok()?;
         SchedStat::parse(std::str::from_utf8(&buf[..n]).ok()?)
+    }
+
+    /// The class change [`Self::decide`] asked for at `now` did not
+    /// happen: the thread is still in its old class. A thread left idle is
+    /// watched as idle again; one left normal tries again after its
+    /// backoff.
+    pub fn failed(&mut self, now: Instant) {
+        self.idle = !self.idle;
+        self.retry_at = (!self.idle).then(|| now + self.backoff);
     }
 
     /// Folds in the counters read at `now`.
@@ -438,6 +449,28 @@ mod tests {
             Decision::Demote { .. }
         ));
         assert_eq!(w.backoff, FIRST_BACKOFF);
+    }
+
+    #[test]
+    fn a_class_change_that_fails_leaves_the_watch_with_the_thread() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(at(0, 0), true);
+        assert!(matches!(
+            w.decide(t0, at(12_000, 10)),
+            Decision::Demote { .. }
+        ));
+        // The demotion failed: still idle, so contention demotes again.
+        w.failed(t0);
+        assert!(matches!(
+            w.decide(t0 + CHECK_EVERY, at(24_000, 20)),
+            Decision::Demote { .. }
+        ));
+        let t1 = t0 + CHECK_EVERY + w.backoff;
+        assert_eq!(w.decide(t1, at(24_000, 20)), Decision::Promote);
+        // The promotion failed: still normal, tried again after a backoff.
+        w.failed(t1);
+        assert_eq!(w.decide(t1 + CHECK_EVERY, at(90_000, 30)), Decision::Keep);
+        assert_eq!(w.decide(t1 + w.backoff, at(90_000, 30)), Decision::Promote);
     }
 
     #[test]
