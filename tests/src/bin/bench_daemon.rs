@@ -244,11 +244,10 @@ impl PassthroughHp {
         let mut cmd = Command::new(bin);
         cmd.arg("--foreground");
         if uring {
-            let p = "/sys/module/fuse/parameters/enable_uring";
-            let on =
-                fs::read_to_string(p).is_ok_and(|v| v.trim() == "Y") || fs::write(p, b"Y").is_ok();
-            if !on {
-                anyhow::bail!("cannot switch on FUSE over io_uring ({p})");
+            if !claudefs_fuse::session::uring::enable() {
+                anyhow::bail!(
+                    "cannot switch on FUSE over io_uring (/sys/module/fuse/parameters/enable_uring)"
+                );
             }
             cmd.args(["-o", "io_uring"]);
         }
