@@ -10,7 +10,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use super::storage::{cpath, StorageRoot};
+use super::storage::{with_cpath, StorageRoot};
 
 /// Largest handle the kernel hands out (`MAX_HANDLE_SZ`).
 const MAX_HANDLE_SZ: usize = 128;
@@ -36,20 +36,22 @@ impl Handle {
 /// The handle of `rel` under `root` (not following a last symlink), if the
 /// storage gives one.
 pub fn handle_of(root: &StorageRoot, rel: &Path) -> Option<String> {
-    let c = cpath(rel).ok()?;
     let mut h = Handle::empty();
     let mut mount_id: libc::c_int = 0;
-    // SAFETY: valid dirfd and C string; `h` is a `file_handle` whose
-    // `handle_bytes` says how much room follows it.
-    let r = unsafe {
-        libc::name_to_handle_at(
-            root.as_raw_fd(),
-            c.as_ptr(),
-            (&mut h as *mut Handle).cast(),
-            &mut mount_id,
-            0,
-        )
-    };
+    let r = with_cpath(rel, |c| {
+        // SAFETY: valid dirfd and C string; `h` is a `file_handle` whose
+        // `handle_bytes` says how much room follows it.
+        Ok(unsafe {
+            libc::name_to_handle_at(
+                root.as_raw_fd(),
+                c.as_ptr(),
+                (&mut h as *mut Handle).cast(),
+                &mut mount_id,
+                0,
+            )
+        })
+    })
+    .ok()?;
     if r != 0 || h.bytes as usize > MAX_HANDLE_SZ {
         return None;
     }

@@ -34,21 +34,11 @@ fn cvt(ret: libc::c_int) -> SysResult<libc::c_int> {
     }
 }
 
-/// `rel` as a C string for `*at()` (`.` for the root).
-pub fn cpath(rel: &Path) -> SysResult<CString> {
-    let bytes = rel.as_os_str().as_bytes();
-    let bytes = if bytes.is_empty() {
-        b"." as &[u8]
-    } else {
-        bytes
-    };
-    CString::new(bytes).map_err(|_| libc::EINVAL)
-}
-
 /// Runs `f` on `rel` as a C string for `*at()` (`.` for the root), built
-/// on the stack for paths shorter than 256 bytes (rustix's `Arg`): the
-/// per-request calls (stat, open, mknod, unlink) allocate nothing.
-fn with_cpath<T>(rel: &Path, f: impl FnOnce(&std::ffi::CStr) -> SysResult<T>) -> SysResult<T> {
+/// on the stack for paths shorter than 256 bytes (rustix's `Arg`): a
+/// request's call allocates nothing for its path. An interior NUL is
+/// `EINVAL`, before `f` runs.
+pub fn with_cpath<T>(rel: &Path, f: impl FnOnce(&std::ffi::CStr) -> SysResult<T>) -> SysResult<T> {
     use rustix::path::Arg;
     let rel = if rel.as_os_str().is_empty() {
         Path::new(".")
@@ -192,9 +182,11 @@ impl StorageRoot {
 
     /// `mkdirat`.
     pub fn mkdir(&self, rel: &Path, mode: u32) -> SysResult<()> {
-        let c = cpath(rel)?;
-        // SAFETY: valid dirfd and C string.
-        cvt(unsafe { libc::mkdirat(self.raw(), c.as_ptr(), mode as libc::mode_t) }).map(drop)
+        with_cpath(rel, |c| {
+            // SAFETY: valid dirfd and C string.
+            cvt(unsafe { libc::mkdirat(self.raw(), c.as_ptr(), mode as libc::mode_t) })
+        })
+        .map(drop)
     }
 
     /// `mknodat`.
@@ -216,22 +208,28 @@ impl StorageRoot {
     /// `symlinkat(target, rel)`.
     pub fn symlink(&self, target: &Path, rel: &Path) -> SysResult<()> {
         let t = CString::new(target.as_os_str().as_bytes()).map_err(|_| libc::EINVAL)?;
-        let c = cpath(rel)?;
-        // SAFETY: valid C strings and dirfd.
-        cvt(unsafe { libc::symlinkat(t.as_ptr(), self.raw(), c.as_ptr()) }).map(drop)
+        with_cpath(rel, |c| {
+            // SAFETY: valid C strings and dirfd.
+            cvt(unsafe { libc::symlinkat(t.as_ptr(), self.raw(), c.as_ptr()) })
+        })
+        .map(drop)
     }
 
     /// `readlinkat`.
     pub fn readlink(&self, rel: &Path) -> SysResult<Vec<u8>> {
-        let c = cpath(rel)?;
         let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-        // SAFETY: buffer pointer/length describe a writable buffer.
-        let n =
-            unsafe { libc::readlinkat(self.raw(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            return Err(last_errno());
-        }
-        buf.truncate(n as usize);
+        let n = with_cpath(rel, |c| {
+            // SAFETY: buffer pointer/length describe a writable buffer.
+            let n = unsafe {
+                libc::readlinkat(self.raw(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            if n < 0 {
+                Err(last_errno())
+            } else {
+                Ok(n as usize)
+            }
+        })?;
+        buf.truncate(n);
         Ok(buf)
     }
 
@@ -247,47 +245,60 @@ impl StorageRoot {
 
     /// `renameat2`.
     pub fn rename(&self, from: &Path, to: &Path, flags: u32) -> SysResult<()> {
-        let a = cpath(from)?;
-        let b = cpath(to)?;
-        // SAFETY: valid dirfds and C strings.
-        cvt(unsafe { libc::renameat2(self.raw(), a.as_ptr(), self.raw(), b.as_ptr(), flags) })
-            .map(drop)
+        with_cpath(from, |a| {
+            with_cpath(to, |b| {
+                // SAFETY: valid dirfds and C strings.
+                cvt(unsafe {
+                    libc::renameat2(self.raw(), a.as_ptr(), self.raw(), b.as_ptr(), flags)
+                })
+            })
+        })
+        .map(drop)
     }
 
     /// `linkat(existing, new)`.
     pub fn link(&self, existing: &Path, new: &Path) -> SysResult<()> {
-        let a = cpath(existing)?;
-        let b = cpath(new)?;
-        // SAFETY: valid dirfds and C strings.
-        cvt(unsafe { libc::linkat(self.raw(), a.as_ptr(), self.raw(), b.as_ptr(), 0) }).map(drop)
+        with_cpath(existing, |a| {
+            with_cpath(new, |b| {
+                // SAFETY: valid dirfds and C strings.
+                cvt(unsafe { libc::linkat(self.raw(), a.as_ptr(), self.raw(), b.as_ptr(), 0) })
+            })
+        })
+        .map(drop)
     }
 
     /// `fchownat(.., AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves an id unchanged.
     pub fn chown(&self, rel: &Path, uid: u32, gid: u32) -> SysResult<()> {
-        let c = cpath(rel)?;
-        // SAFETY: valid dirfd and C string.
-        cvt(unsafe { libc::fchownat(self.raw(), c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })
-            .map(drop)
+        with_cpath(rel, |c| {
+            // SAFETY: valid dirfd and C string.
+            cvt(unsafe {
+                libc::fchownat(self.raw(), c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW)
+            })
+        })
+        .map(drop)
     }
 
     /// `fchmodat` (symlinks have no mode of their own: refused with EOPNOTSUPP by the kernel).
     pub fn chmod(&self, rel: &Path, mode: u32) -> SysResult<()> {
-        let c = cpath(rel)?;
-        // SAFETY: valid dirfd and C string.
-        cvt(unsafe { libc::fchmodat(self.raw(), c.as_ptr(), mode as libc::mode_t, 0) }).map(drop)
+        with_cpath(rel, |c| {
+            // SAFETY: valid dirfd and C string.
+            cvt(unsafe { libc::fchmodat(self.raw(), c.as_ptr(), mode as libc::mode_t, 0) })
+        })
+        .map(drop)
     }
 
     /// `utimensat(.., AT_SYMLINK_NOFOLLOW)`.
     pub fn utimens(&self, rel: &Path, times: &[libc::timespec; 2]) -> SysResult<()> {
-        let c = cpath(rel)?;
-        // SAFETY: valid dirfd, C string and a 2-element timespec array.
-        cvt(unsafe {
-            libc::utimensat(
-                self.raw(),
-                c.as_ptr(),
-                times.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
+        with_cpath(rel, |c| {
+            // SAFETY: valid dirfd, C string and a 2-element timespec array.
+            cvt(unsafe {
+                libc::utimensat(
+                    self.raw(),
+                    c.as_ptr(),
+                    times.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })
         })
         .map(drop)
     }
