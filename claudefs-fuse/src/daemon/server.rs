@@ -509,11 +509,7 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
             });
             st.keeper = serde_json::to_value(&*view).unwrap_or_default();
             if transport == Transport::Uring {
-                let q = queue_sched.view();
-                st.queues = serde_json::json!({
-                    "policy": queue_sched.policy().name(), "threads": q.threads,
-                    "idle": q.idle, "demotions": q.demotions,
-                });
+                st.queues = serde_json::to_value(queue_sched.view()).unwrap_or_default();
             }
             st
         })

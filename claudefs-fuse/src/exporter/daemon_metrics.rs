@@ -519,5 +519,30 @@ mod tests {
         ] {
             assert!(text.contains(w), "missing {w} in\n{text}");
         }
+        assert!(
+            !text.contains("claudefs_fuse_daemon_queue"),
+            "no queues on dev: {text}"
+        );
+    }
+
+    #[test]
+    fn queue_threads_by_class_over_io_uring() {
+        let v = DaemonView {
+            transport: "uring",
+            queues: Some(QueuesView {
+                idle: 1,
+                normal: 3,
+                demotions: 9,
+            }),
+            ..Default::default()
+        };
+        let text = String::from_utf8(encode(&daemon_families(&v))).unwrap();
+        for w in [
+            "claudefs_fuse_daemon_queue_threads{class=\"idle\"} 1",
+            "claudefs_fuse_daemon_queue_threads{class=\"normal\"} 3",
+            "claudefs_fuse_daemon_queue_demotions_total 9",
+        ] {
+            assert!(text.contains(w), "missing {w} in\n{text}");
+        }
     }
 }

@@ -58,15 +58,6 @@ pub enum QueuePolicy {
     Normal,
 }
 
-impl QueuePolicy {
-    pub fn name(self) -> &'static str {
-        match self {
-            QueuePolicy::Idle => "idle",
-            QueuePolicy::Normal => "normal",
-        }
-    }
-}
-
 /// One queue thread as the guard and the status see it.
 #[derive(Debug, Default)]
 struct Slot {
@@ -87,9 +78,10 @@ pub struct QueueSched {
     unguarded: AtomicBool,
 }
 
-/// What the status and the metrics show.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+/// What the status (as is) and the metrics show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct QueueSchedView {
+    pub policy: QueuePolicy,
     /// Queue threads running.
     pub threads: usize,
     /// Of which at SCHED_IDLE now.
@@ -143,10 +135,6 @@ impl QueueSched {
         }
     }
 
-    pub fn policy(&self) -> QueuePolicy {
-        self.policy
-    }
-
     /// Called by queue thread `qid` as it starts: under `idle` it moves to
     /// SCHED_IDLE, if this process may move a thread back from it (the
     /// guard must be able to demote it; see [`may_leave_idle`]).
@@ -178,6 +166,7 @@ impl QueueSched {
 
     pub fn view(&self) -> QueueSchedView {
         QueueSchedView {
+            policy: self.policy,
             threads: self
                 .slots
                 .iter()
@@ -498,6 +487,7 @@ mod tests {
         assert_eq!(
             q.view(),
             QueueSchedView {
+                policy: QueuePolicy::Normal,
                 threads: 1,
                 idle: 0,
                 demotions: 0
