@@ -6,6 +6,7 @@
 //! probes, waiting, Ctrl-C), the report model and its two renderings.
 
 pub mod args;
+mod build;
 pub mod collect;
 pub mod format;
 pub mod json;
