@@ -19,5 +19,6 @@ pub mod multipath;
 pub mod otel_trace;
 pub mod probes;
 pub mod session;
+pub mod sharded;
 pub mod tracing_client;
 pub mod triage;

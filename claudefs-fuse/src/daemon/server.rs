@@ -502,7 +502,7 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
             st.transport = transport.name().to_string();
             let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
             st.session = serde_json::json!({
-                "requests": c(&counters.requests), "short": c(&counters.short),
+                "requests": counters.requests.get(), "short": c(&counters.short),
                 "malformed": c(&counters.malformed), "unknown": c(&counters.unknown),
                 "panics": c(&counters.panics), "resent": c(&counters.resent),
                 "deduplicated": c(&core.deduplicated),

@@ -28,7 +28,7 @@
 //! | `process.pid`      | caller pid                                |
 //! | `error.errno`      | errno replied, on failure only            |
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sharded::Sharded;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -156,12 +156,19 @@ pub const OPS: [&str; 31] = [
     "write",
 ];
 
-/// Requests answered and answered with an error, per operation
-/// ([`OPS`], then `other`).
-#[derive(Debug, Default)]
-struct OpCounters {
-    answered: [AtomicU64; OPS.len() + 1],
-    errors: [AtomicU64; OPS.len() + 1],
+/// Counted operations: [`OPS`], then `other`.
+const OP_SLOTS: usize = OPS.len() + 1;
+
+/// Requests answered and answered with an error, per operation: counter
+/// `i` answered, `OP_SLOTS + i` errors (every request writes them:
+/// sharded).
+#[derive(Debug)]
+struct OpCounters(Sharded);
+
+impl Default for OpCounters {
+    fn default() -> Self {
+        Self(Sharded::new(2 * OP_SLOTS))
+    }
 }
 
 const fn str_eq(a: &str, b: &str) -> bool {
@@ -298,13 +305,7 @@ impl Spans {
             .copied()
             .chain(["other"])
             .enumerate()
-            .map(|(i, op)| {
-                (
-                    op,
-                    self.ops.answered[i].load(Ordering::Relaxed),
-                    self.ops.errors[i].load(Ordering::Relaxed),
-                )
-            })
+            .map(|(i, op)| (op, self.ops.0.get(i), self.ops.0.get(OP_SLOTS + i)))
             .filter(|(_, n, _)| *n > 0)
             .collect()
     }
@@ -345,9 +346,9 @@ impl Spans {
         errno: Option<i32>,
     ) {
         let Some(s) = span else { return };
-        self.ops.answered[s.op_index].fetch_add(1, Ordering::Relaxed);
+        self.ops.0.add(s.op_index, 1);
         if errno.is_some() {
-            self.ops.errors[s.op_index].fetch_add(1, Ordering::Relaxed);
+            self.ops.0.add(OP_SLOTS + s.op_index, 1);
         }
         if !s.timed {
             return;

@@ -68,8 +68,8 @@ pub trait Handler: Send + Sync + 'static {
 /// Requests the session answered itself, by why.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Requests read.
-    pub requests: AtomicU64,
+    /// Requests read (written by every request: sharded).
+    pub requests: crate::sharded::ShardedCounter,
     /// Shorter than a header (nothing to answer).
     pub short: AtomicU64,
     /// Length or arguments wrong (answered `EINVAL`).
@@ -338,7 +338,7 @@ pub fn serve<H: Handler, G>(
     counters: &Counters,
     enter: impl FnOnce(bool) -> Option<G>,
 ) {
-    counters.requests.fetch_add(1, Ordering::Relaxed);
+    counters.requests.inc();
     let req = match parsed {
         Ok(r) => r,
         Err(e) => {
