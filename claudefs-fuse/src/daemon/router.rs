@@ -14,6 +14,16 @@
 //! replayed and returns the error. With no usable path a request fails at
 //! once with `EIO`.
 //!
+//! Every request reads the router's choice, never its mutex: the path to
+//! use, whether each path is usable and whether requests are slow are
+//! mirrored in atomics, brought up to date whenever the router changes
+//! (the guard of [`Router::lock`] does it on unlock). Latencies gather in
+//! per-thread shards ([`crate::sharded`]) and are folded into the EMAs at
+//! most every [`FOLD_EVERY`] (and whenever status or the health checker
+//! looks), a batch counting as that many requests of its mean latency.
+//! Only round robin over two or more usable paths takes the mutex per
+//! request (its choice moves with every request).
+//!
 //! The health checker thread probes Failed and Reconnecting paths every
 //! `interval`: it re-opens the root directory by name (a remounted export
 //! is a new mount) and checks that it is the same storage (root `st_ino`)
@@ -21,11 +31,15 @@
 //! only after [`PROBES_TO_ACTIVE`] consecutive good probes Active again; a
 //! failed probe sends it back to Failed.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crossbeam_utils::sync::ShardedLock;
+
 use crate::multipath::{LoadBalancePolicy, MultipathRouter, PathId, PathInfo, PathState};
+use crate::sharded::Sharded;
 
 use super::storage::{Errno, StorageRoot, SysResult};
 
@@ -90,12 +104,14 @@ pub enum Retry {
 #[derive(Debug)]
 struct Slot {
     dir: std::path::PathBuf,
-    root: RwLock<Arc<StorageRoot>>,
+    /// Read by every request (per-thread shards), replaced by the health
+    /// checker after a reconnect.
+    root: ShardedLock<Arc<StorageRoot>>,
     good_probes: Mutex<u32>,
-    /// Times the router picked this path.
-    selected: AtomicU64,
     /// Sick answers since start (the router's own count resets).
     errors: AtomicU64,
+    /// The router's state of the path says it takes requests (mirror).
+    usable: AtomicBool,
 }
 
 /// Monotonic counters of one path, for the metrics.
@@ -116,6 +132,59 @@ pub struct Router {
     kernel_latency: AtomicBool,
     /// A usable path's latency EMA is above [`SLOW_EMA_US`] (see `slow`).
     slow: AtomicBool,
+    /// The path every request takes ([`PICK_NONE`], [`PICK_LOCKED`]).
+    pick: AtomicU64,
+    /// Times the router picked each path.
+    selected: Sharded,
+    /// Latencies not yet in the EMAs, per path: the sum in microseconds
+    /// above [`COUNT_BITS`], their number below.
+    pending: Sharded,
+    /// When latencies were last folded in (ns since `epoch`).
+    folded_ns: AtomicU64,
+    epoch: Instant,
+}
+
+/// No usable path: requests fail with `EIO`.
+const PICK_NONE: u64 = u64::MAX;
+/// Round robin over several paths: ask the router each time.
+const PICK_LOCKED: u64 = u64::MAX - 1;
+
+/// Latencies gathered in the shards are folded into the EMAs at most
+/// this often (by the request that finds them older).
+pub const FOLD_EVERY: Duration = Duration::from_millis(1);
+
+/// Bits of a pending entry that count its latencies.
+const COUNT_BITS: u32 = 20;
+/// A latency counts at most this many microseconds (71 minutes), so a
+/// batch's sum cannot overflow its 44 bits.
+const MAX_PENDING_US: u64 = u32::MAX as u64;
+/// A batch of n equal latencies moves the EMA as n requests do; past this
+/// many the old value's weight (7/8)^n is below 0.02%.
+const FOLD_STEPS: u64 = 64;
+
+/// The router, locked; on unlock the mirrors follow what changed.
+struct Locked<'a> {
+    guard: MutexGuard<'a, MultipathRouter>,
+    owner: &'a Router,
+}
+
+impl Deref for Locked<'_> {
+    type Target = MultipathRouter;
+    fn deref(&self) -> &MultipathRouter {
+        &self.guard
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut MultipathRouter {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.owner.mirror(&mut self.guard);
+    }
 }
 
 /// Above this latency EMA (microseconds) a path's requests may block a
@@ -145,33 +214,63 @@ impl Router {
                 .map_err(|e| anyhow::anyhow!("adding path {}: {e}", root.dir.display()))?;
             slots.push(Slot {
                 dir: root.dir.clone(),
-                root: RwLock::new(Arc::new(root)),
+                root: ShardedLock::new(Arc::new(root)),
                 good_probes: Mutex::new(0),
-                selected: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
+                usable: AtomicBool::new(false),
             });
         }
-        Ok(Self {
+        let n = slots.len();
+        let me = Self {
             slots,
             router: Mutex::new(router),
             root_ino,
             kernel_latency: AtomicBool::new(false),
             slow: AtomicBool::new(false),
-        })
+            pick: AtomicU64::new(PICK_NONE),
+            selected: Sharded::new(n),
+            pending: Sharded::new(n),
+            folded_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+        };
+        drop(me.lock());
+        Ok(me)
     }
 
-    fn lock(&self) -> MutexGuard<'_, MultipathRouter> {
-        self.router.lock().unwrap_or_else(|p| p.into_inner())
+    /// The router, locked (its mirrors are brought up to date on unlock).
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: self.router.lock().unwrap_or_else(|p| p.into_inner()),
+            owner: self,
+        }
     }
 
-    /// Whether requests may take long: a usable path's latency EMA is
-    /// above [`SLOW_EMA_US`]. Kept up to date on every latency, error and
-    /// state change.
-    pub fn slow(&self) -> bool {
-        self.slow.load(Ordering::Relaxed)
-    }
-
-    fn refresh_slow(&self, r: &MultipathRouter) {
+    /// Brings the atomics requests read in line with `r`.
+    fn mirror(&self, r: &mut MultipathRouter) {
+        let mut usable = 0;
+        let mut only = PICK_NONE;
+        for p in r.paths() {
+            let u = p.is_usable();
+            if let Some(s) = self.slots.get(p.id.0 as usize) {
+                if s.usable.load(Ordering::Relaxed) != u {
+                    s.usable.store(u, Ordering::Relaxed);
+                }
+            }
+            if u {
+                usable += 1;
+                only = p.id.0;
+            }
+        }
+        let pick = match (r.policy(), usable) {
+            (_, 0) => PICK_NONE,
+            (_, 1) => only,
+            (LoadBalancePolicy::RoundRobin, _) => PICK_LOCKED,
+            // Least latency and primary choose without changing the router.
+            _ => r.select_path().map_or(PICK_NONE, |p| p.0),
+        };
+        if self.pick.load(Ordering::Relaxed) != pick {
+            self.pick.store(pick, Ordering::Relaxed);
+        }
         let slow = r
             .paths()
             .iter()
@@ -181,11 +280,27 @@ impl Router {
         }
     }
 
+    /// Whether requests may take long: a usable path's latency EMA is
+    /// above [`SLOW_EMA_US`]. Kept up to date on every latency, error and
+    /// state change.
+    pub fn slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+
     /// Root of path `id`.
     pub fn root(&self, id: u64) -> Option<Arc<StorageRoot>> {
         let slot = self.slots.get(id as usize)?;
         let root = slot.root.read().unwrap_or_else(|p| p.into_inner());
         Some(root.clone())
+    }
+
+    /// Runs `f` on path `id`'s root, or `None` for no such path (the root
+    /// stays read-locked in this thread's shard meanwhile, no reference
+    /// count moves).
+    fn on_root<T>(&self, id: u64, f: impl FnOnce(&StorageRoot) -> T) -> Option<T> {
+        let slot = self.slots.get(id as usize)?;
+        let root = slot.root.read().unwrap_or_else(|p| p.into_inner());
+        Some(f(&root))
     }
 
     /// Number of storage paths.
@@ -200,13 +315,15 @@ impl Router {
 
     /// Whether path `id` may take requests.
     pub fn usable(&self, id: u64) -> bool {
-        self.lock()
-            .get_path(PathId(id))
-            .is_some_and(|p| p.is_usable())
+        self.slots
+            .get(id as usize)
+            .is_some_and(|s| s.usable.load(Ordering::Relaxed))
     }
 
-    /// A copy of every path's info (for status).
+    /// A copy of every path's info (for status), pending latencies folded
+    /// in first.
     pub fn snapshot(&self) -> Vec<(PathInfo, std::path::PathBuf)> {
+        self.fold();
         let r = self.lock();
         r.paths()
             .iter()
@@ -216,10 +333,12 @@ impl Router {
 
     /// Picks a usable path.
     pub fn select(&self) -> SysResult<u64> {
-        let id = self.lock().select_path().map(|p| p.0).ok_or(libc::EIO)?;
-        if let Some(s) = self.slots.get(id as usize) {
-            s.selected.fetch_add(1, Ordering::Relaxed);
-        }
+        let id = match self.pick.load(Ordering::Relaxed) {
+            PICK_NONE => return Err(libc::EIO),
+            PICK_LOCKED => self.lock().select_path().map(|p| p.0).ok_or(libc::EIO)?,
+            id => id,
+        };
+        self.selected.add(id as usize, 1);
         Ok(id)
     }
 
@@ -227,8 +346,9 @@ impl Router {
     pub fn counters(&self) -> Vec<PathCounters> {
         self.slots
             .iter()
-            .map(|s| PathCounters {
-                selected: s.selected.load(Ordering::Relaxed),
+            .enumerate()
+            .map(|(i, s)| PathCounters {
+                selected: self.selected.get(i),
                 errors: s.errors.load(Ordering::Relaxed),
             })
             .collect()
@@ -240,11 +360,44 @@ impl Router {
         self.kernel_latency.store(on, Ordering::Relaxed);
     }
 
-    /// Folds a latency measured elsewhere (the kernel's) into path `id`'s EMA.
+    /// Adds a request's latency on path `id` (measured here or by the
+    /// kernel) to the pending ones; folds them in when due.
     pub fn record_latency(&self, id: u64, latency: Duration) {
+        self.record_latency_at(id, latency, Instant::now());
+    }
+
+    fn record_latency_at(&self, id: u64, latency: Duration, now: Instant) {
+        let us = (latency.as_micros() as u64).min(MAX_PENDING_US);
+        self.pending.add(id as usize, (us << COUNT_BITS) | 1);
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let last = self.folded_ns.load(Ordering::Relaxed);
+        let due = last == 0 || now_ns.saturating_sub(last) >= FOLD_EVERY.as_nanos() as u64;
+        // One request folds; the others carry on.
+        if due
+            && self
+                .folded_ns
+                .compare_exchange(last, now_ns.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.fold();
+        }
+    }
+
+    /// Folds every path's pending latencies into its EMA: a batch of n
+    /// latencies counts as n requests of their mean.
+    pub fn fold(&self) {
         let mut r = self.lock();
-        let _ = r.record_success(PathId(id), latency.as_micros() as u64);
-        self.refresh_slow(&r);
+        for id in 0..self.slots.len() {
+            let p = self.pending.take(id);
+            let n = p & ((1 << COUNT_BITS) - 1);
+            if n == 0 {
+                continue;
+            }
+            let mean = (p >> COUNT_BITS) / n;
+            for _ in 0..n.min(FOLD_STEPS) {
+                let _ = r.record_success(PathId(id as u64), mean);
+            }
+        }
     }
 
     /// Starts one request: the time to measure it from, unless path
@@ -259,7 +412,8 @@ impl Router {
             Some(e) if is_path_error(e) => self.sick_answer(id, e),
             _ => {
                 if let Some(t0) = t0 {
-                    self.record_latency(id, t0.elapsed());
+                    let now = Instant::now();
+                    self.record_latency_at(id, now.saturating_duration_since(t0), now);
                 }
             }
         }
@@ -303,7 +457,6 @@ impl Router {
             }
             let _ = r.mark_failed(PathId(id));
         }
-        self.refresh_slow(&r);
     }
 
     /// Runs `f` on a selected path; retries on the next usable path when
@@ -326,15 +479,14 @@ impl Router {
                     }
                 }
             };
-            let Some(root) = self.root(id) else {
+            let t0 = self.start();
+            let Some(r) = self.on_root(id, &mut f) else {
                 return Routed {
                     result: Err(libc::EIO),
                     path,
                 };
             };
             path = Some(id);
-            let t0 = self.start();
-            let r = f(&root);
             let err = r.as_ref().err().copied();
             self.report(id, t0, err);
             let r = r.map_err(|e| answer(e, self.usable(id)));
@@ -351,14 +503,13 @@ impl Router {
 
     /// Runs `f` on path `id` (an open file's path), reporting the outcome.
     pub fn run_on<T>(&self, id: u64, f: impl FnOnce(&StorageRoot) -> SysResult<T>) -> Routed<T> {
-        let Some(root) = self.root(id) else {
+        let t0 = self.start();
+        let Some(r) = self.on_root(id, f) else {
             return Routed {
                 result: Err(libc::EIO),
                 path: None,
             };
         };
-        let t0 = self.start();
-        let r = f(&root);
         self.report(id, t0, r.as_ref().err().copied());
         Routed {
             result: r.map_err(|e| answer(e, self.usable(id))),
@@ -385,7 +536,19 @@ impl Router {
             let mut good = slot.good_probes.lock().unwrap_or_else(|p| p.into_inner());
             match fresh {
                 Some(root) => {
-                    *slot.root.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(root);
+                    // Requests read the root while they run; one hung on
+                    // the dead one must not hold up the checker: try
+                    // again next round.
+                    match slot.root.try_write() {
+                        Ok(mut r) => *r = Arc::new(root),
+                        Err(std::sync::TryLockError::Poisoned(p)) => {
+                            *p.into_inner() = Arc::new(root)
+                        }
+                        Err(std::sync::TryLockError::WouldBlock) => {
+                            tracing::debug!(path = i, "old root still in use: next probe");
+                            continue;
+                        }
+                    }
                     *good += 1;
                     let mut r = self.lock();
                     if state == PathState::Failed {
@@ -397,13 +560,10 @@ impl Router {
                         *good = 0;
                         tracing::info!(path = i, "storage path active again");
                     }
-                    self.refresh_slow(&r);
                 }
                 None => {
                     *good = 0;
-                    let mut r = self.lock();
-                    let _ = r.mark_failed(id);
-                    self.refresh_slow(&r);
+                    let _ = self.lock().mark_failed(id);
                 }
             }
         }
@@ -421,6 +581,7 @@ impl Router {
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(interval);
+                    me.fold();
                     me.probe_once();
                 }
             })
@@ -428,181 +589,4 @@ impl Router {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn two_paths() -> (tempfile::TempDir, Router) {
-        let d = tempfile::tempdir().unwrap();
-        let ino = StorageRoot::open(d.path())
-            .unwrap()
-            .stat(std::path::Path::new(""))
-            .unwrap()
-            .st_ino;
-        let roots = vec![
-            (StorageRoot::open(d.path()).unwrap(), 100, "a".to_string()),
-            (StorageRoot::open(d.path()).unwrap(), 100, "b".to_string()),
-        ];
-        (
-            d,
-            Router::new(LoadBalancePolicy::RoundRobin, roots, ino).unwrap(),
-        )
-    }
-
-    #[test]
-    fn idempotent_requests_retry_on_next_path() {
-        let (_d, r) = two_paths();
-        let mut calls = 0;
-        let out = r.run(Retry::Idempotent, |_| {
-            calls += 1;
-            if calls == 1 {
-                Err(libc::ENOTCONN)
-            } else {
-                Ok(7)
-            }
-        });
-        assert_eq!(out.result, Ok(7));
-        assert_eq!(calls, 2);
-        // The path that answered comes back with the answer.
-        assert!(out.path.is_some());
-        let first = r.run(Retry::Idempotent, |_| Ok(())).path;
-        let second = r.run(Retry::Idempotent, |_| Ok(())).path;
-        assert_ne!(first, second, "round robin over two paths");
-    }
-
-    #[test]
-    fn non_idempotent_requests_are_not_replayed() {
-        let (_d, r) = two_paths();
-        let mut calls = 0;
-        let out: SysResult<()> = r
-            .run(Retry::Once, |_| {
-                calls += 1;
-                Err(libc::EIO)
-            })
-            .result;
-        assert_eq!(out, Err(libc::EIO));
-        assert_eq!(calls, 1);
-        // An ordinary errno is an answer, not a sick path.
-        assert_eq!(
-            r.run(Retry::Idempotent, |_| -> SysResult<()> {
-                Err(libc::ENOENT)
-            })
-            .result,
-            Err(libc::ENOENT)
-        );
-    }
-
-    #[test]
-    fn a_sick_answer_of_a_path_that_failed_under_it_is_eio() {
-        let (_d, r) = two_paths();
-        // The roots answer: a sick-looking errno is the file's own.
-        let out = r.run(Retry::Once, |_| -> SysResult<()> { Err(libc::ENXIO) });
-        assert_eq!(out.result, Err(libc::ENXIO));
-        assert!(r.usable(0) && r.usable(1));
-        // The path fails while the request is on it (as when a concurrent
-        // request found its root dead): what the dead storage said (a
-        // killed FUSE storage: ECONNABORTED) is answered EIO, once.
-        let mut calls = 0;
-        let out = r.run(Retry::Once, |_| -> SysResult<()> {
-            calls += 1;
-            let _ = r.lock().mark_failed(PathId(0));
-            let _ = r.lock().mark_failed(PathId(1));
-            Err(libc::ECONNABORTED)
-        });
-        assert_eq!((out.result, calls), (Err(libc::EIO), 1));
-        let out = r.run_on(1, |_| -> SysResult<()> { Err(libc::ENOTCONN) });
-        assert_eq!(out.result, Err(libc::EIO));
-        // A plain answer of a failed path stays what it is.
-        let out = r.run_on(1, |_| -> SysResult<()> { Err(libc::ENOENT) });
-        assert_eq!(out.result, Err(libc::ENOENT));
-        assert_eq!(answer(libc::ESTALE, true), libc::ESTALE);
-        assert_eq!(answer(libc::ESTALE, false), libc::EIO);
-    }
-
-    #[test]
-    fn enxio_and_enodev_of_a_live_root_are_the_files_answers() {
-        let (_d, r) = two_paths();
-        for e in [libc::ENXIO, libc::ENODEV] {
-            for _ in 0..10 {
-                let out = r.run(Retry::Once, |_| -> SysResult<()> { Err(e) });
-                assert_eq!(out.result, Err(e));
-            }
-        }
-        // Twenty answers, not one counted: both paths stay Active.
-        for id in 0..2 {
-            assert_eq!(
-                r.lock().get_path(PathId(id)).unwrap().state,
-                PathState::Active
-            );
-        }
-        assert!(r.counters().iter().all(|c| c.errors == 0));
-        // EIO of a live root still counts against its path.
-        let out = r.run(Retry::Once, |_| -> SysResult<()> { Err(libc::EIO) });
-        assert_eq!(out.result, Err(libc::EIO));
-        assert_eq!(r.counters().iter().map(|c| c.errors).sum::<u64>(), 1);
-    }
-
-    #[test]
-    fn failed_path_needs_three_good_probes() {
-        let (_d, r) = two_paths();
-        let _ = r.lock().mark_failed(PathId(0));
-        assert!(!r.usable(0));
-        r.probe_once();
-        assert_eq!(
-            r.lock().get_path(PathId(0)).unwrap().state,
-            PathState::Reconnecting
-        );
-        r.probe_once();
-        assert!(!r.usable(0));
-        r.probe_once();
-        assert!(r.usable(0));
-    }
-
-    #[test]
-    fn no_usable_path_fails_fast() {
-        let (_d, r) = two_paths();
-        let _ = r.lock().mark_failed(PathId(0));
-        let _ = r.lock().mark_failed(PathId(1));
-        let out = r.run(Retry::Idempotent, |_| Ok(()));
-        assert_eq!((out.result, out.path), (Err(libc::EIO), None));
-    }
-
-    #[test]
-    fn slow_follows_the_usable_paths_latency() {
-        let (_d, r) = two_paths();
-        assert!(!r.slow(), "a fresh path's 1 ms baseline is not slow");
-        for _ in 0..30 {
-            r.record_latency(1, Duration::from_millis(20));
-        }
-        assert!(r.slow());
-        // A slow path that fails is no longer picked: not slow any more.
-        let _ = r.lock().mark_failed(PathId(1));
-        r.path_failed(0); // a sick answer on path 0 whose root still answers
-        assert!(r.usable(0));
-        assert!(!r.slow());
-        for _ in 0..40 {
-            r.record_latency(0, Duration::from_micros(10));
-        }
-        assert!(!r.slow());
-    }
-
-    #[test]
-    fn every_request_feeds_its_paths_latency_ema() {
-        let (_d, r) = two_paths();
-        let ema = |id| r.lock().get_path(PathId(id)).unwrap().metrics.latency_us;
-        for _ in 0..200 {
-            r.run(Retry::Idempotent, |_| Ok(())).result.unwrap();
-        }
-        // 100 near-instant requests per path: each EMA falls from its
-        // 1000 us baseline by 7/8 per request, to about 0.
-        assert!(ema(0) < 5 && ema(1) < 5, "{} {}", ema(0), ema(1));
-        r.set_kernel_latency(true);
-        let _ = r.run_on(0, |_| {
-            std::thread::sleep(Duration::from_millis(20));
-            Ok(())
-        });
-        assert!(
-            ema(0) < 5,
-            "with --ebpf the kernel's latency is recorded instead"
-        );
-    }
-}
+mod tests;
