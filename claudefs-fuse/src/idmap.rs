@@ -11,7 +11,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::error::{FuseError, Result};
 
@@ -95,19 +95,53 @@ impl IdTable {
     }
 }
 
-/// Counters of one id kind.
+/// Counter shards of one id kind (a power of two).
+const SHARDS: usize = 8;
+
+/// The next shard a thread counts in.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard (handed out in order on first use).
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
+/// One thread's counts, a cache line pair of its own.
+#[repr(align(128))]
 #[derive(Debug, Default)]
-struct Counters {
+struct Shard {
     lookups: AtomicU64,
     hits: AtomicU64,
 }
 
+/// Counters of one id kind. Every getattr maps an id of each kind from
+/// the threads serving every CPU; one shared counter would move its cache
+/// line between those CPUs each time, so each thread counts in a shard of
+/// its own and a read adds the shards up.
+#[derive(Debug, Default)]
+struct Counters {
+    shards: [Shard; SHARDS],
+}
+
 impl Counters {
     fn count(&self, hit: bool) {
-        self.lookups.fetch_add(1, Ordering::Relaxed);
+        let s = &self.shards[SHARD.with(|s| *s)];
+        s.lookups.fetch_add(1, Ordering::Relaxed);
         if hit {
-            self.hits.fetch_add(1, Ordering::Relaxed);
+            s.hits.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn lookups(&self) -> u64 {
+        self.shards
+            .iter()
+            .fold(0u64, |a, s| a.wrapping_add(s.lookups.load(Ordering::Relaxed)))
+    }
+
+    fn hits(&self) -> u64 {
+        self.shards
+            .iter()
+            .fold(0u64, |a, s| a.wrapping_add(s.hits.load(Ordering::Relaxed)))
     }
 }
 
@@ -194,10 +228,10 @@ impl IdMapper {
     /// A snapshot of the lookup counters.
     pub fn stats(&self) -> IdMapStats {
         IdMapStats {
-            uid_lookups: self.uid_counters.lookups.load(Ordering::Relaxed),
-            gid_lookups: self.gid_counters.lookups.load(Ordering::Relaxed),
-            uid_hits: self.uid_counters.hits.load(Ordering::Relaxed),
-            gid_hits: self.gid_counters.hits.load(Ordering::Relaxed),
+            uid_lookups: self.uid_counters.lookups(),
+            gid_lookups: self.gid_counters.lookups(),
+            uid_hits: self.uid_counters.hits(),
+            gid_hits: self.gid_counters.hits(),
         }
     }
 
@@ -469,12 +503,14 @@ mod tests {
         let mut m = IdMapper::new(IdMapMode::Table);
         m.add_uid_entry(entry(5, 50)).unwrap();
         let m = std::sync::Arc::new(m);
-        let threads: Vec<_> = (0..4)
+        // More threads than counter shards: some share one.
+        let threads: Vec<_> = (0..12)
             .map(|_| {
                 let m = std::sync::Arc::clone(&m);
                 std::thread::spawn(move || {
                     for _ in 0..250 {
                         assert_eq!(m.map_uid(5), 50);
+                        assert_eq!(m.map_uid(6), 6);
                     }
                 })
             })
@@ -482,8 +518,8 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(m.stats().uid_lookups, 1000);
-        assert_eq!(m.stats().uid_hits, 1000);
+        assert_eq!(m.stats().uid_lookups, 6000);
+        assert_eq!(m.stats().uid_hits, 3000);
     }
 
     #[test]
