@@ -133,9 +133,9 @@ impl Counters {
     }
 
     fn lookups(&self) -> u64 {
-        self.shards
-            .iter()
-            .fold(0u64, |a, s| a.wrapping_add(s.lookups.load(Ordering::Relaxed)))
+        self.shards.iter().fold(0u64, |a, s| {
+            a.wrapping_add(s.lookups.load(Ordering::Relaxed))
+        })
     }
 
     fn hits(&self) -> u64 {

