@@ -378,6 +378,7 @@ fn queue_thread<H: Handler>(
     qr.arm_event()?;
     let sender: Arc<dyn Sender> = qr.queue.clone();
     let mut done = Vec::with_capacity(MAX_ENTRIES);
+    let mut answered = Vec::with_capacity(MAX_ENTRIES);
     let mut held = 0usize;
     loop {
         match qr.ring.submit_and_wait(1) {
@@ -418,9 +419,11 @@ fn queue_thread<H: Handler>(
                 None::<()>
             });
         }
-        let answered = std::mem::take(&mut *qr.queue.answered.lock());
+        // Swapped, not taken: both vectors keep their capacity (no
+        // allocation per round).
+        std::mem::swap(&mut answered, &mut *qr.queue.answered.lock());
         let committed = !answered.is_empty();
-        for slot in answered {
+        for slot in answered.drain(..) {
             held = held.saturating_sub(1);
             qr.commit(slot)?;
         }
@@ -481,7 +484,7 @@ impl Session {
             let queue = Arc::new(Queue {
                 qid: qid as u16,
                 entries: (0..MAX_ENTRIES).map(|_| OnceLock::new()).collect(),
-                answered: parking_lot::Mutex::new(Vec::new()),
+                answered: parking_lot::Mutex::new(Vec::with_capacity(MAX_ENTRIES)),
                 // SAFETY: `ev` was just created and is owned here.
                 event: unsafe { OwnedFd::from_raw_fd(ev) },
             });
