@@ -8,6 +8,7 @@
 //! `triage` turns what it records into a report.
 
 pub mod cli;
+pub mod clock;
 pub mod crash_recovery;
 pub mod daemon;
 pub mod error;

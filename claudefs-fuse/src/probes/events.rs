@@ -18,7 +18,7 @@ use claudefs_ebpf_common::{
     EventConfig, RequestEventRaw, EVENTS_ALL, EVENTS_OFF, EVENTS_ONE_IN, EVENTS_SLOWER_THAN,
 };
 
-use crate::probes::clock::MonoToUnix;
+use crate::clock::MonoToUnix;
 
 /// Bytes one event takes in the ring buffer: the record and the kernel's
 /// 8-byte record header (`BPF_RINGBUF_HDR_SZ`), rounded up to 8 bytes as

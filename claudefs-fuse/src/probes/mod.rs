@@ -16,7 +16,6 @@
 //! the report consumes.
 
 pub mod btf;
-pub mod clock;
 pub mod dev;
 pub mod error;
 pub mod events;
@@ -38,7 +37,7 @@ use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::Ebpf;
 use claudefs_ebpf_common::{counter, map_names, EventConfig, FlockPending, ProcKey, WaiterKey};
 
-use crate::probes::clock::MonoToUnix;
+use crate::clock::{self, MonoToUnix};
 pub use crate::probes::error::ProbeError;
 use crate::probes::events::EventQueue;
 pub use crate::probes::events::{EventFilter, RequestEvent};
