@@ -9,9 +9,12 @@
 //! Each inode keeps its path relative to the storage root (the most recent
 //! name it was looked up under) and the kernel's lookup count; `forget`
 //! drops it at zero. Renames rewrite the paths of the moved entry and of
-//! everything below it.
+//! everything below it (a walk over the table). A name belongs to one
+//! inode at a time, and an index from name to inode lets an unlink find
+//! its inode without that walk.
 
 use super::nummap::NumMap;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -45,6 +48,65 @@ struct Node {
 #[derive(Debug)]
 struct Inner {
     nodes: NumMap<u64, Node>,
+    /// The inode each name in `nodes` is of.
+    by_path: HashMap<Arc<Path>, u64>,
+}
+
+impl Inner {
+    /// Gives `path` (already first among `ino`'s names) to `ino` alone:
+    /// an inode that had it loses it.
+    fn index(&mut self, path: &Arc<Path>, ino: u64) {
+        match self.by_path.insert(path.clone(), ino) {
+            Some(old) if old != ino => {
+                if let Some(n) = self.nodes.get_mut(&old) {
+                    n.paths.retain(|p| p != path);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Name `path` is gone: from the index and from its inode.
+    fn drop_name(&mut self, path: &Path) {
+        if let Some(ino) = self.by_path.remove(path) {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                n.paths.retain(|p| **p != *path);
+            }
+        }
+    }
+
+    /// Rewrites every name `f` maps to a new one, index included.
+    fn rewrite(&mut self, f: impl Fn(&Path) -> Option<PathBuf>) {
+        let mut moved = Vec::new();
+        for (&ino, node) in self.nodes.iter_mut() {
+            let before = moved.len();
+            for p in node.paths.iter_mut() {
+                if let Some(new) = f(p) {
+                    let new: Arc<Path> = new.into();
+                    moved.push((std::mem::replace(p, new.clone()), new, ino));
+                }
+            }
+            if moved.len() > before {
+                // Two names can become one (a stale name under the target).
+                let mut seen: Vec<Arc<Path>> = Vec::with_capacity(node.paths.len());
+                node.paths.retain(|p| {
+                    let dup = seen.contains(p);
+                    if !dup {
+                        seen.push(p.clone());
+                    }
+                    !dup
+                });
+            }
+        }
+        for (old, _, ino) in &moved {
+            if self.by_path.get(old) == Some(ino) {
+                self.by_path.remove(old);
+            }
+        }
+        for (_, new, ino) in &moved {
+            self.index(new, *ino);
+        }
+    }
 }
 
 /// Inode number <-> path table.
@@ -57,17 +119,19 @@ pub struct InodeTable {
 impl InodeTable {
     /// A table whose root directory has backing `st_ino` `root_backing`.
     pub fn new(root_backing: u64) -> Self {
+        let root: Arc<Path> = Arc::from(Path::new(""));
         let mut nodes = NumMap::default();
         nodes.insert(
             ROOT_INO,
             Node {
-                paths: vec![Arc::from(Path::new(""))],
+                paths: vec![root.clone()],
                 lookups: 1,
             },
         );
+        let by_path = HashMap::from([(root, ROOT_INO)]);
         Self {
             root_backing,
-            inner: RwLock::new(Inner { nodes }),
+            inner: RwLock::new(Inner { nodes, by_path }),
         }
     }
 
@@ -119,13 +183,15 @@ impl InodeTable {
             paths: Vec::new(),
             lookups: 0,
         });
-        let mut changed = false;
-        if ino != ROOT_INO || node.paths.is_empty() {
-            changed = node.paths.first().is_none_or(|p| **p != *path);
-            node.paths.retain(|p| **p != *path);
-            node.paths.insert(0, Arc::from(path));
-        }
         node.lookups = node.lookups.saturating_add(1);
+        let changed = (ino != ROOT_INO || node.paths.is_empty())
+            && node.paths.first().is_none_or(|p| **p != *path);
+        if changed {
+            node.paths.retain(|p| **p != *path);
+            let name: Arc<Path> = Arc::from(path);
+            node.paths.insert(0, name.clone());
+            inner.index(&name, ino);
+        }
         (ino, changed)
     }
 
@@ -135,10 +201,19 @@ impl InodeTable {
         if ino == ROOT_INO {
             return;
         }
-        self.write().nodes.entry(ino).or_insert_with(|| Node {
-            paths: vec![Arc::from(path)],
-            lookups: RESTORED_LOOKUPS,
-        });
+        let mut inner = self.write();
+        if inner.nodes.contains_key(&ino) {
+            return;
+        }
+        let name: Arc<Path> = Arc::from(path);
+        inner.nodes.insert(
+            ino,
+            Node {
+                paths: vec![name.clone()],
+                lookups: RESTORED_LOOKUPS,
+            },
+        );
+        inner.index(&name, ino);
     }
 
     /// The kernel dropped `n` lookups of `ino`; says whether it is gone.
@@ -150,7 +225,13 @@ impl InodeTable {
         if let Some(node) = inner.nodes.get_mut(&ino) {
             node.lookups = node.lookups.saturating_sub(n);
             if node.lookups == 0 {
-                inner.nodes.remove(&ino);
+                if let Some(gone) = inner.nodes.remove(&ino) {
+                    for p in &gone.paths {
+                        if inner.by_path.get(p) == Some(&ino) {
+                            inner.by_path.remove(p);
+                        }
+                    }
+                }
                 return true;
             }
         }
@@ -162,10 +243,7 @@ impl InodeTable {
     /// reached through its open handles, see `Core::getattr`), so nothing
     /// finds it, or a file made later under the same name, by that name.
     pub fn unlinked(&self, rel: &Path) {
-        let mut inner = self.write();
-        for node in inner.nodes.values_mut() {
-            node.paths.retain(|p| **p != *rel);
-        }
+        self.write().drop_name(rel);
     }
 
     /// `from` was renamed to `to`: rewrite it and everything below it.
@@ -173,29 +251,20 @@ impl InodeTable {
         if from.as_os_str().is_empty() || from == to {
             return;
         }
-        self.unlinked(to);
         let mut inner = self.write();
-        for node in inner.nodes.values_mut() {
-            for p in node.paths.iter_mut() {
-                if let Ok(rest) = p.strip_prefix(from) {
-                    *p = rejoin(to, rest).into();
-                }
-            }
-        }
+        inner.drop_name(to);
+        inner.rewrite(|p| p.strip_prefix(from).ok().map(|rest| rejoin(to, rest)));
     }
 
     /// `a` and `b` were exchanged.
     pub fn exchanged(&self, a: &Path, b: &Path) {
-        let mut inner = self.write();
-        for node in inner.nodes.values_mut() {
-            for p in node.paths.iter_mut() {
-                if let Ok(rest) = p.strip_prefix(a) {
-                    *p = rejoin(b, rest).into();
-                } else if let Ok(rest) = p.strip_prefix(b) {
-                    *p = rejoin(a, rest).into();
-                }
+        self.write().rewrite(|p| {
+            if let Ok(rest) = p.strip_prefix(a) {
+                Some(rejoin(b, rest))
+            } else {
+                p.strip_prefix(b).ok().map(|rest| rejoin(a, rest))
             }
-        }
+        });
     }
 
     /// Number of inodes held (root included).
@@ -280,5 +349,129 @@ mod tests {
         assert_eq!(t.path(12).unwrap(), Path::new("g").into());
         t.renamed(Path::new("g"), Path::new("g"));
         assert_eq!(t.path(12).unwrap(), Path::new("g").into());
+    }
+
+    /// The table as it was before the name index: every operation walks
+    /// all nodes. A name still belongs to one inode at a time.
+    #[derive(Default)]
+    struct Walking {
+        nodes: std::collections::BTreeMap<u64, (Vec<PathBuf>, u64)>,
+    }
+
+    impl Walking {
+        fn take_name(&mut self, path: &Path) {
+            for (paths, _) in self.nodes.values_mut() {
+                paths.retain(|p| p != path);
+            }
+        }
+
+        fn remember(&mut self, ino: u64, path: &Path) {
+            let (paths, _) = self.nodes.get(&ino).cloned().unwrap_or_default();
+            if paths.first().map(PathBuf::as_path) != Some(path) {
+                self.take_name(path);
+            }
+            let node = self.nodes.entry(ino).or_default();
+            if node.0.first().map(PathBuf::as_path) != Some(path) {
+                node.0.insert(0, path.to_path_buf());
+            }
+            node.1 += 1;
+        }
+
+        fn forget(&mut self, ino: u64, n: u64) {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.1 = node.1.saturating_sub(n);
+                if node.1 == 0 {
+                    self.nodes.remove(&ino);
+                }
+            }
+        }
+
+        fn renamed(&mut self, from: &Path, to: &Path) {
+            if from.as_os_str().is_empty() || from == to {
+                return;
+            }
+            self.take_name(to);
+            let moved = |p: &Path| p.strip_prefix(from).ok().map(|rest| rejoin(to, rest));
+            let new: Vec<PathBuf> = self
+                .nodes
+                .values()
+                .flat_map(|(paths, _)| paths.iter().filter_map(|p| moved(p)))
+                .collect();
+            for (paths, _) in self.nodes.values_mut() {
+                paths.retain(|p| moved(p).is_some() || !new.contains(p));
+                let mut out: Vec<PathBuf> = Vec::new();
+                for p in paths.iter() {
+                    let p = moved(p).unwrap_or_else(|| p.clone());
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+                *paths = out;
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Remember(u64, usize),
+        Forget(u64, u64),
+        Unlinked(usize),
+        Renamed(usize, usize),
+    }
+
+    const NAMES: [&str; 8] = ["a", "b", "a/x", "a/y", "b/x", "c", "c/a", "ab"];
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (10u64..16, 0..NAMES.len()).prop_map(|(i, n)| Step::Remember(i, n)),
+            2 => (10u64..16, 1u64..3).prop_map(|(i, n)| Step::Forget(i, n)),
+            2 => (0..NAMES.len()).prop_map(Step::Unlinked),
+            1 => (0..NAMES.len(), 0..NAMES.len()).prop_map(|(a, b)| Step::Renamed(a, b)),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_name_index_agrees_with_walking_the_table(
+            steps in proptest::collection::vec(step(), 1..60)
+        ) {
+            let t = InodeTable::new(2);
+            let mut m = Walking::default();
+            for s in &steps {
+                match *s {
+                    Step::Remember(i, n) => {
+                        t.remember(i, Path::new(NAMES[n]));
+                        m.remember(i, Path::new(NAMES[n]));
+                    }
+                    Step::Forget(i, n) => {
+                        t.forget(i, n);
+                        m.forget(i, n);
+                    }
+                    Step::Unlinked(n) => {
+                        t.unlinked(Path::new(NAMES[n]));
+                        m.take_name(Path::new(NAMES[n]));
+                    }
+                    Step::Renamed(a, b) => {
+                        t.renamed(Path::new(NAMES[a]), Path::new(NAMES[b]));
+                        m.renamed(Path::new(NAMES[a]), Path::new(NAMES[b]));
+                    }
+                }
+                for ino in 10..16 {
+                    let want = m.nodes.get(&ino).and_then(|(p, _)| p.first().cloned());
+                    let got = t.path(ino).map(|p| p.to_path_buf());
+                    proptest::prop_assert_eq!(got, want, "inode {} after {:?}", ino, s);
+                }
+                proptest::prop_assert_eq!(t.len(), m.nodes.len() + 1);
+                let inner = t.read();
+                for (ino, node) in inner.nodes.iter() {
+                    for p in &node.paths {
+                        proptest::prop_assert_eq!(inner.by_path.get(p), Some(ino));
+                    }
+                }
+                let named: usize = inner.nodes.values().map(|n| n.paths.len()).sum();
+                proptest::prop_assert_eq!(inner.by_path.len(), named);
+            }
+        }
     }
 }
