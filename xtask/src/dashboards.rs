@@ -37,8 +37,8 @@ use crate::{cmd, workspace_root};
 
 use promql::{Dashboard, Rule};
 
-/// The metric families issues 5 and 15 require; each must appear on some
-/// panel.
+/// The metric families issues 5 and 15 require, and the io_uring queue
+/// classes (issue 13); each must appear on some panel.
 pub const REQUIRED: &[&str] = &[
     "claudefs_fuse_requests_total",
     "claudefs_fuse_request_errors_total",
@@ -71,6 +71,8 @@ pub const REQUIRED: &[&str] = &[
     "claudefs_fuse_probe_run_seconds_total",
     "claudefs_fuse_probe_runs_total",
     "claudefs_fuse_build_info",
+    "claudefs_fuse_daemon_queue_threads",
+    "claudefs_fuse_daemon_queue_demotions_total",
 ];
 
 /// Series Prometheus adds to every target itself.

@@ -145,7 +145,8 @@ impl Env {
 
     /// Starts (or restarts) the daemon and waits for its mount, its
     /// status socket and its metrics endpoint.
-    pub fn start_daemon(&mut self) -> Result<()> {
+    /// Mounts the daemon under test on `transport` (`dev` or `uring`).
+    pub fn start_daemon(&mut self, transport: &str) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -160,10 +161,7 @@ impl Env {
                 self.storage.display()
             ))
             .args(["--policy", "primary", "--health-interval-ms", "100"])
-            // The Overview's worker panels show the /dev/fuse transport's
-            // reader hand-off (an io_uring daemon keeps one /dev/fuse
-            // worker, whose wakeups and polls stay zero).
-            .args(["--transport", "dev"])
+            .args(["--transport", transport])
             .arg("--idmap")
             .arg(format!("table:{}", self.idmap.display()))
             .arg("--metrics-addr")

@@ -25,7 +25,10 @@
 //! 3. files are left open and written, the daemon is killed with -9, one
 //!    of those files is removed from storage, and the daemon is restarted:
 //!    its crash recovery replays the journal and orphans the removed file
-//!    (the RecoveryOrphans alert fires);
+//!    (the RecoveryOrphans alert fires). The daemon runs on the /dev/fuse
+//!    transport until then (the worker panels show its readers; an
+//!    io_uring daemon keeps one /dev/fuse worker, whose wakeups and polls
+//!    stay zero) and on io_uring after (the io_uring queues panel);
 //! 4. every dashboard query, with `$job`/`$instance`/`$mount` set to this
 //!    daemon and its mount and the other variables "All", is evaluated
 //!    over the whole run on each Prometheus and must return a series with
@@ -57,6 +60,8 @@ const MAY_BE_ZERO: &[(&str, &str)] = &[
     ("Statistics map full", "A"),
     ("Daemon workers", "B"),
     ("Hand-over", "C"),
+    // Demotions need CPUs busy with something else.
+    ("io_uring queues", "B"),
 ];
 
 /// The daemon's status (`claudefs-fuse status --json`).
@@ -135,7 +140,7 @@ pub fn run(
     let mut env = Env::new(bin)?;
     env.bindfs = Some(start_bindfs(&env.storage, &env.via)?);
     env.enable_bpf_stats()?;
-    env.start_daemon()?;
+    env.start_daemon("dev")?;
     let rules_file = root.join("dashboards/alerts.yml");
     let proms = [Ingestion::Native, Ingestion::Classic]
         .into_iter()
@@ -215,7 +220,7 @@ pub fn run(
     env.kill_daemon();
     held.close();
     fs::remove_file(env.storage.join("orphan")).context("cannot remove the orphan")?;
-    env.start_daemon()?;
+    env.start_daemon("uring")?;
     println!("live: daemon killed with open files and restarted; waiting for its recovery");
     wait_for(
         Duration::from_secs(20),
@@ -310,6 +315,12 @@ fn preconditions() -> Result<()> {
     }
     if !Path::new("/dev/fuse").exists() {
         bail!("the live check needs /dev/fuse; `--static` skips it");
+    }
+    if !Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        bail!(
+            "the live check needs a kernel with FUSE over io_uring (Linux 6.14+, \
+             CONFIG_FUSE_IO_URING) for the io_uring queues panel; `--static` skips it"
+        );
     }
     for tool in ["prometheus", "bindfs", "flock", "fusermount3"] {
         if !crate::cmd::succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")])) {
