@@ -55,9 +55,14 @@ pub fn handle_of(root: &StorageRoot, rel: &Path) -> Option<String> {
     if r != 0 || h.bytes as usize > MAX_HANDLE_SZ {
         return None;
     }
-    let mut out = format!("{}:", h.typ);
-    for b in &h.data[..h.bytes as usize] {
-        out.push_str(&format!("{b:02x}"));
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let data = &h.data[..h.bytes as usize];
+    let mut out = String::with_capacity(12 + 2 * data.len());
+    out.push_str(itoa::Buffer::new().format(h.typ));
+    out.push(':');
+    for &b in data {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     Some(out)
 }
@@ -134,6 +139,12 @@ mod tests {
         };
         let ino = std::os::unix::fs::MetadataExt::ino(
             &std::fs::metadata(dir.path().join("d/a")).unwrap(),
+        );
+        let (typ, hex) = h.split_once(':').unwrap();
+        assert!(typ.parse::<i32>().is_ok(), "{h}");
+        assert!(
+            hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+            "{h}"
         );
         assert_eq!(
             parse(&h).map(|p| p.bytes),

@@ -4,7 +4,7 @@
 //! every close writes a line, so this is on the open/close path; reading
 //! the log back (after a crash) still goes through serde.
 
-use super::journal_state::Record;
+use super::journal_state::{IntentOp, Record};
 
 fn num(out: &mut Vec<u8>, key: &[u8], v: impl itoa::Integer) {
     out.extend_from_slice(key);
@@ -102,7 +102,28 @@ pub fn record(out: &mut Vec<u8>, r: &Record) {
             num(out, br#"{"t":"unnode","ino":"#, *ino);
             out.extend_from_slice(b"}\n");
         }
-        // The rest is rare (renames, locks, non-idempotent requests).
+        // Every create, unlink, mkdir, rename... (see `ops/once.rs`).
+        Record::Intent { u, op, path, to } => {
+            num(out, br#"{"t":"intent","u":"#, *u);
+            out.extend_from_slice(match op {
+                IntentOp::Make => br#","op":"make","path":"#,
+                IntentOp::Remove => br#","op":"remove","path":"#,
+                IntentOp::Rename => br#","op":"rename","path":"#,
+                IntentOp::Exchange => br#","op":"exchange","path":"#,
+            });
+            string(out, path);
+            if let Some(to) = to {
+                out.extend_from_slice(br#","to":"#);
+                string(out, to);
+            }
+            out.extend_from_slice(b"}\n");
+        }
+        Record::Done { u, err } => {
+            num(out, br#"{"t":"done","u":"#, *u);
+            num(out, br#","err":"#, *err);
+            out.extend_from_slice(b"}\n");
+        }
+        // The rest is rare (renames, locks).
         other => {
             if serde_json::to_writer(&mut *out, other).is_ok() {
                 out.push(b'\n');
@@ -163,15 +184,25 @@ mod tests {
             any::<u64>().prop_map(|ino| Record::Unnode { ino }),
             (
                 any::<u64>(),
+                prop_oneof![
+                    Just(IntentOp::Make),
+                    Just(IntentOp::Remove),
+                    Just(IntentOp::Rename),
+                    Just(IntentOp::Exchange)
+                ],
                 any::<String>(),
                 proptest::option::of(any::<String>())
             )
-                .prop_map(|(u, path, to)| Record::Intent {
-                    u,
-                    op: crate::daemon::journal_state::IntentOp::Rename,
-                    path,
-                    to
-                }),
+                .prop_map(|(u, op, path, to)| Record::Intent { u, op, path, to }),
+            (any::<u64>(), any::<i32>()).prop_map(|(u, err)| Record::Done { u, err }),
+            (any::<u64>(), any::<u64>(), any::<u32>(), any::<bool>()).prop_map(
+                |(ino, owner, pid, excl)| Record::Lock {
+                    ino,
+                    owner,
+                    pid,
+                    excl
+                }
+            ),
         ]
     }
 
