@@ -9,13 +9,16 @@
 //! Each inode keeps its path relative to the storage root (the most recent
 //! name it was looked up under) and the kernel's lookup count; `forget`
 //! drops it at zero. Renames rewrite the paths of the moved entry and of
-//! everything below it (a walk over the table). A name belongs to one
-//! inode at a time, and an index from name to inode lets an unlink find
-//! its inode without that walk.
+//! everything below it. A name belongs to one inode at a time; an index
+//! from name to inode, ordered by the names' bytes, finds an unlinked
+//! name's inode and the names below a renamed directory without walking
+//! the table.
 
 use super::nummap::NumMap;
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -45,18 +48,61 @@ struct Node {
     lookups: u64,
 }
 
+/// A name in the index, ordered by its bytes, so that the names below a
+/// directory `d` are one range: from `d/` up to `d0` (`0` follows `/`).
+/// The table's names are normalised (joined from single names), so byte
+/// equality is path equality.
+#[derive(Debug, Clone)]
+struct Name(Arc<Path>);
+
+impl Name {
+    fn bytes(&self) -> &[u8] {
+        self.0.as_os_str().as_encoded_bytes()
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for Name {}
+
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Name {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.bytes().cmp(other.bytes())
+    }
+}
+
+impl Borrow<[u8]> for Name {
+    fn borrow(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+fn bytes(p: &Path) -> &[u8] {
+    p.as_os_str().as_encoded_bytes()
+}
+
 #[derive(Debug)]
 struct Inner {
     nodes: NumMap<u64, Node>,
     /// The inode each name in `nodes` is of.
-    by_path: HashMap<Arc<Path>, u64>,
+    by_path: BTreeMap<Name, u64>,
 }
 
 impl Inner {
-    /// Gives `path` (already first among `ino`'s names) to `ino` alone:
-    /// an inode that had it loses it.
+    /// Gives `path` (already among `ino`'s names) to `ino` alone: an
+    /// inode that had it loses it.
     fn index(&mut self, path: &Arc<Path>, ino: u64) {
-        match self.by_path.insert(path.clone(), ino) {
+        match self.by_path.insert(Name(path.clone()), ino) {
             Some(old) if old != ino => {
                 if let Some(n) = self.nodes.get_mut(&old) {
                     n.paths.retain(|p| p != path);
@@ -68,45 +114,78 @@ impl Inner {
 
     /// Name `path` is gone: from the index and from its inode.
     fn drop_name(&mut self, path: &Path) {
-        if let Some(ino) = self.by_path.remove(path) {
+        if let Some(ino) = self.by_path.remove(bytes(path)) {
             if let Some(n) = self.nodes.get_mut(&ino) {
                 n.paths.retain(|p| **p != *path);
             }
         }
     }
 
-    /// Rewrites every name `f` maps to a new one, index included.
-    fn rewrite(&mut self, f: impl Fn(&Path) -> Option<PathBuf>) {
-        let mut moved = Vec::new();
-        for (&ino, node) in self.nodes.iter_mut() {
-            let before = moved.len();
-            for p in node.paths.iter_mut() {
-                if let Some(new) = f(p) {
-                    let new: Arc<Path> = new.into();
-                    moved.push((std::mem::replace(p, new.clone()), new, ino));
+    /// `dir` and every name below it, with their inodes.
+    fn below(&self, dir: &Path) -> Vec<(Arc<Path>, u64)> {
+        let d = bytes(dir);
+        let lo = [d, b"/"].concat();
+        let hi = [d, b"0"].concat();
+        let exact = self.by_path.get_key_value(d);
+        exact
+            .into_iter()
+            .chain(
+                self.by_path
+                    .range::<[u8], _>((Bound::Included(&lo[..]), Bound::Excluded(&hi[..]))),
+            )
+            .map(|(n, &ino)| (n.0.clone(), ino))
+            .collect()
+    }
+
+    /// Renames names: each `(old, new, ino)` moves `ino`'s name `old` to
+    /// `new`, index included.
+    fn apply_moves(&mut self, moves: &[(Arc<Path>, Arc<Path>, u64)]) {
+        for (old, _, ino) in moves {
+            if self.by_path.get(bytes(old)) == Some(ino) {
+                self.by_path.remove(bytes(old));
+            }
+        }
+        // Grouped by inode (a directory's rename moves many inodes, each
+        // with a name or two).
+        let mut by_ino: Vec<&(Arc<Path>, Arc<Path>, u64)> = moves.iter().collect();
+        by_ino.sort_unstable_by_key(|m| m.2);
+        for group in by_ino.chunk_by(|x, y| x.2 == y.2) {
+            let Some(n) = self.nodes.get_mut(&group[0].2) else {
+                continue;
+            };
+            // All at once: an exchange of two names of one inode swaps them.
+            for p in n.paths.iter_mut() {
+                if let Some((_, new, _)) = group.iter().find(|(o, _, _)| o == p) {
+                    *p = new.clone();
                 }
             }
-            if moved.len() > before {
-                // Two names can become one (a stale name under the target).
-                let mut seen: Vec<Arc<Path>> = Vec::with_capacity(node.paths.len());
-                node.paths.retain(|p| {
-                    let dup = seen.contains(p);
-                    if !dup {
-                        seen.push(p.clone());
-                    }
-                    !dup
-                });
-            }
+            // Two names can become one (a stale name under the target).
+            let mut seen: Vec<Arc<Path>> = Vec::with_capacity(n.paths.len());
+            n.paths.retain(|p| {
+                let dup = seen.contains(p);
+                if !dup {
+                    seen.push(p.clone());
+                }
+                !dup
+            });
         }
-        for (old, _, ino) in &moved {
-            if self.by_path.get(old) == Some(ino) {
-                self.by_path.remove(old);
+        for (_, new, ino) in moves {
+            if self.nodes.get(ino).is_some_and(|n| n.paths.contains(new)) {
+                self.index(new, *ino);
             }
-        }
-        for (_, new, ino) in &moved {
-            self.index(new, *ino);
         }
     }
+}
+
+/// `(old, old with its leading `from` replaced by `to`, ino)` for each name.
+fn moves(names: Vec<(Arc<Path>, u64)>, from: &Path, to: &Path) -> Vec<(Arc<Path>, Arc<Path>, u64)> {
+    names
+        .into_iter()
+        .filter_map(|(old, ino)| {
+            let new: Arc<Path> = rejoin(to, old.strip_prefix(from).ok()?).into();
+            Some((old, new, ino))
+        })
+        .collect()
 }
 
 /// Inode number <-> path table.
@@ -128,7 +207,7 @@ impl InodeTable {
                 lookups: 1,
             },
         );
-        let by_path = HashMap::from([(root, ROOT_INO)]);
+        let by_path = BTreeMap::from([(Name(root), ROOT_INO)]);
         Self {
             root_backing,
             inner: RwLock::new(Inner { nodes, by_path }),
@@ -227,8 +306,8 @@ impl InodeTable {
             if node.lookups == 0 {
                 if let Some(gone) = inner.nodes.remove(&ino) {
                     for p in &gone.paths {
-                        if inner.by_path.get(p) == Some(&ino) {
-                            inner.by_path.remove(p);
+                        if inner.by_path.get(bytes(p)) == Some(&ino) {
+                            inner.by_path.remove(bytes(p));
                         }
                     }
                 }
@@ -253,18 +332,20 @@ impl InodeTable {
         }
         let mut inner = self.write();
         inner.drop_name(to);
-        inner.rewrite(|p| p.strip_prefix(from).ok().map(|rest| rejoin(to, rest)));
+        let m = moves(inner.below(from), from, to);
+        inner.apply_moves(&m);
     }
 
     /// `a` and `b` were exchanged.
     pub fn exchanged(&self, a: &Path, b: &Path) {
-        self.write().rewrite(|p| {
-            if let Ok(rest) = p.strip_prefix(a) {
-                Some(rejoin(b, rest))
-            } else {
-                p.strip_prefix(b).ok().map(|rest| rejoin(a, rest))
-            }
-        });
+        // The kernel refuses to exchange a directory with one below it.
+        if a.starts_with(b) || b.starts_with(a) {
+            return;
+        }
+        let mut inner = self.write();
+        let mut m = moves(inner.below(a), a, b);
+        m.extend(moves(inner.below(b), b, a));
+        inner.apply_moves(&m);
     }
 
     /// Number of inodes held (root included).
@@ -391,14 +472,37 @@ mod tests {
                 return;
             }
             self.take_name(to);
-            let moved = |p: &Path| p.strip_prefix(from).ok().map(|rest| rejoin(to, rest));
-            let new: Vec<PathBuf> = self
+            self.rewrite(|p| p.strip_prefix(from).ok().map(|rest| rejoin(to, rest)));
+        }
+
+        fn exchanged(&mut self, a: &Path, b: &Path) {
+            if a.starts_with(b) || b.starts_with(a) {
+                return;
+            }
+            self.rewrite(|p| {
+                if let Ok(rest) = p.strip_prefix(a) {
+                    Some(rejoin(b, rest))
+                } else {
+                    p.strip_prefix(b).ok().map(|rest| rejoin(a, rest))
+                }
+            });
+        }
+
+        /// Renames every name `moved` maps, the new names taken from any
+        /// other inode that had them (an inode's own names merge, in
+        /// place).
+        fn rewrite(&mut self, moved: impl Fn(&Path) -> Option<PathBuf>) {
+            let new: Vec<(PathBuf, u64)> = self
                 .nodes
-                .values()
-                .flat_map(|(paths, _)| paths.iter().filter_map(|p| moved(p)))
+                .iter()
+                .flat_map(|(&ino, (paths, _))| {
+                    paths.iter().filter_map(|p| moved(p)).map(move |n| (n, ino))
+                })
                 .collect();
-            for (paths, _) in self.nodes.values_mut() {
-                paths.retain(|p| moved(p).is_some() || !new.contains(p));
+            for (&ino, (paths, _)) in self.nodes.iter_mut() {
+                paths.retain(|p| {
+                    moved(p).is_some() || !new.iter().any(|(n, i)| n == p && *i != ino)
+                });
                 let mut out: Vec<PathBuf> = Vec::new();
                 for p in paths.iter() {
                     let p = moved(p).unwrap_or_else(|| p.clone());
@@ -417,9 +521,12 @@ mod tests {
         Forget(u64, u64),
         Unlinked(usize),
         Renamed(usize, usize),
+        Exchanged(usize, usize),
     }
 
-    const NAMES: [&str; 8] = ["a", "b", "a/x", "a/y", "b/x", "c", "c/a", "ab"];
+    const NAMES: [&str; 11] = [
+        "a", "b", "a/x", "a/y", "b/x", "c", "c/a", "ab", "a/x/z", "a0", "a.b",
+    ];
 
     fn step() -> impl proptest::strategy::Strategy<Value = Step> {
         use proptest::prelude::*;
@@ -428,6 +535,7 @@ mod tests {
             2 => (10u64..16, 1u64..3).prop_map(|(i, n)| Step::Forget(i, n)),
             2 => (0..NAMES.len()).prop_map(Step::Unlinked),
             1 => (0..NAMES.len(), 0..NAMES.len()).prop_map(|(a, b)| Step::Renamed(a, b)),
+            1 => (0..NAMES.len(), 0..NAMES.len()).prop_map(|(a, b)| Step::Exchanged(a, b)),
         ]
     }
 
@@ -456,6 +564,10 @@ mod tests {
                         t.renamed(Path::new(NAMES[a]), Path::new(NAMES[b]));
                         m.renamed(Path::new(NAMES[a]), Path::new(NAMES[b]));
                     }
+                    Step::Exchanged(a, b) => {
+                        t.exchanged(Path::new(NAMES[a]), Path::new(NAMES[b]));
+                        m.exchanged(Path::new(NAMES[a]), Path::new(NAMES[b]));
+                    }
                 }
                 for ino in 10..16 {
                     let want = m.nodes.get(&ino).and_then(|(p, _)| p.first().cloned());
@@ -466,7 +578,7 @@ mod tests {
                 let inner = t.read();
                 for (ino, node) in inner.nodes.iter() {
                     for p in &node.paths {
-                        proptest::prop_assert_eq!(inner.by_path.get(p), Some(ino));
+                        proptest::prop_assert_eq!(inner.by_path.get(bytes(p)), Some(ino));
                     }
                 }
                 let named: usize = inner.nodes.values().map(|n| n.paths.len()).sum();
