@@ -9,7 +9,7 @@
 //! ([`LiveState::records`]), and a restarted server rebuilds one from the
 //! log to restore what the dead one held.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -152,6 +152,10 @@ pub struct LiveState {
     pub intents: BTreeMap<u64, Intent>,
     /// Intent ids, oldest first (to drop the oldest past [`INTENTS_KEPT`]).
     order: VecDeque<u64>,
+    /// `nodes` by path, in byte order: the nodes at and below a renamed
+    /// path are one range (`p`, then `p/` up to `p0`), not a walk over
+    /// every node.
+    by_path: BTreeSet<(String, u64)>,
 }
 
 /// `p` with its leading `from` replaced by `to`, if it starts with `from`.
@@ -175,6 +179,28 @@ impl LiveState {
     }
 
     /// Applies one record.
+    /// The nodes named `p` or a path below it.
+    fn at_or_below(&self, p: &str) -> Vec<(String, u64)> {
+        let exact = (p.to_string(), 0)..=(p.to_string(), u64::MAX);
+        let below = (format!("{p}/"), 0)..(format!("{p}0"), 0);
+        self.by_path
+            .range(exact)
+            .chain(self.by_path.range(below))
+            .cloned()
+            .collect()
+    }
+
+    /// Gives each `(new, old, ino)` node its new path.
+    fn rename_nodes(&mut self, m: Vec<(String, String, u64)>) {
+        for (_, old, ino) in &m {
+            self.by_path.remove(&(old.clone(), *ino));
+        }
+        for (new, _, ino) in m {
+            self.by_path.insert((new.clone(), ino));
+            self.nodes.insert(ino, new);
+        }
+    }
+
     pub fn apply(&mut self, r: &Record) {
         match r {
             Record::Open {
@@ -219,29 +245,43 @@ impl LiveState {
                 self.opens.remove(fh);
             }
             Record::Node { ino, path, h } => {
-                self.nodes.insert(*ino, path.clone());
+                if let Some(old) = self.nodes.insert(*ino, path.clone()) {
+                    self.by_path.remove(&(old, *ino));
+                }
+                self.by_path.insert((path.clone(), *ino));
                 match h {
                     Some(h) => self.handles.insert(*ino, h.clone()),
                     None => self.handles.remove(ino),
                 };
             }
             Record::Unnode { ino } => {
-                self.nodes.remove(ino);
+                if let Some(old) = self.nodes.remove(ino) {
+                    self.by_path.remove(&(old, *ino));
+                }
                 self.handles.remove(ino);
             }
             Record::Moved { from, to } => {
-                for p in self.nodes.values_mut() {
-                    if let Some(n) = moved(p, from, to) {
-                        *p = n;
-                    }
-                }
+                let m: Vec<_> = self
+                    .at_or_below(from)
+                    .into_iter()
+                    .filter_map(|(p, ino)| Some((moved(&p, from, to)?, p, ino)))
+                    .collect();
+                self.rename_nodes(m);
             }
             Record::Swapped { a, b } => {
-                for p in self.nodes.values_mut() {
-                    if let Some(n) = moved(p, a, b).or_else(|| moved(p, b, a)) {
-                        *p = n;
+                let mut m: Vec<_> = self
+                    .at_or_below(a)
+                    .into_iter()
+                    .filter_map(|(p, ino)| Some((moved(&p, a, b)?, p, ino)))
+                    .collect();
+                // Under both (one is below the other): `a`'s rule wins.
+                m.extend(self.at_or_below(b).into_iter().filter_map(|(p, ino)| {
+                    if moved(&p, a, b).is_some() {
+                        return None;
                     }
-                }
+                    Some((moved(&p, b, a)?, p, ino))
+                }));
+                self.rename_nodes(m);
             }
             Record::Lock {
                 ino,
@@ -478,5 +518,64 @@ mod tests {
         assert_eq!(s.intents.len(), INTENTS_KEPT);
         assert!(!s.intents.contains_key(&0));
         assert!(s.intents.contains_key(&(INTENTS_KEPT as u64 + 9)));
+    }
+
+    /// How the nodes moved before the path index: a walk over all of them.
+    fn walk(nodes: &mut BTreeMap<u64, String>, r: &Record) {
+        match r {
+            Record::Node { ino, path, .. } => {
+                nodes.insert(*ino, path.clone());
+            }
+            Record::Unnode { ino } => {
+                nodes.remove(ino);
+            }
+            Record::Moved { from, to } => {
+                for p in nodes.values_mut() {
+                    if let Some(n) = moved(p, from, to) {
+                        *p = n;
+                    }
+                }
+            }
+            Record::Swapped { a, b } => {
+                for p in nodes.values_mut() {
+                    if let Some(n) = moved(p, a, b).or_else(|| moved(p, b, a)) {
+                        *p = n;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn name_record() -> impl proptest::strategy::Strategy<Value = Record> {
+        use proptest::prelude::*;
+        let name = proptest::sample::select(vec![
+            "", "a", "b", "a/x", "a/y", "b/x", "a/x/z", "a0", "a.b", "ab", "c",
+        ])
+        .prop_map(String::from);
+        prop_oneof![
+            3 => (10u64..16, name.clone()).prop_map(|(ino, path)| Record::Node { ino, path, h: None }),
+            1 => (10u64..16).prop_map(|ino| Record::Unnode { ino }),
+            2 => (name.clone(), name.clone()).prop_map(|(from, to)| Record::Moved { from, to }),
+            1 => (name.clone(), name).prop_map(|(a, b)| Record::Swapped { a, b }),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn renames_through_the_path_index_match_a_walk(
+            records in proptest::collection::vec(name_record(), 1..50)
+        ) {
+            let mut s = LiveState::default();
+            let mut want = BTreeMap::new();
+            for r in &records {
+                s.apply(r);
+                walk(&mut want, r);
+                proptest::prop_assert_eq!(&s.nodes, &want, "after {:?}", r);
+                let indexed: BTreeSet<(String, u64)> =
+                    s.nodes.iter().map(|(i, p)| (p.clone(), *i)).collect();
+                proptest::prop_assert_eq!(&s.by_path, &indexed);
+            }
+        }
     }
 }
