@@ -182,7 +182,7 @@ pub struct MountArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// After answering, the reading worker polls /dev/fuse for up to this
-    /// many microseconds (adaptively; default 60, 0 = never, at most 1000) before it
+    /// many microseconds (adaptively; default 20, 0 = never, at most 1000) before it
     /// sleeps.
     #[arg(long, value_name = "US", allow_negative_numbers = true)]
     pub poll_us: Option<u64>,
@@ -306,13 +306,6 @@ pub fn default_state_dir(mountpoint: &Path) -> PathBuf {
 pub const MAX_PATHS: usize = 16;
 /// `--threads` accepts this range.
 pub const THREADS_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
-/// `--poll-us` when not given. Above the gap between an answer and the
-/// next request of one process on a VM whose idle vCPUs halt (measured
-/// 25-30 us on 2 vCPUs, where 20 meant no polling at all): uncached stat
-/// from one process ran at 46-143k/s instead of 17-39k/s, at ~1.5x the
-/// daemon's CPU per request.
-pub const DEFAULT_POLL_US: u64 = 60;
-
 /// `--poll-us` accepts this range.
 pub const POLL_US_RANGE: std::ops::RangeInclusive<u64> = 0..=1000;
 /// `--health-interval-ms` accepts this range (10 ms to an hour).
@@ -434,7 +427,7 @@ impl MountArgs {
                 origin.name("--threads", "threads", self.threads.is_some(), threads)
             );
         }
-        let poll_us = self.poll_us.or(file.poll_us).unwrap_or(DEFAULT_POLL_US);
+        let poll_us = self.poll_us.or(file.poll_us).unwrap_or(20);
         if !POLL_US_RANGE.contains(&poll_us) {
             bail!(
                 "{}: must be in {POLL_US_RANGE:?}",
