@@ -6,7 +6,7 @@
 //! what the scan found. The flow is `Idle -> Scanning -> Replaying ->
 //! Complete`; `fail` ends it from any state and `reset` returns to `Idle`
 //! with an empty journal. Calls out of order return
-//! [`FuseError::InvalidArgument`](crate::error::FuseError::InvalidArgument)
+//! [`FuseError::InvalidArgument`]
 //! and change nothing.
 #![forbid(unsafe_code)]
 

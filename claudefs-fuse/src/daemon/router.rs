@@ -17,7 +17,7 @@
 //! Every request reads the router's choice, never its mutex: the path to
 //! use, whether each path is usable and whether requests are slow are
 //! mirrored in atomics, brought up to date whenever the router changes
-//! (the guard of [`Router::lock`] does it on unlock). Latencies gather in
+//! (the guard `Router::lock` returns does it on unlock). Latencies gather in
 //! per-thread shards ([`crate::sharded`]) and are folded into the EMAs at
 //! most every [`FOLD_EVERY`] (and whenever status or the health checker
 //! looks), a batch counting as that many requests of its mean latency.

@@ -137,7 +137,7 @@ impl QueueSched {
 
     /// Called by queue thread `qid` as it starts: under `idle` it moves to
     /// SCHED_IDLE, if this process may move a thread back from it (the
-    /// guard must be able to demote it; see [`may_leave_idle`]).
+    /// guard must be able to demote it; see `may_leave_idle`).
     pub fn register(&self, qid: usize) {
         let Some(slot) = self.slots.get(qid) else {
             return;

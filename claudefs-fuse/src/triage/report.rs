@@ -1,4 +1,4 @@
-//! The triage report: what one [`ProbeSnapshot`] says, resolved against the
+//! The triage report: what one [`ProbeSnapshot`](crate::probes::snapshot::ProbeSnapshot) says, resolved against the
 //! mount table, aggregated, sorted and cut to the top entries. Both
 //! renderings (table and JSON) are views of a [`TriageReport`]; its serde
 //! form is the JSON schema documented in the README ("Triage JSON schema").
@@ -117,7 +117,7 @@ pub struct MountReport {
     pub totals: Totals,
     /// Requests sent and not answered at the end of collection, per
     /// opcode, oldest first; only those waiting at least
-    /// `threshold_ns` ([`IN_FLIGHT_THRESHOLD_NS`]).
+    /// `threshold_ns` ([`IN_FLIGHT_THRESHOLD_NS`](crate::probes::snapshot::IN_FLIGHT_THRESHOLD_NS)).
     pub in_flight: Vec<InFlightRow>,
     /// One row per opcode, by total time, heaviest first.
     pub ops: Vec<OpRow>,
