@@ -81,11 +81,6 @@ impl Sharded {
         }
     }
 
-    /// Counters in the family.
-    pub fn width(&self) -> usize {
-        self.width
-    }
-
     fn cell(&self, shard: usize, i: usize) -> &AtomicU64 {
         let line = (shard & self.mask) * self.lines_per_shard + i / PER_LINE;
         &self.lines[line].0[i % PER_LINE]

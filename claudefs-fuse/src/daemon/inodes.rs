@@ -57,7 +57,7 @@ struct Name(Arc<Path>);
 
 impl Name {
     fn bytes(&self) -> &[u8] {
-        self.0.as_os_str().as_encoded_bytes()
+        bytes(&self.0)
     }
 }
 
@@ -177,7 +177,8 @@ impl Inner {
     }
 }
 
-/// `(old, old with its leading `from` replaced by `to`, ino)` for each name.
+/// For each `(old, ino)`: `(old, new, ino)`, `new` being `old` with its
+/// leading `from` replaced by `to`.
 fn moves(names: Vec<(Arc<Path>, u64)>, from: &Path, to: &Path) -> Vec<(Arc<Path>, Arc<Path>, u64)> {
     names
         .into_iter()
