@@ -158,6 +158,12 @@ impl QueueSched {
         );
     }
 
+    /// The queue threads it was made for (one per possible CPU over
+    /// io_uring): the queues `run_uring` starts.
+    pub fn queues(&self) -> usize {
+        self.slots.len()
+    }
+
     /// The guard could not start: queue threads that register from now on
     /// stay at SCHED_OTHER.
     pub fn unguarded(&self) {

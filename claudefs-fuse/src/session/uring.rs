@@ -475,7 +475,9 @@ impl Session {
             sched.unguarded();
         }
         let mut threads = Vec::new();
-        for qid in 0..possible_cpus() {
+        // One queue per possible CPU (the kernel's rule for 6.14-6.18),
+        // as many as `sched` has classes for.
+        for qid in 0..sched.queues() {
             // SAFETY: eventfd has no preconditions; the result is checked.
             let ev = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
             if ev < 0 {
