@@ -339,6 +339,19 @@ mod tests {
     use super::*;
     use crate::exporter::text::encode;
 
+    /// The exposition text of `v`.
+    fn rendered(v: &DaemonView) -> String {
+        String::from_utf8(encode(&daemon_families(v))).unwrap()
+    }
+
+    /// Every line of `want` is in `text`.
+    fn assert_has<S: AsRef<str>>(text: &str, want: impl IntoIterator<Item = S>) {
+        for w in want {
+            let w = w.as_ref();
+            assert!(text.contains(w), "missing {w} in\n{text}");
+        }
+    }
+
     #[test]
     fn recovery_labels() {
         assert_eq!(recovery_state_label("Idle"), "idle");
@@ -396,35 +409,36 @@ mod tests {
             },
             ..Default::default()
         };
-        let text = String::from_utf8(encode(&daemon_families(&v))).unwrap();
-        for w in [
-            "claudefs_fuse_path_state{path_id=\"0\",remote_addr=\"a:1\",state=\"failed\"} 1",
-            "claudefs_fuse_path_state{path_id=\"0\",remote_addr=\"a:1\",state=\"active\"} 0",
-            "claudefs_fuse_path_state{path_id=\"1\",remote_addr=\"b:1\",state=\"active\"} 1",
-            "claudefs_fuse_path_latency_ema_seconds{path_id=\"0\",remote_addr=\"a:1\"} 0.0015",
-            "claudefs_fuse_path_errors_total{path_id=\"0\",remote_addr=\"a:1\"} 4",
-            "claudefs_fuse_path_selected_total{path_id=\"1\",remote_addr=\"b:1\"} 20",
-            "claudefs_fuse_paths_usable 1",
-            "claudefs_fuse_recovery_state{state=\"complete\"} 1",
-            "claudefs_fuse_recovery_state{state=\"idle\"} 0",
-            "claudefs_fuse_recovery_total 3",
-            "claudefs_fuse_recovery_recovered 2",
-            "claudefs_fuse_recovery_orphaned 1",
-            "claudefs_fuse_recovery_duration_seconds 0.25",
-            "claudefs_fuse_idmap_lookups_total{kind=\"uid\"} 0",
-            "claudefs_fuse_flock_registry_acquires_total 0",
-            "claudefs_fuse_spans_dropped_total 0",
-            "claudefs_fuse_recovery_nodes{state=\"restored\"} 7",
-            "claudefs_fuse_recovery_locks{state=\"lost\"} 1",
-            "claudefs_fuse_server_generation 2",
-            "claudefs_fuse_server_restarts_total 1",
-            "claudefs_fuse_server_upgrades_total 1",
-            "claudefs_fuse_server_handover_gap_seconds 0.012",
-            "claudefs_fuse_daemon_requests_resent_total 3",
-            "claudefs_fuse_daemon_requests_deduplicated_total 1",
-        ] {
-            assert!(text.contains(w), "missing {w} in\n{text}");
-        }
+        let text = rendered(&v);
+        assert_has(
+            &text,
+            [
+                "claudefs_fuse_path_state{path_id=\"0\",remote_addr=\"a:1\",state=\"failed\"} 1",
+                "claudefs_fuse_path_state{path_id=\"0\",remote_addr=\"a:1\",state=\"active\"} 0",
+                "claudefs_fuse_path_state{path_id=\"1\",remote_addr=\"b:1\",state=\"active\"} 1",
+                "claudefs_fuse_path_latency_ema_seconds{path_id=\"0\",remote_addr=\"a:1\"} 0.0015",
+                "claudefs_fuse_path_errors_total{path_id=\"0\",remote_addr=\"a:1\"} 4",
+                "claudefs_fuse_path_selected_total{path_id=\"1\",remote_addr=\"b:1\"} 20",
+                "claudefs_fuse_paths_usable 1",
+                "claudefs_fuse_recovery_state{state=\"complete\"} 1",
+                "claudefs_fuse_recovery_state{state=\"idle\"} 0",
+                "claudefs_fuse_recovery_total 3",
+                "claudefs_fuse_recovery_recovered 2",
+                "claudefs_fuse_recovery_orphaned 1",
+                "claudefs_fuse_recovery_duration_seconds 0.25",
+                "claudefs_fuse_idmap_lookups_total{kind=\"uid\"} 0",
+                "claudefs_fuse_flock_registry_acquires_total 0",
+                "claudefs_fuse_spans_dropped_total 0",
+                "claudefs_fuse_recovery_nodes{state=\"restored\"} 7",
+                "claudefs_fuse_recovery_locks{state=\"lost\"} 1",
+                "claudefs_fuse_server_generation 2",
+                "claudefs_fuse_server_restarts_total 1",
+                "claudefs_fuse_server_upgrades_total 1",
+                "claudefs_fuse_server_handover_gap_seconds 0.012",
+                "claudefs_fuse_daemon_requests_resent_total 3",
+                "claudefs_fuse_daemon_requests_deduplicated_total 1",
+            ],
+        );
         assert_eq!(text.matches("claudefs_fuse_path_state{").count(), 8);
     }
 
@@ -449,24 +463,25 @@ mod tests {
             ],
             ..Default::default()
         };
-        let text = String::from_utf8(encode(&daemon_families(&v))).unwrap();
+        let text = rendered(&v);
         let l = "mount=\"/mnt/cfs\",kind=\"exclusive\",mode=\"blocking\"";
-        for w in [
-            format!("claudefs_fuse_flock_requests_total{{{l}}} 2"),
-            format!("claudefs_fuse_flock_refused_total{{{l}}} 0"),
-            format!("claudefs_fuse_flock_wait_seconds_count{{{l}}} 2"),
-            format!("claudefs_fuse_flock_wait_seconds_sum{{{l}}} 0.300002"),
-            // 2 us <= 2^-18 s; 300 ms <= 2^-1 s.
-            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.0000019073486328125\"}} 0"),
-            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.000003814697265625\"}} 1"),
-            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.25\"}} 1"),
-            format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.5\"}} 2"),
-            "claudefs_fuse_flock_refused_total{mount=\"/mnt/cfs\",kind=\"shared\",mode=\"nonblocking\"} 2".to_string(),
-        ] {
-            assert!(text.contains(&w), "missing {w} in\n{text}");
-        }
+        assert_has(
+            &text,
+            [
+                format!("claudefs_fuse_flock_requests_total{{{l}}} 2"),
+                format!("claudefs_fuse_flock_refused_total{{{l}}} 0"),
+                format!("claudefs_fuse_flock_wait_seconds_count{{{l}}} 2"),
+                format!("claudefs_fuse_flock_wait_seconds_sum{{{l}}} 0.300002"),
+                // 2 us <= 2^-18 s; 300 ms <= 2^-1 s.
+                format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.0000019073486328125\"}} 0"),
+                format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.000003814697265625\"}} 1"),
+                format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.25\"}} 1"),
+                format!("claudefs_fuse_flock_wait_seconds_bucket{{{l},le=\"0.5\"}} 2"),
+                "claudefs_fuse_flock_refused_total{mount=\"/mnt/cfs\",kind=\"shared\",mode=\"nonblocking\"} 2".to_string(),
+            ],
+        );
         // No flock request served yet: no flock series at all.
-        let empty = String::from_utf8(encode(&daemon_families(&DaemonView::default()))).unwrap();
+        let empty = rendered(&DaemonView::default());
         assert!(
             !empty.contains("claudefs_fuse_flock_requests_total"),
             "{empty}"
@@ -479,14 +494,15 @@ mod tests {
             requests: vec![("getattr", 10, 2), ("other", 1, 0)],
             ..Default::default()
         };
-        let text = String::from_utf8(encode(&daemon_families(&v))).unwrap();
-        for w in [
-            "claudefs_fuse_daemon_requests_total{op=\"getattr\"} 10",
-            "claudefs_fuse_daemon_request_errors_total{op=\"getattr\"} 2",
-            "claudefs_fuse_daemon_requests_total{op=\"other\"} 1",
-        ] {
-            assert!(text.contains(w), "missing {w} in\n{text}");
-        }
+        let text = rendered(&v);
+        assert_has(
+            &text,
+            [
+                "claudefs_fuse_daemon_requests_total{op=\"getattr\"} 10",
+                "claudefs_fuse_daemon_request_errors_total{op=\"getattr\"} 2",
+                "claudefs_fuse_daemon_requests_total{op=\"other\"} 1",
+            ],
+        );
     }
 
     #[test]
@@ -505,23 +521,24 @@ mod tests {
             transport: "uring",
             ..Default::default()
         };
-        let text = String::from_utf8(encode(&daemon_families(&v))).unwrap();
-        for w in [
-            "claudefs_fuse_daemon_workers{state=\"reading\"} 1",
-            "claudefs_fuse_daemon_workers{state=\"serving\"} 1",
-            "claudefs_fuse_daemon_workers{state=\"parked\"} 2",
-            "claudefs_fuse_daemon_worker_wakeups_total{reason=\"may_block\"} 5",
-            "claudefs_fuse_daemon_worker_wakeups_total{reason=\"stalled\"} 7",
-            "claudefs_fuse_daemon_worker_wakeups_total{reason=\"backlog\"} 3",
-            "claudefs_fuse_daemon_reader_polls_total{result=\"hit\"} 11",
-            "claudefs_fuse_daemon_reader_polls_total{result=\"miss\"} 2",
-            "claudefs_fuse_daemon_transport_info{transport=\"uring\"} 1",
-        ] {
-            assert!(text.contains(w), "missing {w} in\n{text}");
-        }
+        let text = rendered(&v);
+        assert_has(
+            &text,
+            [
+                "claudefs_fuse_daemon_workers{state=\"reading\"} 1",
+                "claudefs_fuse_daemon_workers{state=\"serving\"} 1",
+                "claudefs_fuse_daemon_workers{state=\"parked\"} 2",
+                "claudefs_fuse_daemon_worker_wakeups_total{reason=\"may_block\"} 5",
+                "claudefs_fuse_daemon_worker_wakeups_total{reason=\"stalled\"} 7",
+                "claudefs_fuse_daemon_worker_wakeups_total{reason=\"backlog\"} 3",
+                "claudefs_fuse_daemon_reader_polls_total{result=\"hit\"} 11",
+                "claudefs_fuse_daemon_reader_polls_total{result=\"miss\"} 2",
+                "claudefs_fuse_daemon_transport_info{transport=\"uring\"} 1",
+            ],
+        );
         assert!(
             !text.contains("claudefs_fuse_daemon_queue"),
-            "no queues on dev: {text}"
+            "no queue families without queue threads: {text}"
         );
     }
 
@@ -536,13 +553,14 @@ mod tests {
             }),
             ..Default::default()
         };
-        let text = String::from_utf8(encode(&daemon_families(&v))).unwrap();
-        for w in [
-            "claudefs_fuse_daemon_queue_threads{class=\"idle\"} 1",
-            "claudefs_fuse_daemon_queue_threads{class=\"normal\"} 3",
-            "claudefs_fuse_daemon_queue_demotions_total 9",
-        ] {
-            assert!(text.contains(w), "missing {w} in\n{text}");
-        }
+        let text = rendered(&v);
+        assert_has(
+            &text,
+            [
+                "claudefs_fuse_daemon_queue_threads{class=\"idle\"} 1",
+                "claudefs_fuse_daemon_queue_threads{class=\"normal\"} 3",
+                "claudefs_fuse_daemon_queue_demotions_total 9",
+            ],
+        );
     }
 }
