@@ -278,7 +278,7 @@ impl Session {
                 std::thread::Builder::new()
                     .name(format!("cfs-fuse-{i}"))
                     .spawn(move || {
-                        let r = dev_worker(&dev, &*handler, &readers, &counters, size, stop);
+                        let r = dev_worker(dev, &*handler, &readers, &counters, size, stop);
                         readers.close();
                         r
                     })?,
@@ -296,18 +296,35 @@ impl Session {
     }
 }
 
+/// A worker's way to answer: the readers look for a backlog just before
+/// each answer is written (see [`Readers::answering`]).
+struct WorkerSender {
+    dev: Arc<Device>,
+    readers: Arc<Readers>,
+}
+
+impl Sender for WorkerSender {
+    fn send(&self, token: Token, error: i32, payload: &[&[u8]]) -> std::io::Result<()> {
+        self.readers.answering();
+        self.dev.send(token, error, payload)
+    }
+}
+
 /// One `/dev/fuse` worker: reads and serves requests until the connection
 /// ends (ENODEV) or `stop` is set.
 fn dev_worker<H: Handler>(
-    dev: &Arc<Device>,
+    dev: Arc<Device>,
     handler: &H,
-    readers: &Readers,
+    readers: &Arc<Readers>,
     counters: &Counters,
     size: usize,
     stop: Option<Arc<AtomicBool>>,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; size];
-    let sender: Arc<dyn Sender> = dev.clone();
+    let sender: Arc<dyn Sender> = Arc::new(WorkerSender {
+        dev: dev.clone(),
+        readers: readers.clone(),
+    });
     loop {
         if stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
             return Ok(());

@@ -15,11 +15,11 @@
 //!   fallocate, or any request while a usable storage path's latency EMA
 //!   is above 1 ms) and no other worker is reading, or
 //! - with `scale_out` (a daemon that can run on several CPUs): the lone
-//!   reader finds a request already queued when it answers, eight answers
-//!   in a row (the load outgrows one worker: several processes send at
-//!   once), and again at every later look while that lasts; a worker that
-//!   finishes while requests are queued then stays a reader instead of
-//!   parking, or
+//!   reader finds a request already queued just before it writes an
+//!   answer, eight answers in a row (the load outgrows one worker: several
+//!   processes send at once), and again at every later look while that
+//!   lasts; a worker that finishes while requests are queued then stays a
+//!   reader instead of parking, or
 //! - the watch thread finds requests queued on the device at two looks in
 //!   a row with no request started in between: a request has waited a
 //!   whole [`WATCH_INTERVAL`] (a request thought fast is taking long, or
@@ -27,6 +27,13 @@
 //!
 //! So at most N requests are still served at once; what changes is that
 //! fast requests on fast storage are served by one warm thread.
+//!
+//! The backlog look comes before the answer, not after it: a process
+//! waiting for the answer, woken on the reader's CPU, often runs before
+//! the reader's write(2) returns and sends its next request, which a look
+//! after the answer would take for a second process's. One process would
+//! then bring in reader after reader, each wakeup of a different thread
+//! spreading the pair over the CPUs.
 //!
 //! Polling: after its reply, the lone reader polls the device for the
 //! next request for a short while before it sleeps in read(2). A request
@@ -263,39 +270,50 @@ impl Readers {
         unsafe { libc::poll(&mut pfd, 1, 0) != 0 }
     }
 
-    /// The lone reader answered: a request already queued at this moment,
-    /// [`BACKLOG_STREAK`] answers in a row, wakes another reader (the load
-    /// outgrows one worker), and while that lasts the device is looked at
-    /// only every [`RECHECK_EVERY`] answers (read(2) finds the next request
-    /// at once), each look that still finds requests queued waking one
-    /// more; otherwise it polls for the next request (see the module doc).
-    fn poll_for_next(&self) {
-        let p = &self.poll;
-        if !self.scale_out && p.max_ns == 0 {
+    /// A worker is about to write an answer: if it is the lone reader, a
+    /// request already queued now came before this answer (see the
+    /// module doc), [`BACKLOG_STREAK`] answers in a row wake another
+    /// reader (the load outgrows one worker), and while that lasts the
+    /// device is looked at only every [`RECHECK_EVERY`] answers (read(2)
+    /// finds the next request at once), each look that still finds
+    /// requests queued waking one more.
+    pub fn answering(&self) {
+        if !self.scale_out || self.reading() != 0 {
             return;
         }
-        let start = p.now_ns();
-        p.left_ns.store(start, Ordering::Relaxed);
         let streak = self.backlog.load(Ordering::Relaxed);
-        // Requests keep queueing: read(2) finds the next one at once, so
-        // only every RECHECK_EVERY-th answer looks whether that still holds.
         if streak >= BACKLOG_STREAK
             && !(self.backlog.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(RECHECK_EVERY)
         {
             return;
         }
-        if self.queued() {
-            let streak = if streak < BACKLOG_STREAK {
-                self.backlog.fetch_add(1, Ordering::Relaxed) + 1
-            } else {
-                streak
-            };
-            if self.scale_out && streak >= BACKLOG_STREAK && self.wake_one() {
-                self.wakeups.backlog.fetch_add(1, Ordering::Relaxed);
-            }
+        if !self.queued() {
+            self.backlog.store(0, Ordering::Relaxed);
             return;
         }
-        self.backlog.store(0, Ordering::Relaxed);
+        let streak = if streak < BACKLOG_STREAK {
+            self.backlog.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            streak
+        };
+        if streak >= BACKLOG_STREAK && self.wake_one() {
+            self.wakeups.backlog.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The lone reader answered: it polls for the next request (see the
+    /// module doc), unless requests keep queueing (read(2) finds the next
+    /// one at once).
+    fn poll_for_next(&self) {
+        let p = &self.poll;
+        if p.max_ns == 0 {
+            return;
+        }
+        let start = p.now_ns();
+        p.left_ns.store(start, Ordering::Relaxed);
+        if self.backlog.load(Ordering::Relaxed) >= BACKLOG_STREAK {
+            return;
+        }
         let window = p.window_ns();
         if window == 0 {
             return;
@@ -631,6 +649,14 @@ mod tests {
         r.close();
     }
 
+    /// Serves one request the way a worker does: enters, answers (the
+    /// backlog look), leaves.
+    fn serve_one(r: &Readers) {
+        let s = r.enter(false);
+        r.answering();
+        drop(s);
+    }
+
     #[test]
     fn requests_queueing_behind_the_reader_bring_in_another() {
         let (rd, wr) = pipe();
@@ -641,14 +667,14 @@ mod tests {
         // Every answer of the lone reader finds a request already queued.
         queue_one(&wr);
         for _ in 0..BACKLOG_STREAK {
-            drop(r.enter(false));
+            serve_one(&r);
         }
         parked.join().unwrap();
         assert_eq!(r.wakeups.backlog.load(Ordering::Relaxed), 1);
         assert_eq!(r.reading(), 2);
         // With requests queued, a worker that finishes stays a reader
         // (parking here would hang this test).
-        drop(r.enter(false));
+        serve_one(&r);
         assert_eq!(r.reading(), 2);
         assert_eq!(r.parked(), 0);
         r.close();
@@ -666,7 +692,7 @@ mod tests {
         wait_for("B parks", || r.parked() == 2);
         queue_one(&wr);
         for _ in 0..BACKLOG_STREAK {
-            drop(r.enter(false));
+            serve_one(&r);
         }
         let woken = r.wakeups.backlog.load(Ordering::Relaxed);
         assert_eq!(woken, 1);
@@ -679,7 +705,7 @@ mod tests {
         wait_for("the woken worker parks again", || r.parked() == 2);
         queue_one(&wr);
         for _ in 0..RECHECK_EVERY {
-            drop(r.enter(false));
+            serve_one(&r);
         }
         assert_eq!(
             r.wakeups.backlog.load(Ordering::Relaxed),
@@ -690,6 +716,31 @@ mod tests {
         for t in [a, b, c] {
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_request_sent_after_the_answer_is_no_backlog() {
+        // One process in a loop: its next request comes as soon as it has
+        // the answer, often before the reader's write returns, so the
+        // reader finds it queued when it leaves. That is no backlog.
+        let (rd, wr) = pipe();
+        let rd2 = rd.try_clone().unwrap();
+        let r = Arc::new(Readers::new(2, Duration::ZERO, true));
+        r.spawn_watch(rd).unwrap();
+        let parked = parked_worker(&r);
+        wait_for("parks", || r.parked() == 1);
+        for _ in 0..4 * BACKLOG_STREAK {
+            let s = r.enter(false);
+            r.answering();
+            queue_one(&wr);
+            drop(s);
+            drain(&rd2);
+        }
+        assert_eq!(r.wakeups.backlog.load(Ordering::Relaxed), 0);
+        assert_eq!(r.parked(), 1, "nobody woken");
+        assert_eq!(r.reading(), 1);
+        r.close();
+        parked.join().unwrap();
     }
 
     #[test]
