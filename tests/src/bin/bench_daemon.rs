@@ -17,7 +17,9 @@
 //! so it measures the kernel more than the file system), stat uncached
 //! (`statx` with `AT_STATX_FORCE_SYNC`: every call reaches the file
 //! system), open+close and create+unlink, each by 1 process and by 4 at
-//! once (ops/s summed, each loop running for [`LOOP_FOR`]), sequential
+//! once (ops/s summed, each loop running for [`LOOP_FOR`]), unlink and
+//! rename of fresh files while the kernel holds [`HELD`] inodes of the
+//! mount (see [`held`]), sequential
 //! write (1 MiB writes + fsync) and read (1 MiB reads after re-open) in
 //! MB/s, and the read again after dropping the file's pages from the
 //! kernel's cache (`POSIX_FADV_DONTNEED` on the file as the setup shows
@@ -36,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use claudefs_e2e::{fuse_bin, is_mounted, wait_until, Bindfs, MountGuard};
 
-const METRICS: [&str; 10] = [
+const METRICS: [&str; 12] = [
     "stat ops/s",
     "stat uncached, 1 proc",
     "stat uncached, 4 procs",
@@ -44,6 +46,8 @@ const METRICS: [&str; 10] = [
     "open+close, 4 procs",
     "create+unlink, 1 proc",
     "create+unlink, 4 procs",
+    "unlink, 10k held",
+    "rename, 10k held",
     "seq write MB/s",
     "seq read MB/s",
     "seq read, dropped MB/s",
@@ -54,6 +58,12 @@ const LOOP_FOR: Duration = Duration::from_millis(500);
 
 /// Processes of the "4 procs" rows.
 const PROCS: usize = 4;
+
+/// Files the kernel holds (looked up and cached) during the "held" rows.
+const HELD: usize = 10_000;
+
+/// Unlinks and renames timed in each "held" row.
+const HELD_OPS: usize = 1_000;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -169,6 +179,7 @@ fn bench(dir: &Path, mb: usize) -> anyhow::Result<[f64; METRICS.len()]> {
         loops[2 * k] = l.run(dir, 0)?;
         loops[2 * k + 1] = l.run_parallel(dir)?;
     }
+    let (unlink, rename) = held(dir)?;
     let big = dir.join("big");
     let buf = vec![0x5au8; 1 << 20];
     // Start the timed write with nothing else to write back (the loops
@@ -198,7 +209,77 @@ fn bench(dir: &Path, mb: usize) -> anyhow::Result<[f64; METRICS.len()]> {
     let dropped = read_dropped(&big, &mut rbuf)?;
     fs::remove_file(&big)?;
     let [a, b, c, d, e, g] = loops;
-    Ok([stat, a, b, c, d, e, g, write, read, dropped])
+    Ok([stat, a, b, c, d, e, g, unlink, rename, write, read, dropped])
+}
+
+/// Lifts RLIMIT_NOFILE for this process and the daemons it starts:
+/// passthrough_hp keeps an fd open per inode the kernel holds, so the
+/// [`HELD`] rows need more than a soft limit of 1024. With
+/// CAP_SYS_RESOURCE the hard limit goes up too; without it (a container:
+/// 20000 here) the soft limit goes up to the hard one, which is why
+/// [`HELD`] stays well below 20000.
+fn raise_nofile() {
+    let want: libc::rlim_t = 1 << 20;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let high = libc::rlimit {
+            rlim_cur: want.max(lim.rlim_cur),
+            rlim_max: want.max(lim.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &high) != 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Unlinks and renames (ops/s) of [`HELD_OPS`] fresh files while the
+/// kernel holds [`HELD`] other inodes of the mount (all of `dir/held`,
+/// made on the first round and looked up again each round): an unlink or
+/// rename whose cost grows with the inodes held shows here.
+fn held(dir: &Path) -> anyhow::Result<(f64, f64)> {
+    let held = dir.join("held");
+    fs::create_dir_all(&held)?;
+    for i in 0..HELD {
+        let f = held.join(format!("h{i}"));
+        if fs::symlink_metadata(&f).is_err() {
+            fs::write(&f, b"")?;
+        }
+    }
+    let work = dir.join("moves");
+    fs::create_dir_all(&work)?;
+    let names = |tag: &str| -> Vec<PathBuf> {
+        (0..HELD_OPS)
+            .map(|i| work.join(format!("{tag}{i}")))
+            .collect()
+    };
+    let (a, b) = (names("a"), names("b"));
+    let timed = |op: &dyn Fn(usize) -> std::io::Result<()>| -> std::io::Result<f64> {
+        let t = Instant::now();
+        for i in 0..HELD_OPS {
+            op(i)?;
+        }
+        Ok(HELD_OPS as f64 / t.elapsed().as_secs_f64())
+    };
+    for f in &a {
+        fs::write(f, b"")?;
+    }
+    let unlink = timed(&|i| fs::remove_file(&a[i]))?;
+    for f in &a {
+        fs::write(f, b"")?;
+    }
+    let rename = timed(&|i| fs::rename(&a[i], &b[i]))?;
+    for f in &b {
+        fs::remove_file(f)?;
+    }
+    Ok((unlink, rename))
 }
 
 /// Drops `path`'s cached pages, then reads it through in 1 MiB reads
@@ -336,6 +417,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let hp_bin = std::env::var_os("PASSTHROUGH_HP").map(PathBuf::from);
     catch_signals();
+    raise_nofile();
     let tmp = tempfile::tempdir_in(parent)?;
     let shared = tmp.path().join("shared");
     fs::create_dir(&shared)?;
