@@ -445,6 +445,52 @@ fn reopened_files_keep_their_pages_until_the_storage_file_changes() {
     assert_eq!(fs::read(&k).unwrap(), b"fourth versio");
 }
 
+/// `--cache-timeout-ms` is how long the kernel trusts a name and its
+/// attributes: at 0 every stat reaches the daemon and sees a change made on
+/// the storage at once; at 60 s the kernel answers stats itself and still
+/// shows the old size past the default timeout (1 s).
+#[test]
+fn the_cache_timeout_is_how_long_the_kernel_trusts_attributes() {
+    if fuse_unavailable().is_some() {
+        return;
+    }
+    for ms in [0u64, 60_000] {
+        let tmp = tempfile::tempdir().unwrap();
+        let flags = ["--cache-timeout-ms".to_string(), ms.to_string()];
+        let (src, m) = MountGuard::single_path(tmp.path(), &flags).unwrap();
+        assert_eq!(m.status().unwrap()["cache_timeout_ms"].as_u64(), Some(ms));
+        let f = m.mnt.join("f");
+        fs::write(src.join("f"), b"12345").unwrap();
+        assert_eq!(fs::metadata(&f).unwrap().len(), 5);
+        let asked = || {
+            let s = m.status().unwrap();
+            let n = |op: &str| s["requests"][op][0].as_u64().unwrap_or(0);
+            n("lookup") + n("getattr")
+        };
+        let before = asked();
+        for _ in 0..20 {
+            assert_eq!(fs::metadata(&f).unwrap().len(), 5);
+        }
+        let stats = asked() - before;
+        fs::write(src.join("f"), b"1234567").unwrap();
+        if ms == 0 {
+            assert!(
+                stats >= 20,
+                "20 stats at timeout 0 asked the daemon {stats} times"
+            );
+            assert_eq!(fs::metadata(&f).unwrap().len(), 7);
+        } else {
+            assert_eq!(stats, 0, "stats within the timeout asked the daemon");
+            std::thread::sleep(Duration::from_millis(1200));
+            assert_eq!(
+                fs::metadata(&f).unwrap().len(),
+                5,
+                "the kernel asked again before the 60 s timeout"
+            );
+        }
+    }
+}
+
 /// What `fstat(2)` says of an open file, the fields compared below.
 #[derive(Debug, PartialEq, Eq)]
 struct Fstat {

@@ -3,7 +3,8 @@
 //!
 //! Every mount option can also be given in a TOML file (`--config FILE`)
 //! with the same names (`path = ["/a,priority=10", "/b"]`, `policy`,
-//! `idmap`, `state_dir`, `threads`, `poll_us`, `passthrough`, `transport`, `health_interval_ms`,
+//! `idmap`, `state_dir`, `threads`, `poll_us`, `passthrough`, `transport`,
+//! `cache_timeout_ms`, `health_interval_ms`,
 //! `sample_rate`, `metrics_addr`, `ebpf`, `otlp_endpoint`, `otlp_protocol`,
 //! `slow_threshold`). Flags given on the command line win over the file.
 //!
@@ -200,6 +201,13 @@ pub struct MountArgs {
     /// TOML file with the same options.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// How long the kernel may trust a name it looked up and a file's
+    /// attributes before asking again, in milliseconds (FUSE entry and
+    /// attribute timeout; default 1000, 0 = ask every time, at most
+    /// 86400000). Longer is faster and sees changes made on the storage by
+    /// others later.
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    pub cache_timeout_ms: Option<u64>,
     /// Health-check interval of failed paths in milliseconds (default 1000,
     /// 10..=3600000).
     #[arg(long, value_name = "MS", allow_negative_numbers = true)]
@@ -260,6 +268,7 @@ struct FileConfig {
     passthrough: Option<bool>,
     transport: Option<TransportArg>,
     queue_policy: Option<QueuePolicyArg>,
+    cache_timeout_ms: Option<u64>,
     health_interval_ms: Option<u64>,
     sample_rate: Option<f64>,
     metrics_addr: Option<String>,
@@ -282,6 +291,8 @@ pub struct Settings {
     pub passthrough: bool,
     pub transport: TransportArg,
     pub queue_policy: QueuePolicyArg,
+    /// Entry and attribute timeout of the kernel's caches.
+    pub cache_timeout: std::time::Duration,
     pub health_interval_ms: u64,
     pub sample_rate: f64,
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -308,6 +319,8 @@ pub const MAX_PATHS: usize = 16;
 pub const THREADS_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
 /// `--poll-us` accepts this range.
 pub const POLL_US_RANGE: std::ops::RangeInclusive<u64> = 0..=1000;
+/// `--cache-timeout-ms` accepts this range (up to a day).
+pub const CACHE_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 0..=86_400_000;
 /// `--health-interval-ms` accepts this range (10 ms to an hour).
 pub const HEALTH_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=3_600_000;
 
@@ -434,6 +447,21 @@ impl MountArgs {
                 origin.name("--poll-us", "poll_us", self.poll_us.is_some(), poll_us)
             );
         }
+        let cache_timeout_ms = self
+            .cache_timeout_ms
+            .or(file.cache_timeout_ms)
+            .unwrap_or(1000);
+        if !CACHE_TIMEOUT_MS_RANGE.contains(&cache_timeout_ms) {
+            bail!(
+                "{}: must be in {CACHE_TIMEOUT_MS_RANGE:?}",
+                origin.name(
+                    "--cache-timeout-ms",
+                    "cache_timeout_ms",
+                    self.cache_timeout_ms.is_some(),
+                    cache_timeout_ms
+                )
+            );
+        }
         let health_interval_ms = self
             .health_interval_ms
             .or(file.health_interval_ms)
@@ -518,6 +546,7 @@ impl MountArgs {
                 .queue_policy
                 .or(file.queue_policy)
                 .unwrap_or(QueuePolicyArg::Idle),
+            cache_timeout: std::time::Duration::from_millis(cache_timeout_ms),
             health_interval_ms,
             sample_rate,
             metrics_addr,
@@ -597,6 +626,7 @@ mod tests {
             transport: None,
             queue_policy: None,
             config,
+            cache_timeout_ms: None,
             health_interval_ms: None,
             sample_rate: None,
             metrics_addr: None,
@@ -618,6 +648,10 @@ mod tests {
         let cases = [
             ("threads = 0".to_string(), "threads = 0 in "),
             ("poll_us = 5000".to_string(), "poll_us = 5000 in "),
+            (
+                "cache_timeout_ms = 86400001".to_string(),
+                "cache_timeout_ms = 86400001 in ",
+            ),
             (
                 "health_interval_ms = 0".to_string(),
                 "health_interval_ms = 0 in ",
@@ -702,6 +736,12 @@ mod tests {
         a.health_interval_ms = Some(5);
         assert_eq!(err(&a), "--health-interval-ms 5: must be in 10..=3600000");
         let mut a = args.clone();
+        a.cache_timeout_ms = Some(90_000_000);
+        assert_eq!(
+            err(&a),
+            "--cache-timeout-ms 90000000: must be in 0..=86400000"
+        );
+        let mut a = args.clone();
         a.paths = vec!["/nonexistent".parse().unwrap()];
         assert!(
             err(&a).starts_with("--path \"/nonexistent\": "),
@@ -733,7 +773,7 @@ mod tests {
         std::fs::write(
             &cfg,
             format!(
-                "path = [\"{},priority=3\"]\npolicy = \"primary\"\nthreads = 2\npoll_us = 5\ntransport = \"dev\"\nmetrics_addr = \"127.0.0.1:9999\"\nslow_threshold = \"50ms\"\n",
+                "path = [\"{},priority=3\"]\npolicy = \"primary\"\nthreads = 2\npoll_us = 5\ncache_timeout_ms = 0\ntransport = \"dev\"\nmetrics_addr = \"127.0.0.1:9999\"\nslow_threshold = \"50ms\"\n",
                 dir.path().display()
             ),
         )
@@ -749,6 +789,7 @@ mod tests {
             transport: None,
             queue_policy: None,
             config: Some(cfg),
+            cache_timeout_ms: None,
             health_interval_ms: None,
             sample_rate: None,
             metrics_addr: None,
@@ -764,6 +805,7 @@ mod tests {
         assert_eq!(s.policy, PolicyArg::Primary);
         assert_eq!(s.threads, 2);
         assert_eq!(s.poll_us, 5);
+        assert_eq!(s.cache_timeout, std::time::Duration::ZERO);
         assert_eq!(s.transport, TransportArg::Dev);
         assert_eq!(s.metrics_addr, Some("127.0.0.1:9999".parse().unwrap()));
         assert_eq!(s.slow_threshold, Some(std::time::Duration::from_millis(50)));

@@ -9,6 +9,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use super::attr::{FileAttr, SetTime, Timestamp};
 use super::backing::Passthrough;
@@ -19,8 +20,22 @@ use super::storage::SysResult;
 use crate::session::abi::{self, fattr, fopen};
 use crate::session::{BackingId, Device, DirBuf, Handler, InitState, Operation, Reply, Request};
 
-/// Attribute and entry cache time, seconds.
-const TTL_SECS: u64 = 1;
+/// How long the kernel may keep an entry or attributes we answered
+/// (`--cache-timeout-ms`), as the protocol carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheTimeout {
+    secs: u64,
+    nsec: u32,
+}
+
+impl CacheTimeout {
+    pub fn new(d: Duration) -> Self {
+        Self {
+            secs: d.as_secs(),
+            nsec: d.subsec_nanos(),
+        }
+    }
+}
 
 /// The session handler of the daemon.
 #[derive(Debug)]
@@ -36,6 +51,8 @@ pub struct Fs {
     killpriv: AtomicBool,
     /// The connection's device, for passthrough registrations.
     dev: OnceLock<Arc<Device>>,
+    /// Entry and attribute timeout of every answer that carries one.
+    cache: CacheTimeout,
 }
 
 const FSYNC: Op = Op::new("fsync");
@@ -64,15 +81,15 @@ fn attr_out(a: &FileAttr) -> abi::Attr {
     }
 }
 
-/// The kernel's entry of `a` (a lookup it now holds).
-fn entry_out(a: &FileAttr) -> abi::EntryOut {
+/// The kernel's entry of `a` (a lookup it now holds), valid for `t`.
+fn entry_out(a: &FileAttr, t: CacheTimeout) -> abi::EntryOut {
     abi::EntryOut {
         nodeid: a.ino,
         generation: 0,
-        entry_valid: TTL_SECS,
-        attr_valid: TTL_SECS,
-        entry_valid_nsec: 0,
-        attr_valid_nsec: 0,
+        entry_valid: t.secs,
+        attr_valid: t.secs,
+        entry_valid_nsec: t.nsec,
+        attr_valid_nsec: t.nsec,
         attr: attr_out(a),
     }
 }
@@ -92,7 +109,13 @@ fn set_time(valid: u32, set: u32, now: u32, sec: u64, nsec: u32) -> Option<SetTi
 }
 
 impl Fs {
-    pub fn new(core: Arc<Core>, locks: Arc<Locks>, spans: Arc<Spans>, passthrough: bool) -> Self {
+    pub fn new(
+        core: Arc<Core>,
+        locks: Arc<Locks>,
+        spans: Arc<Spans>,
+        passthrough: bool,
+        cache: CacheTimeout,
+    ) -> Self {
         Self {
             core,
             locks,
@@ -101,6 +124,7 @@ impl Fs {
             flock: AtomicBool::new(false),
             killpriv: AtomicBool::new(false),
             dev: OnceLock::new(),
+            cache,
         }
     }
 
@@ -199,7 +223,7 @@ impl Fs {
     /// Ends the span and answers an entry or the errno.
     fn entry(&self, sp: Option<ReqSpan>, cx: &Served, r: SysResult<FileAttr>, reply: Reply) {
         match self.fin(sp, cx, r, None, |_| 0) {
-            Ok(a) => reply.pod(&entry_out(&a)),
+            Ok(a) => reply.pod(&entry_out(&a, self.cache)),
             Err(e) => reply.error(e),
         }
     }
@@ -215,8 +239,8 @@ impl Fs {
     ) {
         match self.fin(sp, cx, r, fh, |_| 0) {
             Ok(a) => reply.pod(&abi::AttrOut {
-                attr_valid: TTL_SECS,
-                attr_valid_nsec: 0,
+                attr_valid: self.cache.secs,
+                attr_valid_nsec: self.cache.nsec,
                 dummy: 0,
                 attr: attr_out(&a),
             }),
@@ -340,7 +364,7 @@ impl Fs {
         match r {
             Ok((attr, fh, of)) => {
                 self.spans.end(sp, cx.path(), Some(fh), None, None);
-                reply.pod2(&entry_out(&attr), &self.open_out(fh, &of))
+                reply.pod2(&entry_out(&attr, self.cache), &self.open_out(fh, &of))
             }
             Err(e) => {
                 self.spans.end(sp, cx.path(), None, None, Some(e));
@@ -383,7 +407,7 @@ impl Fs {
             let Ok(attr) = self.core.entry_plus(cx, ino, &e.name) else {
                 continue;
             };
-            if !buf.add_plus(&entry_out(&attr), off, typ, &e.name) {
+            if !buf.add_plus(&entry_out(&attr, self.cache), off, typ, &e.name) {
                 // Not handed to the kernel: its lookup is not held.
                 self.core.forget(attr.ino, 1);
                 break;

@@ -514,6 +514,7 @@ pub(crate) fn status_snapshot(
         workers: serde_json::Value::Null,
         cached_fds: core.fds.len(),
         close_to_open: core.close_to_open,
+        cache_timeout_ms: None,
         requests: spans
             .op_counts()
             .into_iter()

@@ -418,7 +418,13 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
         spans = spans.with_joiner(joiner.clone());
     }
     let spans = Arc::new(spans);
-    let fs = fs::Fs::new(core.clone(), locks.clone(), spans.clone(), s.passthrough);
+    let fs = fs::Fs::new(
+        core.clone(),
+        locks.clone(),
+        spans.clone(),
+        s.passthrough,
+        fs::CacheTimeout::new(s.cache_timeout),
+    );
     let passthrough = fs.passthrough.clone();
 
     if let Some(k) = &conn.keeper {
@@ -487,6 +493,7 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
         let view = view.clone();
         let mp = mountpoint.display().to_string();
         let policy = format!("{:?}", s.policy);
+        let cache_timeout_ms = s.cache_timeout.as_millis() as u64;
         let queue_sched = queue_sched.clone();
         Arc::new(move || {
             let mut st = status_snapshot(
@@ -500,6 +507,7 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
             );
             st.workers = serde_json::to_value(workers_view(&readers, threads)).unwrap_or_default();
             st.transport = transport.name().to_string();
+            st.cache_timeout_ms = Some(cache_timeout_ms);
             let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
             st.session = serde_json::json!({
                 "requests": counters.requests.get(), "short": c(&counters.short),

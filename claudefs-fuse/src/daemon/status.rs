@@ -54,6 +54,10 @@ pub struct Status {
     /// consistency (see `Core::close_to_open`).
     #[serde(default)]
     pub close_to_open: bool,
+    /// Entry and attribute timeout of the kernel's caches
+    /// (`--cache-timeout-ms`); none from a daemon that predates it.
+    #[serde(default)]
+    pub cache_timeout_ms: Option<u64>,
     /// Requests answered per operation: `{op: [answered, errors]}`.
     #[serde(default)]
     pub requests: std::collections::BTreeMap<String, [u64; 2]>,
@@ -122,6 +126,9 @@ pub fn render(s: &Status) -> String {
         s.cached_fds,
         s.workers
     );
+    if let Some(ms) = s.cache_timeout_ms {
+        o.push_str(&format!("cache timeout: {ms} ms\n"));
+    }
     if !s.queues.is_null() {
         o.push_str(&format!("queue threads: {}\n", s.queues));
     }
