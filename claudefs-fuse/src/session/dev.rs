@@ -50,23 +50,17 @@ impl Device {
         self.fd.try_clone()
     }
 
-    /// Reads one request into `buf` (blocking).
+    /// Reads one request into `buf` (blocking). rustix's system calls,
+    /// not libc's: libc's read and writev are pthread cancellation points
+    /// and wrap every call in two cancellation toggles (callgrind: ~100
+    /// instructions per request of the ~1900 an uncached stat costs).
     pub fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        // SAFETY: reads at most buf.len() bytes into the valid buffer.
-        cvt(unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+        Ok(rustix::io::read(&self.fd, buf)?)
     }
 
     /// Writes `parts` as one message.
     pub fn writev(&self, parts: &[IoSlice<'_>]) -> std::io::Result<usize> {
-        // SAFETY: IoSlice is ABI-compatible with iovec; the slices are
-        // valid for the call.
-        cvt(unsafe {
-            libc::writev(
-                self.fd.as_raw_fd(),
-                parts.as_ptr().cast(),
-                parts.len() as libc::c_int,
-            )
-        })
+        Ok(rustix::io::writev(&self.fd, parts)?)
     }
 
     /// Writes one message.

@@ -49,11 +49,13 @@
 //! The watch thread also releases every parked worker when the connection
 //! ends (`POLLERR` on the device), so the session's workers can all exit.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
 
 /// How often the watch thread looks for requests queued with no reader.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(10);
@@ -93,17 +95,16 @@ struct Poll {
     left_ns: AtomicU64,
     /// EMA of the gaps from an answer to the next request, ns.
     gap_ns: AtomicU64,
-    epoch: Instant,
     /// Polls that found a request, and polls that ran out.
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
 impl Poll {
+    /// CLOCK_MONOTONIC in plain ns (cheaper than `Instant` arithmetic,
+    /// twice per request), never 0 (0 is "unset").
     fn now_ns(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1)
+        crate::clock::monotonic_ns().max(1)
     }
 
     /// A request entered: folds the gap since the last answer into the EMA.
@@ -190,7 +191,6 @@ impl Readers {
                 max_ns,
                 left_ns: AtomicU64::new(0),
                 gap_ns: AtomicU64::new(max_ns),
-                epoch: Instant::now(),
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
             },
@@ -261,13 +261,7 @@ impl Readers {
         let Some(dev) = self.dev.get() else {
             return false;
         };
-        let mut pfd = libc::pollfd {
-            fd: dev.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, zero timeout.
-        unsafe { libc::poll(&mut pfd, 1, 0) != 0 }
+        poll_now(dev).is_ok_and(|r| !r.is_empty())
     }
 
     /// A worker is about to write an answer: if it is the lone reader, a
@@ -379,23 +373,16 @@ impl Readers {
     /// its thread is gone), wake a parked worker; a dead connection (or a
     /// device that cannot be polled) closes. Returns false once closed.
     pub fn watch_once(&self, dev: &OwnedFd) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: dev.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        let revents = match poll_now(dev) {
+            Ok(r) => r,
+            Err(rustix::io::Errno::INTR) => return true,
+            Err(_) => PollFlags::NVAL,
         };
-        // SAFETY: one valid pollfd, zero timeout.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        let interrupted =
-            || std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
-        if n < 0 && interrupted() {
-            return true;
-        }
-        if n < 0 || pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+        if revents.intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL) {
             self.close();
             return false;
         }
-        let queued = pfd.revents & libc::POLLIN != 0;
+        let queued = revents.contains(PollFlags::IN);
         let was_queued = self.watched_queued.swap(queued, Ordering::Relaxed);
         let entered = self.state.load(Ordering::Acquire) >> 32;
         let none_entered = self.watched.swap(entered, Ordering::Relaxed) == entered;
@@ -427,10 +414,21 @@ impl Readers {
     }
 }
 
+/// What a zero-timeout `poll` of `fd` for input says now (empty: nothing
+/// queued).
+fn poll_now(fd: impl AsFd) -> rustix::io::Result<PollFlags> {
+    let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut pfd, Some(&zero))?;
+    Ok(pfd[0].revents())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::FromRawFd;
     use std::sync::mpsc;
     use std::time::Instant;
 
@@ -445,11 +443,8 @@ mod tests {
     /// A pipe stands in for the device: readable = requests queued,
     /// writer closed = POLLHUP.
     fn pipe() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: fds is a valid array of two ints.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: both descriptors were just created and are owned here.
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        let (rd, wr) = std::io::pipe().unwrap();
+        (rd.into(), wr.into())
     }
 
     /// A worker that takes one request and leaves: it parks while another
@@ -461,9 +456,7 @@ mod tests {
 
     /// Queues a "request" on the pipe.
     fn queue_one(wr: &OwnedFd) {
-        // SAFETY: writes one byte from a valid buffer.
-        let n = unsafe { libc::write(wr.as_raw_fd(), b"x".as_ptr().cast(), 1) };
-        assert_eq!(n, 1);
+        assert_eq!(rustix::io::write(wr, b"x"), Ok(1));
     }
 
     #[test]
@@ -544,8 +537,7 @@ mod tests {
         assert_eq!(r.reading(), 1);
         drop(wr);
         let mut buf = [0u8; 1];
-        // SAFETY: reads into a valid one-byte buffer.
-        unsafe { libc::read(rd.as_raw_fd(), buf.as_mut_ptr().cast(), 1) };
+        rustix::io::read(&rd, &mut buf).unwrap();
         assert!(!r.watch_once(&rd), "hangup closes");
         drop(busy); // closed: nobody parks
         assert_eq!(r.reading(), 2);
@@ -572,14 +564,8 @@ mod tests {
     fn drain(rd: &OwnedFd) {
         let mut buf = [0u8; 64];
         loop {
-            let mut pfd = libc::pollfd {
-                fd: rd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, zero timeout; reads into a valid buffer.
-            let more = unsafe { libc::poll(&mut pfd, 1, 0) } > 0
-                && unsafe { libc::read(rd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0;
+            let more = poll_now(rd).is_ok_and(|r| !r.is_empty())
+                && rustix::io::read(rd, &mut buf).is_ok_and(|n| n > 0);
             if !more {
                 return;
             }

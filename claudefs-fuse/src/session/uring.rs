@@ -242,9 +242,9 @@ impl Sender for Queue {
         unsafe { e.write_answer(token.unique, error, payload) };
         self.answered.lock().push(token.slot);
         if ON_QUEUE.get() != u32::from(self.qid) {
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: writes 8 bytes from a valid buffer to our eventfd.
-            unsafe { libc::write(self.event.as_raw_fd(), one.as_ptr().cast(), 8) };
+            // Cannot fail while the queue holds its eventfd (the counter
+            // would need 2^64 - 1 wakeups to block).
+            let _ = rustix::io::write(&self.event, &1u64.to_ne_bytes());
         }
         Ok(())
     }
