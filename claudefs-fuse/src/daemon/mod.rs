@@ -303,6 +303,18 @@ pub(crate) fn workers_view(
     }
 }
 
+/// `mountpoint` with the symlinks of its parent resolved, as
+/// `/proc/self/mountinfo` names it (unchanged if the parent cannot be).
+fn as_mounted(mountpoint: &Path) -> PathBuf {
+    match (mountpoint.parent(), mountpoint.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map(|p| p.join(name))
+            .unwrap_or_else(|_| mountpoint.to_path_buf()),
+        _ => mountpoint.to_path_buf(),
+    }
+}
+
 /// Starts the exporter thread if anything is to be exported. A failure
 /// to load the probes or set up OTLP is a warning: the mount serves on.
 pub(crate) fn start_exporter(
@@ -318,19 +330,30 @@ pub(crate) fn start_exporter(
     }
     let metrics = Arc::new(ex::Metrics::new());
     let stats = Arc::new(ex::otlp::ExportStats::default());
+    // As the mount table spells it: through symlinks above the mountpoint
+    // (not into it, which would be a request to this very daemon).
+    let mountpoint = &as_mounted(mountpoint);
     let conn = crate::probes::mountinfo::MountTable::read_self()
         .ok()
         .and_then(|t| {
             t.entries()
                 .iter()
                 .rev()
-                .find(|e| e.mount_point == mountpoint)
+                .find(|e| e.mount_point == *mountpoint)
                 .map(|e| e.dev)
         });
-    if let Some(conn) = conn.filter(|_| listener.is_some()) {
+    if conn.is_none() {
+        tracing::warn!(
+            "{} is not in /proc/self/mountinfo: the probes report every FUSE mount; \
+             claudefs_fuse_requests_waiting looks for it again at each scrape",
+            mountpoint.display()
+        );
+    }
+    if listener.is_some() {
         match ex::fusectl::Fusectl::find_or_mount() {
             Ok(fc) => {
-                let c = ex::fusectl::WaitingCollector::new(fc, Some(conn));
+                let only = ex::fusectl::Connections::MountedAt(mountpoint.to_path_buf());
+                let c = ex::fusectl::WaitingCollector::new(fc, only);
                 if let Err(e) = metrics.register(Box::new(c)) {
                     tracing::warn!("{e}");
                 }
@@ -544,4 +567,24 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         print!("{}", status::render(&s));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::as_mounted;
+
+    /// The mount table names a mountpoint with its parent's symlinks
+    /// resolved; the exporter looks it up by that name.
+    #[test]
+    fn a_mountpoint_is_named_as_the_mount_table_names_it() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().canonicalize().unwrap().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(as_mounted(&link.join("mnt")), real.join("mnt"));
+        assert_eq!(as_mounted(&real.join("mnt")), real.join("mnt"));
+        let gone = d.path().join("gone/mnt");
+        assert_eq!(as_mounted(&gone), gone);
+    }
 }

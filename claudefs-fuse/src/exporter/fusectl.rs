@@ -86,10 +86,38 @@ pub fn waiting_family(
     family.build()
 }
 
+/// Which connections a [`WaitingCollector`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connections {
+    /// Every FUSE mount of the host (`observe`).
+    All,
+    /// The connection mounted at this path, looked up at each scrape in
+    /// the mount table the scrape reads anyway (the daemon: nothing
+    /// depends on finding it when the exporter starts).
+    MountedAt(PathBuf),
+}
+
+impl Connections {
+    /// The one connection to report, if one: `Err` when the mount is not
+    /// in `mounts`.
+    fn pick(&self, mounts: &MountTable) -> Result<Option<u32>, ()> {
+        match self {
+            Connections::All => Ok(None),
+            Connections::MountedAt(p) => mounts
+                .entries()
+                .iter()
+                .rev()
+                .find(|e| &e.mount_point == p)
+                .map(|e| Some(e.dev))
+                .ok_or(()),
+        }
+    }
+}
+
 /// A `Collector` of [`waiting_family`] at each scrape.
 pub struct WaitingCollector {
     fusectl: Fusectl,
-    only_conn: Option<u32>,
+    only: Connections,
     families: Vec<Family>,
     warned: AtomicBool,
 }
@@ -101,11 +129,10 @@ impl std::fmt::Debug for WaitingCollector {
 }
 
 impl WaitingCollector {
-    /// `only_conn`: the daemon's own connection; `None` for every mount.
-    pub fn new(fusectl: Fusectl, only_conn: Option<u32>) -> Self {
+    pub fn new(fusectl: Fusectl, only: Connections) -> Self {
         Self {
             fusectl,
-            only_conn,
+            only,
             families: vec![names::REQUESTS_WAITING],
             warned: AtomicBool::new(false),
         }
@@ -127,7 +154,10 @@ impl Collector for WaitingCollector {
                 return Vec::new();
             }
         };
-        waiting_family(&self.fusectl, &mounts, self.only_conn)
+        let Ok(only_conn) = self.only.pick(&mounts) else {
+            return Vec::new();
+        };
+        waiting_family(&self.fusectl, &mounts, only_conn)
             .into_iter()
             .collect()
     }
@@ -154,6 +184,29 @@ mod tests {
             std::fs::write(dir.join("waiting"), text).unwrap();
         }
         d
+    }
+
+    /// The daemon's collector finds its mount at each scrape: a mount that
+    /// appears after the collector was made is reported, one that is not
+    /// (yet) mounted reports nothing rather than every mount.
+    #[test]
+    fn a_collector_for_a_mountpoint_finds_it_at_each_scrape() {
+        let mounts = MountTable::parse(MOUNTINFO);
+        let at = |p: &str| Connections::MountedAt(PathBuf::from(p));
+        assert_eq!(at("/mnt/cfs").pick(&mounts), Ok(Some(55)));
+        assert_eq!(at("/mnt/ssh-again").pick(&mounts), Ok(Some(56)));
+        assert_eq!(at("/mnt/later").pick(&mounts), Err(()));
+        assert_eq!(Connections::All.pick(&mounts), Ok(None));
+        let d = fake_fusectl(&[(55, "3\n"), (58, "4\n")]);
+        let c = WaitingCollector::new(Fusectl::at(d.path()), at("/mnt/later"));
+        let later = MountTable::parse(&format!(
+            "{MOUNTINFO}41 1 0:58 / /mnt/later rw - fuse.claudefs claudefs rw\n"
+        ));
+        let pick = c.only.pick(&later).unwrap();
+        let text = String::from_utf8(encode(&[waiting_family(&c.fusectl, &later, pick).unwrap()]))
+            .unwrap();
+        assert!(text.contains("mount=\"/mnt/later\""), "{text}");
+        assert!(!text.contains("/mnt/cfs"), "{text}");
     }
 
     #[test]

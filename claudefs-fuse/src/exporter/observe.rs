@@ -68,7 +68,10 @@ pub fn run(args: &ObserveArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics.register(Box::new(ProbeCollector::new(probes.clone(), None)))?;
     match super::fusectl::Fusectl::find_or_mount() {
-        Ok(fc) => metrics.register(Box::new(super::fusectl::WaitingCollector::new(fc, None)))?,
+        Ok(fc) => metrics.register(Box::new(super::fusectl::WaitingCollector::new(
+            fc,
+            super::fusectl::Connections::All,
+        )))?,
         Err(e) => {
             eprintln!("observe: fusectl unavailable ({e}): no claudefs_fuse_requests_waiting")
         }
