@@ -183,7 +183,7 @@ pub struct MountArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// After answering, the reading worker polls /dev/fuse for up to this
-    /// many microseconds (adaptively; default 20, 0 = never, at most 1000) before it
+    /// many microseconds (adaptively; default 100, 0 = never, at most 1000) before it
     /// sleeps.
     #[arg(long, value_name = "US", allow_negative_numbers = true)]
     pub poll_us: Option<u64>,
@@ -440,7 +440,7 @@ impl MountArgs {
                 origin.name("--threads", "threads", self.threads.is_some(), threads)
             );
         }
-        let poll_us = self.poll_us.or(file.poll_us).unwrap_or(20);
+        let poll_us = self.poll_us.or(file.poll_us).unwrap_or(100);
         if !POLL_US_RANGE.contains(&poll_us) {
             bail!(
                 "{}: must be in {POLL_US_RANGE:?}",

@@ -41,7 +41,7 @@
 //! interrupt to another CPU taking it out of halt: several microseconds,
 //! more than the request itself on fast storage. The window adapts to the
 //! gap between a reply and the next request (an EMA): twice that gap,
-//! at most `--poll-us` (default 20 us), and no polling while the gap is
+//! at most `--poll-us` (default 100 us), and no polling while the gap is
 //! longer than that, so a quiet mount, or an application that takes long
 //! between requests, costs no CPU. A daemon that can run on one CPU only
 //! is made without polling (there it would only delay the application).
