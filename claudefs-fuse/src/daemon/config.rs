@@ -339,6 +339,25 @@ impl Origin<'_> {
             _ => format!("{flag} {value:?}"),
         }
     }
+
+    /// The flag's value, else the file's, else `default`, which must lie
+    /// in `range` (else an error naming where the value came from).
+    fn in_range<T: PartialOrd + Copy + std::fmt::Debug>(
+        &self,
+        (flag, key): (&str, &str),
+        (from_flag, from_file): (Option<T>, Option<T>),
+        default: T,
+        range: &std::ops::RangeInclusive<T>,
+    ) -> anyhow::Result<T> {
+        let v = from_flag.or(from_file).unwrap_or(default);
+        if !range.contains(&v) {
+            bail!(
+                "{}: must be in {range:?}",
+                self.name(flag, key, from_flag.is_some(), v)
+            );
+        }
+        Ok(v)
+    }
 }
 
 /// A TOML error as one line naming the file, the line and the key it is
@@ -433,62 +452,36 @@ impl MountArgs {
         crate::daemon::idmap::IdMap::from_spec(&idmap).with_context(|| {
             origin.name("--idmap", "idmap", self.idmap.is_some(), idmap.to_string())
         })?;
-        let threads = self.threads.or(file.threads).unwrap_or(4);
-        if !THREADS_RANGE.contains(&threads) {
-            bail!(
-                "{}: must be in {THREADS_RANGE:?}",
-                origin.name("--threads", "threads", self.threads.is_some(), threads)
-            );
-        }
-        let poll_us = self.poll_us.or(file.poll_us).unwrap_or(100);
-        if !POLL_US_RANGE.contains(&poll_us) {
-            bail!(
-                "{}: must be in {POLL_US_RANGE:?}",
-                origin.name("--poll-us", "poll_us", self.poll_us.is_some(), poll_us)
-            );
-        }
-        let cache_timeout_ms = self
-            .cache_timeout_ms
-            .or(file.cache_timeout_ms)
-            .unwrap_or(1000);
-        if !CACHE_TIMEOUT_MS_RANGE.contains(&cache_timeout_ms) {
-            bail!(
-                "{}: must be in {CACHE_TIMEOUT_MS_RANGE:?}",
-                origin.name(
-                    "--cache-timeout-ms",
-                    "cache_timeout_ms",
-                    self.cache_timeout_ms.is_some(),
-                    cache_timeout_ms
-                )
-            );
-        }
-        let health_interval_ms = self
-            .health_interval_ms
-            .or(file.health_interval_ms)
-            .unwrap_or(1000);
-        if !HEALTH_INTERVAL_MS_RANGE.contains(&health_interval_ms) {
-            bail!(
-                "{}: must be in {HEALTH_INTERVAL_MS_RANGE:?}",
-                origin.name(
-                    "--health-interval-ms",
-                    "health_interval_ms",
-                    self.health_interval_ms.is_some(),
-                    health_interval_ms
-                )
-            );
-        }
-        let sample_rate = self.sample_rate.or(file.sample_rate).unwrap_or(0.01);
-        if !(0.0..=1.0).contains(&sample_rate) {
-            bail!(
-                "{}: must be in 0.0..=1.0",
-                origin.name(
-                    "--sample-rate",
-                    "sample_rate",
-                    self.sample_rate.is_some(),
-                    sample_rate
-                )
-            );
-        }
+        let threads = origin.in_range(
+            ("--threads", "threads"),
+            (self.threads, file.threads),
+            4,
+            &THREADS_RANGE,
+        )?;
+        let poll_us = origin.in_range(
+            ("--poll-us", "poll_us"),
+            (self.poll_us, file.poll_us),
+            100,
+            &POLL_US_RANGE,
+        )?;
+        let cache_timeout_ms = origin.in_range(
+            ("--cache-timeout-ms", "cache_timeout_ms"),
+            (self.cache_timeout_ms, file.cache_timeout_ms),
+            1000,
+            &CACHE_TIMEOUT_MS_RANGE,
+        )?;
+        let health_interval_ms = origin.in_range(
+            ("--health-interval-ms", "health_interval_ms"),
+            (self.health_interval_ms, file.health_interval_ms),
+            1000,
+            &HEALTH_INTERVAL_MS_RANGE,
+        )?;
+        let sample_rate = origin.in_range(
+            ("--sample-rate", "sample_rate"),
+            (self.sample_rate, file.sample_rate),
+            0.01,
+            &(0.0..=1.0),
+        )?;
         let metrics_addr = match (self.metrics_addr, &file.metrics_addr) {
             (Some(a), _) => Some(a),
             (None, Some(s)) => Some(crate::exporter::parse_addr(s).map_err(|e| {

@@ -335,13 +335,7 @@ pub(crate) fn start_exporter(
     let mountpoint = &as_mounted(mountpoint);
     let conn = crate::probes::mountinfo::MountTable::read_self()
         .ok()
-        .and_then(|t| {
-            t.entries()
-                .iter()
-                .rev()
-                .find(|e| e.mount_point == *mountpoint)
-                .map(|e| e.dev)
-        });
+        .and_then(|t| t.mounted_at(mountpoint).map(|e| e.dev));
     if conn.is_none() {
         tracing::warn!(
             "{} is not in /proc/self/mountinfo: the probes report every FUSE mount; \

@@ -103,13 +103,7 @@ impl Connections {
     fn pick(&self, mounts: &MountTable) -> Result<Option<u32>, ()> {
         match self {
             Connections::All => Ok(None),
-            Connections::MountedAt(p) => mounts
-                .entries()
-                .iter()
-                .rev()
-                .find(|e| &e.mount_point == p)
-                .map(|e| Some(e.dev))
-                .ok_or(()),
+            Connections::MountedAt(p) => mounts.mounted_at(p).map(|e| Some(e.dev)).ok_or(()),
         }
     }
 }

@@ -166,6 +166,15 @@ impl MountTable {
         Some(same_dev.find(|e| e.root == Path::new("/")).unwrap_or(first))
     }
 
+    /// The mount at exactly `mount_point` (the one on top when several
+    /// share it).
+    pub fn mounted_at(&self, mount_point: &Path) -> Option<&MountEntry> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.mount_point == mount_point)
+    }
+
     /// The mount whose mount point is the longest prefix of `path`, judged
     /// on the path's text alone (no file system access, so a hung FUSE
     /// mount cannot block it; symbolic links are not followed). A relative
