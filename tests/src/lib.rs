@@ -11,6 +11,7 @@
 //! probe tests, and [`probes`] loads the probes for them; [`require_privileges`] decides whether a privileged test
 //! can run here.
 
+pub mod cpu;
 pub mod exporter;
 pub mod probes;
 pub mod testfs;
@@ -450,6 +451,11 @@ pub struct Bindfs {
 }
 
 impl Bindfs {
+    /// The pid of the bindfs process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn start(src: &Path, dst: &Path) -> anyhow::Result<Self> {
         Self::start_with(src, dst, &[])
     }

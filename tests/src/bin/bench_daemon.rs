@@ -28,6 +28,14 @@
 //! per-round ratios: a slow phase of the VM then hits both sides alike.
 //! "best peer" is, per round, the fastest of bindfs and passthrough_hp on
 //! either transport.
+//!
+//! A last table splits each metadata loop's CPU time per operation into
+//! the loop's processes (the application and the kernel's FUSE client
+//! working for it) and the daemon's process tree, in the kernel and in
+//! user space (see `claudefs_e2e::cpu` and [`Cpu`]), and from it the
+//! ratios of the targets as they would be with a daemon whose user space
+//! took no time: how far a faster daemon could still move a row, as long
+//! as the loop is bound by CPU.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -36,6 +44,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use claudefs_e2e::cpu::{self, Who};
 use claudefs_e2e::{fuse_bin, is_mounted, wait_until, Bindfs, MountGuard};
 
 const METRICS: [&str; 12] = [
@@ -108,9 +117,8 @@ impl Loop {
             .find(|l| l.name() == s)
     }
 
-    /// Runs for [`LOOP_FOR`] on `dir` (worker `id` keeps its own names);
-    /// returns ops/s.
-    fn run(self, dir: &Path, id: usize) -> anyhow::Result<f64> {
+    /// Runs for [`LOOP_FOR`] on `dir` (worker `id` keeps its own names).
+    fn run(self, dir: &Path, id: usize) -> anyhow::Result<Count> {
         let f = dir.join("small");
         let cf = std::ffi::CString::new(f.as_os_str().as_encoded_bytes())?;
         Ok(match self {
@@ -124,8 +132,8 @@ impl Loop {
         })
     }
 
-    /// [`PROCS`] worker processes at once; their ops/s summed.
-    fn run_parallel(self, dir: &Path) -> anyhow::Result<f64> {
+    /// [`PROCS`] worker processes at once; their counts summed.
+    fn run_parallel(self, dir: &Path) -> anyhow::Result<Count> {
         let me = std::env::current_exe()?;
         let children: Vec<Child> = (0..PROCS)
             .map(|id| {
@@ -137,21 +145,35 @@ impl Loop {
                     .spawn()
             })
             .collect::<Result<_, _>>()?;
-        let mut total = 0.0;
+        let mut total = Count {
+            per_sec: 0.0,
+            ops: 0,
+        };
         for c in children {
             let out = c.wait_with_output()?;
             let text = String::from_utf8_lossy(&out.stdout);
             if !out.status.success() {
                 anyhow::bail!("worker failed: {text}");
             }
-            total += text.trim().parse::<f64>()?;
+            let mut words = text.split_whitespace();
+            let (Some(rate), Some(ops)) = (words.next(), words.next()) else {
+                anyhow::bail!("worker said {text:?}, not \"OPS_PER_SEC OPS\"");
+            };
+            total.per_sec += rate.parse::<f64>()?;
+            total.ops += ops.parse::<u64>()?;
         }
         Ok(total)
     }
 }
 
-/// Runs `op(i)` for i = 0, 1, ... for [`LOOP_FOR`]; returns ops/s.
-fn ops_per_sec(mut op: impl FnMut(u64) -> std::io::Result<()>) -> std::io::Result<f64> {
+/// What a loop did: ops/s, and how many operations.
+struct Count {
+    per_sec: f64,
+    ops: u64,
+}
+
+/// Runs `op(i)` for i = 0, 1, ... for [`LOOP_FOR`].
+fn ops_per_sec(mut op: impl FnMut(u64) -> std::io::Result<()>) -> std::io::Result<Count> {
     let t = Instant::now();
     let mut i = 0;
     loop {
@@ -161,23 +183,50 @@ fn ops_per_sec(mut op: impl FnMut(u64) -> std::io::Result<()>) -> std::io::Resul
         }
         let el = t.elapsed();
         if el >= LOOP_FOR {
-            return Ok(i as f64 / el.as_secs_f64());
+            return Ok(Count {
+                per_sec: i as f64 / el.as_secs_f64(),
+                ops: i,
+            });
         }
     }
 }
 
-fn bench(dir: &Path, mb: usize) -> anyhow::Result<[f64; METRICS.len()]> {
+/// One setup's round: every metric, and the CPU per operation of the
+/// metadata loops (see [`Cpu`]).
+fn bench(
+    dir: &Path,
+    daemon: &[u32],
+    mb: usize,
+) -> anyhow::Result<([f64; METRICS.len()], [Cpu; LOOPS])> {
     fs::create_dir_all(dir)?;
     let f = dir.join("small");
     fs::write(&f, b"x")?;
-    let stat = ops_per_sec(|_| fs::metadata(&f).map(drop))?;
-    let mut loops = [0.0; 6];
+    let stat = ops_per_sec(|_| fs::metadata(&f).map(drop))?.per_sec;
+    let daemon = cpu::tree(daemon);
+    let mut loops = [0.0; LOOPS];
+    let mut cpus = [Cpu::default(); LOOPS];
     for (k, l) in [Loop::StatUncached, Loop::OpenClose, Loop::CreateUnlink]
         .into_iter()
         .enumerate()
     {
-        loops[2 * k] = l.run(dir, 0)?;
-        loops[2 * k + 1] = l.run_parallel(dir)?;
+        for (j, who) in [Who::Me, Who::Children].into_iter().enumerate() {
+            let (app0, daemon0) = (cpu::used_ns(who), cpu::run_ns(&daemon));
+            let ticks0 = cpu::ticks(&daemon);
+            let c = match who {
+                Who::Me => l.run(dir, 0)?,
+                Who::Children => l.run_parallel(dir)?,
+            };
+            let (app1, daemon1) = (cpu::used_ns(who), cpu::run_ns(&daemon));
+            let ticks1 = cpu::ticks(&daemon);
+            let per_op = |ns: u64| ns as f64 / 1000.0 / c.ops.max(1) as f64;
+            loops[2 * k + j] = c.per_sec;
+            cpus[2 * k + j] = Cpu {
+                app_us: per_op(app1.saturating_sub(app0)),
+                daemon_us: per_op(daemon1.saturating_sub(daemon0)),
+                user_ticks: ticks1.0.saturating_sub(ticks0.0),
+                system_ticks: ticks1.1.saturating_sub(ticks0.1),
+            };
+        }
     }
     let (unlink, rename) = held(dir)?;
     let big = dir.join("big");
@@ -209,7 +258,31 @@ fn bench(dir: &Path, mb: usize) -> anyhow::Result<[f64; METRICS.len()]> {
     let dropped = read_dropped(&big, &mut rbuf)?;
     fs::remove_file(&big)?;
     let [a, b, c, d, e, g] = loops;
-    Ok([stat, a, b, c, d, e, g, unlink, rename, write, read, dropped])
+    Ok((
+        [stat, a, b, c, d, e, g, unlink, rename, write, read, dropped],
+        cpus,
+    ))
+}
+
+/// The metadata loops: METRICS[1..=LOOPS].
+const LOOPS: usize = 6;
+
+/// CPU time per operation of a metadata loop, us: the loop's processes
+/// (the application and the kernel working for it) and the daemon's
+/// process tree, with the daemon's user and system ticks (their sum over
+/// the rounds splits `daemon_us` into user space and kernel). The kernel
+/// part is mostly the protocol's (taking the request, the answer's copy,
+/// the switches to and from the daemon), the user part the daemon's own
+/// work. When the round trip is bound by CPU (one process: the two sides
+/// take turns on one CPU; four: both CPUs busy), a daemon whose user
+/// space took no time would make the loop at most (app + daemon) / (app
+/// + daemon's kernel part) times faster.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    app_us: f64,
+    daemon_us: f64,
+    user_ticks: u64,
+    system_ticks: u64,
 }
 
 /// Lifts the RLIMIT_NOFILE hard limit for the daemons this process
@@ -374,6 +447,8 @@ impl Drop for PassthroughHp {
 struct Setup {
     name: &'static str,
     dir: PathBuf,
+    /// The daemon's process (its descendants count too), if any.
+    daemon: Vec<u32>,
     _mount: Box<dyn std::any::Any>,
 }
 
@@ -389,7 +464,8 @@ fn main() -> anyhow::Result<()> {
     if let [_, flag, kind, dir, id] = args.as_slice() {
         if flag == "--worker" {
             let l = Loop::from_name(kind).ok_or_else(|| anyhow::anyhow!("no loop {kind}"))?;
-            println!("{}", l.run(Path::new(dir), id.parse()?)?);
+            let c = l.run(Path::new(dir), id.parse()?)?;
+            println!("{} {}", c.per_sec, c.ops);
             return Ok(());
         }
     }
@@ -419,12 +495,14 @@ fn main() -> anyhow::Result<()> {
     let mut setups = vec![Setup {
         name: "native",
         dir: shared.join("b-native"),
+        daemon: Vec::new(),
         _mount: Box::new(()),
     }];
     let bind = Bindfs::start(&shared, &tmp.path().join("bindfs"))?;
     setups.push(Setup {
         name: "bindfs",
         dir: bind.dst.join("b-bindfs"),
+        daemon: bind.pid().into_iter().collect(),
         _mount: Box::new(bind),
     });
     if let Some(bin) = &hp_bin {
@@ -434,6 +512,7 @@ fn main() -> anyhow::Result<()> {
             setups.push(Setup {
                 name,
                 dir: mnt.join(format!("b-{}", name.replace(' ', "-"))),
+                daemon: vec![hp.child.id()],
                 _mount: Box::new(hp),
             });
         }
@@ -453,6 +532,7 @@ fn main() -> anyhow::Result<()> {
         setups.push(Setup {
             name,
             dir: m.mnt.join(format!("b-{tag}")),
+            daemon: vec![m.keeper_pid()],
             _mount: Box::new(m),
         });
         anyhow::Ok(())
@@ -468,15 +548,19 @@ fn main() -> anyhow::Result<()> {
 
     let n = setups.len();
     let mut results = vec![vec![Vec::new(); METRICS.len()]; n];
+    let mut cpu_results = vec![vec![Vec::new(); LOOPS]; n];
     for round in 0..rounds {
         for k in 0..n {
             let i = (round + k) % n;
             if STOP.load(Ordering::Relaxed) {
                 anyhow::bail!("interrupted: mounts cleaned up");
             }
-            let r = bench(&setups[i].dir, mb)?;
+            let (r, cpus) = bench(&setups[i].dir, &setups[i].daemon, mb)?;
             for (m, v) in r.iter().enumerate() {
                 results[i][m].push(*v);
+            }
+            for (m, c) in cpus.into_iter().enumerate() {
+                cpu_results[i][m].push(c);
             }
             eprintln!("round {round} {}: {r:.0?}", setups[i].name);
         }
@@ -539,6 +623,74 @@ fn main() -> anyhow::Result<()> {
             print!(" {:>20.2}", ratio(*a, b, m));
         }
         println!();
+    }
+
+    // CPU per operation of the metadata loops (see `Cpu`), and the ratios
+    // of the targets with a daemon whose user space took no time.
+    let user_share = |i: usize, m: usize| {
+        let (u, s) = cpu_results[i][m]
+            .iter()
+            .fold((0, 0), |(u, s), c| (u + c.user_ticks, s + c.system_ticks));
+        if u + s == 0 {
+            0.0
+        } else {
+            u as f64 / (u + s) as f64
+        }
+    };
+    print!("\n{:<24}", "CPU/op us: app+sys+user");
+    for s in &setups {
+        print!(" {:>17}", s.name);
+    }
+    println!();
+    for (m, name) in METRICS[1..=LOOPS].iter().enumerate() {
+        print!("{name:<24}");
+        for (i, per_round) in cpu_results.iter().enumerate() {
+            let mut app: Vec<f64> = per_round[m].iter().map(|c| c.app_us).collect();
+            let mut daemon: Vec<f64> = per_round[m].iter().map(|c| c.daemon_us).collect();
+            let (app, daemon, share) = (median(&mut app), median(&mut daemon), user_share(i, m));
+            let cell = format!(
+                "{app:.1}+{:.1}+{:.1}",
+                daemon * (1.0 - share),
+                daemon * share
+            );
+            print!(" {cell:>17}");
+        }
+        println!();
+    }
+    let ceiling = |a: usize, b: &[usize], m: usize| {
+        let share = user_share(a, m - 1);
+        let mut r: Vec<f64> = (0..rounds)
+            .map(|n| {
+                let best = b.iter().map(|&j| results[j][m][n]).fold(0.0, f64::max);
+                let c = cpu_results[a][m - 1][n];
+                let floor = c.app_us + c.daemon_us * (1.0 - share);
+                let scale = if floor > 0.0 {
+                    (c.app_us + c.daemon_us) / floor
+                } else {
+                    1.0
+                };
+                results[a][m][n] * scale / best
+            })
+            .collect();
+        median(&mut r)
+    };
+    let targets: Vec<&(String, usize, Vec<usize>)> = comparisons
+        .iter()
+        .filter(|(label, _, _)| label == "dev / pt_hp" || label == "uring / best peer")
+        .collect();
+    if !targets.is_empty() {
+        print!("\n{:<24}", "ratio, 0 us user space");
+        for (label, _, _) in &targets {
+            print!(" {label:>20}");
+        }
+        println!();
+        for (m, name) in METRICS.iter().enumerate().take(LOOPS + 1).skip(1) {
+            print!("{name:<24}");
+            for (_, a, b) in &targets {
+                print!(" {:>20.2}", ceiling(*a, b, m));
+            }
+            println!();
+        }
     }
     println!(
         "({rounds} interleaved rounds, {mb} MiB sequential files; best peer = fastest of {} per round; \
