@@ -533,6 +533,107 @@ fn uring_mount_survives_a_restart() {
     one_line_error(&out, "io_uring");
 }
 
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data the call fills; CPU_ISSET reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: as in `allowed_cpus`; CPU_SET writes inside the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Whether process `pid` runs (not gone, not a zombie).
+fn runs(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| s[i + 1..].trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+#[test]
+fn a_request_sent_while_no_server_serves_io_uring_is_answered_by_the_next() {
+    // The kernel keeps its rings "ready" when the server dies: a request
+    // sent then waits in the list of its CPU's queue, and registering the
+    // next server's entries does not hand it out. The next server kicks
+    // every queue; without that, these stats would wait until another
+    // request on the same queue completed, which nothing here sends. A
+    // stat that reaches an entry of the dead server's rings before the
+    // kernel has torn them down is ended by the kernel with ECANCELED
+    // (its task is gone): that one is answered too, with the error.
+    if !claudefs_e2e::uring_mounts() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_src, m) =
+        MountGuard::single_path(tmp.path(), &["--transport".into(), "uring".into()]).unwrap();
+    fs::write(m.mnt.join("f"), b"x").unwrap();
+    let old = m.kill9_server();
+    assert!(
+        claudefs_e2e::wait_until(Duration::from_secs(5), || !runs(old)),
+        "server {old} still runs after SIGKILL"
+    );
+    // Its rings are gone with it; the keeper is starting the next server.
+    let cpus = allowed_cpus();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for &cpu in &cpus {
+        let path =
+            std::ffi::CString::new(m.mnt.join("f").into_os_string().into_encoded_bytes()).unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            pin_to(cpu);
+            let r = claudefs_e2e::statx_sync(&path).map_err(|e| e.to_string());
+            let _ = tx.send((cpu, r));
+        });
+    }
+    drop(tx);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut answered = Vec::new();
+    while answered.len() < cpus.len() {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(a) => answered.push(a),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        answered.len(),
+        cpus.len(),
+        "stats answered within 10 s, of one per CPU {cpus:?}: {answered:?}; log: {}",
+        m.log_text()
+    );
+    let canceled = std::io::Error::from_raw_os_error(libc::ECANCELED).to_string();
+    assert!(
+        answered
+            .iter()
+            .all(|(_, r)| r.as_ref().map_or_else(|e| *e == canceled, |()| true)),
+        "{answered:?}"
+    );
+    let st = m.wait_generation(1, Duration::from_secs(10)).unwrap();
+    assert_eq!(st["transport"], "uring", "{st}");
+}
+
 /// Four writers write and fsync; `n` records each so far.
 struct Writers {
     stop: Arc<AtomicBool>,

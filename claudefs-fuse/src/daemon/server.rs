@@ -376,6 +376,11 @@ pub fn run(s: Settings, launch: Launch) -> anyhow::Result<()> {
     // What the last server left: carried on (same connection) or only
     // reported (a new mount after a crash).
     let carry_on = conn.init.is_some();
+    if carry_on && transport == Transport::Uring {
+        // Requests sent since the last server died may wait in the
+        // kernel's queues until one request on theirs completes.
+        session.kick_queues_at(mountpoint.clone());
+    }
     let leftover = LiveState::from_records(&journal::read_leftover(&s.state_dir)?);
     let t_recovery = std::time::Instant::now();
     let journal = if carry_on {

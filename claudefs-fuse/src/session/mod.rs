@@ -126,6 +126,9 @@ pub struct Session {
     state: InitState,
     counters: Arc<Counters>,
     on_clone: Hook,
+    /// Where the connection is mounted, for the io_uring queues' kick
+    /// after an adoption (see [`Session::kick_queues_at`]).
+    kick_at: Option<std::path::PathBuf>,
 }
 
 /// Why a session could not start.
@@ -191,6 +194,7 @@ impl Session {
                         state,
                         counters: Arc::default(),
                         on_clone: Hook::default(),
+                        kick_at: None,
                     });
                 }
                 Err(e) => {
@@ -209,6 +213,7 @@ impl Session {
             state,
             counters: Arc::default(),
             on_clone: Hook::default(),
+            kick_at: None,
         }
     }
 
@@ -218,6 +223,16 @@ impl Session {
     /// connection while it is open).
     pub fn on_clone(&mut self, hook: CloneHook) {
         self.on_clone = Hook(Some(hook));
+    }
+
+    /// Once its io_uring queues have registered their entries, the session
+    /// makes one request complete on each queue, by an uncached stat of
+    /// `mountpoint` from each CPU (see `uring::kick_queues`). For a session
+    /// that adopts a connection whose previous server died on io_uring:
+    /// requests sent while no queue had entries wait in the kernel until a
+    /// request on their queue completes, which an idle mount may never see.
+    pub fn kick_queues_at(&mut self, mountpoint: std::path::PathBuf) {
+        self.kick_at = Some(mountpoint);
     }
 
     /// What INIT agreed.

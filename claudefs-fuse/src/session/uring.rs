@@ -24,10 +24,17 @@
 //! INTERRUPT, FORGET and notifications still travel over `/dev/fuse`, as
 //! do requests sent before the rings are ready: a `/dev/fuse` worker runs
 //! beside the queues.
+//!
+//! After a server dies the kernel keeps the connection's rings "ready",
+//! so a request sent before the next server has registered entries on
+//! its queue waits in that queue's list; registering does not hand it
+//! out (6.14-6.18 only take a waiting request when an answer is
+//! committed on the queue). A session that adopts such a connection
+//! kicks every queue once its entries are in ([`kick_queues`]).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -276,8 +283,8 @@ fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
 }
 
 /// Pins the calling thread to `cpu` (best effort: a queue thread on
-/// another CPU still works, only without locality).
-fn pin(cpu: usize) {
+/// another CPU still works, only without locality); whether it is.
+fn pin(cpu: usize) -> bool {
     // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; the call
     // reads it.
     unsafe {
@@ -286,9 +293,65 @@ fn pin(cpu: usize) {
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             tracing::debug!(
                 cpu,
-                "queue thread not pinned: {}",
+                "thread not pinned: {}",
                 std::io::Error::last_os_error()
             );
+            return false;
+        }
+    }
+    true
+}
+
+/// Makes one request complete on each of the `queues` queues of the
+/// connection mounted at `mountpoint`, so that requests waiting in the
+/// kernel's list of a queue go out (see the module doc): from a thread
+/// of its own, pinned to each CPU in turn (the kernel picks the queue of
+/// the caller's CPU), an uncached stat of the mount's root. Returns at
+/// once; the thread logs what it did.
+pub fn kick_queues(mountpoint: std::path::PathBuf, queues: usize) {
+    let spawned = std::thread::Builder::new()
+        .name("cfs-ring-kick".into())
+        .spawn(move || {
+            let mut kicked = 0;
+            for cpu in 0..queues {
+                if !pin(cpu) {
+                    continue;
+                }
+                match rustix::fs::statx(
+                    rustix::fs::CWD,
+                    &mountpoint,
+                    rustix::fs::AtFlags::STATX_FORCE_SYNC,
+                    rustix::fs::StatxFlags::BASIC_STATS,
+                ) {
+                    Ok(_) => kicked += 1,
+                    Err(e) => tracing::debug!(
+                        cpu,
+                        "kick of the io_uring queue: stat of {}: {e}",
+                        mountpoint.display()
+                    ),
+                }
+            }
+            tracing::debug!(kicked, queues, "io_uring queues kicked after the adoption");
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the io_uring queue kick: {e}; requests sent while no server served may wait");
+    }
+}
+
+/// Counts the queues still registering their first entries; the last one
+/// in kicks the queues if the session asked for it.
+struct Registering {
+    left: AtomicUsize,
+    queues: usize,
+    kick_at: Option<std::path::PathBuf>,
+}
+
+impl Registering {
+    fn registered(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(at) = &self.kick_at {
+                kick_queues(at.clone(), self.queues);
+            }
         }
     }
 }
@@ -367,6 +430,7 @@ fn queue_thread<H: Handler>(
     handler: Arc<H>,
     counters: Arc<Counters>,
     sched: &QueueSched,
+    registering: &Registering,
 ) -> std::io::Result<()> {
     let qid = qr.queue.qid;
     pin(usize::from(qid));
@@ -376,6 +440,9 @@ fn queue_thread<H: Handler>(
         qr.register()?;
     }
     qr.arm_event()?;
+    // The kernel takes the entries as the SQEs are submitted.
+    qr.ring.submit()?;
+    registering.registered();
     let sender: Arc<dyn Sender> = qr.queue.clone();
     let mut done = Vec::with_capacity(MAX_ENTRIES);
     let mut answered = Vec::with_capacity(MAX_ENTRIES);
@@ -475,6 +542,11 @@ impl Session {
             sched.unguarded();
         }
         let mut threads = Vec::new();
+        let registering = Arc::new(Registering {
+            left: AtomicUsize::new(sched.queues()),
+            queues: sched.queues(),
+            kick_at: self.kick_at.clone(),
+        });
         // One queue per possible CPU (the kernel's rule for 6.14-6.18),
         // as many as `sched` has classes for.
         for qid in 0..sched.queues() {
@@ -493,6 +565,7 @@ impl Session {
             let fd = std::os::fd::AsFd::as_fd(&*self.dev).as_raw_fd();
             let (handler, counters) = (handler.clone(), self.counters.clone());
             let sched = sched.clone();
+            let registering = registering.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("cfs-ring-{qid}"))
@@ -511,7 +584,7 @@ impl Session {
                                     payload_len,
                                     event_buf: Box::new(0),
                                 };
-                                queue_thread(qr, handler, counters, &sched)
+                                queue_thread(qr, handler, counters, &sched, &registering)
                             });
                         if let Err(e) = &r {
                             tracing::error!(queue = qid, "io_uring queue stopped: {e}");
