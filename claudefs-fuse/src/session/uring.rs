@@ -313,8 +313,14 @@ pub fn kick_queues(mountpoint: std::path::PathBuf, queues: usize) {
         .name("cfs-ring-kick".into())
         .spawn(move || {
             let mut kicked = 0;
+            // A queue not kicked may hold a request until another one on
+            // it completes: said at warn.
             for cpu in 0..queues {
                 if !pin(cpu) {
+                    tracing::warn!(
+                        cpu,
+                        "cannot run on this CPU to kick its io_uring queue: a request sent there while no server served may wait"
+                    );
                     continue;
                 }
                 match rustix::fs::statx(
@@ -324,9 +330,9 @@ pub fn kick_queues(mountpoint: std::path::PathBuf, queues: usize) {
                     rustix::fs::StatxFlags::BASIC_STATS,
                 ) {
                     Ok(_) => kicked += 1,
-                    Err(e) => tracing::debug!(
+                    Err(e) => tracing::warn!(
                         cpu,
-                        "kick of the io_uring queue: stat of {}: {e}",
+                        "cannot kick the io_uring queue (stat of {}: {e}): a request sent there while no server served may wait",
                         mountpoint.display()
                     ),
                 }
