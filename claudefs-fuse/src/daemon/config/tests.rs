@@ -217,28 +217,7 @@ fn config_file_fills_missing_flags() {
         ),
     )
     .unwrap();
-    let args = MountArgs {
-        paths: vec![],
-        policy: None,
-        idmap: None,
-        state_dir: Some(dir.path().join("s")),
-        threads: None,
-        poll_us: None,
-        passthrough: false,
-        transport: None,
-        queue_policy: None,
-        config: Some(cfg),
-        cache_timeout_ms: None,
-        health_interval_ms: None,
-        sample_rate: None,
-        metrics_addr: None,
-        ebpf: false,
-        otlp_endpoint: None,
-        otlp_protocol: None,
-        slow_threshold: None,
-        no_keeper: false,
-        mountpoint: dir.path().join("m"),
-    };
+    let args = args_with_config(dir.path(), Some(cfg));
     let s = args.resolve().unwrap();
     assert_eq!(s.paths[0].priority, 3);
     assert_eq!(s.policy, PolicyArg::Primary);
