@@ -8,6 +8,9 @@
 //! keeper's server counts too); the loop's from getrusage(2) of this
 //! process or of its waited-for children. Both are exact run times, not
 //! tick samples.
+//!
+//! Also the CPUs a test may run on and pinning a thread to one of them
+//! (the kernel's FUSE io_uring queue is the one of the caller's CPU).
 
 use std::fs;
 
@@ -41,12 +44,52 @@ pub fn tree(roots: &[u32]) -> Vec<u32> {
     out
 }
 
-/// The parent pid in a `/proc/PID/stat` line (the field after the state,
-/// which follows the command name in parentheses; the name may hold
-/// spaces and parentheses itself).
+/// The fields of a `/proc/PID/stat` line after the command name, which is
+/// in parentheses and may hold spaces and parentheses itself: the state
+/// first.
+fn fields_after_name(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
+}
+
+/// The parent pid in a `/proc/PID/stat` line (the field after the state).
 fn parse_ppid(stat: &str) -> Option<u32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    fields_after_name(stat)?.nth(1)?.parse().ok()
+}
+
+/// Whether process `pid` runs: it exists and is not a zombie.
+pub fn runs(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| fields_after_name(&s)?.next().map(|state| state != "Z"))
+        .unwrap_or(false)
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data the call fills; CPU_ISSET reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; the call
+    // reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Time on CPU of every thread of `pids`, ns (threads or processes gone
@@ -86,7 +129,7 @@ pub fn ticks(pids: &[u32]) -> (u64, u64) {
 
 /// utime and stime of a `/proc/PID/stat` line (fields 14 and 15).
 fn parse_times(stat: &str) -> Option<(u64, u64)> {
-    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
+    let mut rest = fields_after_name(stat)?.skip(11);
     Some((rest.next()?.parse().ok()?, rest.next()?.parse().ok()?))
 }
 
@@ -162,5 +205,7 @@ mod tests {
         child.wait().unwrap();
         assert!(seen > 1_000_000, "the child's busy loop ran {seen} ns");
         assert!(used_ns(Who::Children) > 0, "a waited-for child used no CPU");
+        assert!(!runs(child.id()), "a reaped child still runs");
+        assert!(runs(std::process::id()));
     }
 }

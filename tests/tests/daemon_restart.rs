@@ -4,7 +4,8 @@
 //! resent; an upgrade hands the connection to another binary the same
 //! way. The restart tests name `--transport dev` (requests in flight on
 //! io_uring are not resent by the kernel: `uring_mount_survives_a_restart`
-//! shows what holds there).
+//! shows what holds there, and `daemon_restart_uring.rs` what a request
+//! sent while no server runs gets).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -494,10 +495,8 @@ fn a_server_restarting_in_a_loop_backs_off_and_a_clean_unmount_ends_the_keeper()
     let keeper = m.keeper_pid();
     assert!(m.stop().unwrap().success());
     assert!(
-        !Path::new(&format!("/proc/{keeper}/status")).exists() || {
-            let s = fs::read_to_string(format!("/proc/{keeper}/status")).unwrap_or_default();
-            s.contains("zombie")
-        }
+        !claudefs_e2e::cpu::runs(keeper),
+        "keeper {keeper} still runs"
     );
 }
 
@@ -531,125 +530,6 @@ fn uring_mount_survives_a_restart() {
     // Upgrades are refused on io_uring, with the reason.
     let out = upgrade(&m, &m.mnt, None);
     one_line_error(&out, "io_uring");
-}
-
-/// The CPUs this process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data the call fills; CPU_ISSET reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return vec![0];
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
-/// Pins the calling thread to `cpu`.
-fn pin_to(cpu: usize) {
-    // SAFETY: as in `allowed_cpus`; CPU_SET writes inside the set.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pin to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-/// Whether process `pid` runs (not gone, not a zombie).
-fn runs(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rfind(')')
-                .map(|i| s[i + 1..].trim_start().starts_with('Z'))
-        })
-        .is_some_and(|zombie| !zombie)
-}
-
-/// What became of one stat per CPU sent while no server ran (see the
-/// test below), or `None` if one was answered before the next server
-/// started: it reached the dead server's rings before the kernel had torn
-/// them down, where the kernel ends a request with ECANCELED or, rarely,
-/// never (README, restart limits); such a try says nothing of the kick.
-fn stats_while_no_server_runs(wait: Duration) -> Option<Vec<(usize, Result<(), String>)>> {
-    let tmp = tempfile::tempdir().unwrap();
-    let (_src, m) =
-        MountGuard::single_path(tmp.path(), &["--transport".into(), "uring".into()]).unwrap();
-    fs::write(m.mnt.join("f"), b"x").unwrap();
-    let keeper = m.keeper_pid() as i32;
-    // SAFETY: signals the keeper of the mount under test.
-    assert_eq!(unsafe { libc::kill(keeper, libc::SIGSTOP) }, 0);
-    let old = m.kill9_server();
-    assert!(
-        claudefs_e2e::wait_until(Duration::from_secs(5), || !runs(old)),
-        "server {old} still runs after SIGKILL"
-    );
-    std::thread::sleep(wait);
-    let cpus = allowed_cpus();
-    let (tx, rx) = std::sync::mpsc::channel();
-    for &cpu in &cpus {
-        let path =
-            std::ffi::CString::new(m.mnt.join("f").into_os_string().into_encoded_bytes()).unwrap();
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            pin_to(cpu);
-            let r = claudefs_e2e::statx_sync(&path).map_err(|e| e.to_string());
-            let _ = tx.send((cpu, r));
-        });
-    }
-    drop(tx);
-    let early = rx.recv_timeout(Duration::from_millis(200));
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(keeper, libc::SIGCONT) }, 0);
-    if let Ok(a) = early {
-        eprintln!("{wait:?} after the server died, a stat was answered with no server: {a:?}");
-        return None;
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut answered = Vec::new();
-    while answered.len() < cpus.len() {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(a) => answered.push(a),
-            Err(_) => break,
-        }
-    }
-    assert_eq!(
-        answered.len(),
-        cpus.len(),
-        "stats answered within 10 s of the keeper's restart, of one per CPU {cpus:?}: \
-         {answered:?}; log: {}",
-        m.log_text()
-    );
-    let st = m.wait_generation(1, Duration::from_secs(10)).unwrap();
-    assert_eq!(st["transport"], "uring", "{st}");
-    Some(answered)
-}
-
-#[test]
-fn a_request_sent_while_no_server_serves_io_uring_is_answered_by_the_next() {
-    // The kernel keeps its rings "ready" when the server dies: a request
-    // sent then waits in the list of its CPU's queue, and registering the
-    // next server's entries does not hand it out. The next server kicks
-    // every queue; without that, these stats would wait until another
-    // request on the same queue completed, which nothing here sends. The
-    // keeper is stopped meanwhile, so no server runs while they are sent,
-    // some time after the death (longer on each try that raced the
-    // teardown of the dead server's rings).
-    if !claudefs_e2e::uring_mounts() {
-        return;
-    }
-    let answered = [100, 1000, 3000]
-        .into_iter()
-        .find_map(|ms| stats_while_no_server_runs(Duration::from_millis(ms)))
-        .expect("every try raced the kernel's teardown of the dead server's rings");
-    assert!(answered.iter().all(|(_, r)| r.is_ok()), "{answered:?}");
 }
 
 /// Four writers write and fsync; `n` records each so far.

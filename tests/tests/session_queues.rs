@@ -63,12 +63,8 @@ impl BusyCpus {
             .map(|cpu| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
-                    // SAFETY: cpu_set_t is plain data; CPU_SET writes in it.
-                    unsafe {
-                        let mut set: libc::cpu_set_t = std::mem::zeroed();
-                        libc::CPU_SET(cpu, &mut set);
-                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                    }
+                    // Unpinned, the loop still keeps some CPU busy.
+                    let _ = claudefs_e2e::cpu::pin_to(cpu);
                     while !stop.load(Ordering::Relaxed) {
                         std::hint::spin_loop();
                     }
